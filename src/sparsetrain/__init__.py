@@ -1,0 +1,57 @@
+"""sparsetrain: train sparse neural networks in PyTorch, one API for many methods.
+
+Two-line integration into a plain training loop::
+
+    method = sparsetrain.create_method("rigl", sparsity=0.9, total_steps=len(loader) * epochs)
+    method.attach(model, optimizer)   # optimizer.step() now drives the method
+
+See ``sparsetrain.methods.base`` for the hook order and ``sparsetrain.masking`` for where
+masks live.
+"""
+
+from sparsetrain import criteria, distributions, schedules
+from sparsetrain.distributions import allocate
+from sparsetrain.masking import Target, select_targets
+from sparsetrain.methods import (
+    GMP,
+    Dense,
+    DynamicSparse,
+    MethodInfo,
+    Plan,
+    SparsityMethod,
+    SparsityTargetWarning,
+    Static,
+    attached_method,
+    create_method,
+    get_method_info,
+    list_methods,
+    register_method,
+)
+from sparsetrain.report import SparsityReport, SparsityTargetError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GMP",
+    "Dense",
+    "DynamicSparse",
+    "MethodInfo",
+    "Plan",
+    "SparsityMethod",
+    "SparsityReport",
+    "SparsityTargetError",
+    "SparsityTargetWarning",
+    "Static",
+    "Target",
+    "__version__",
+    "allocate",
+    "attached_method",
+    "create_method",
+    "criteria",
+    "distributions",
+    "get_method_info",
+    "list_methods",
+    "register_method",
+    "schedules",
+    "select_targets",
+]

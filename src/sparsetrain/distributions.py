@@ -1,0 +1,119 @@
+"""Layer-wise density allocation: how many weights each tensor keeps for a global sparsity.
+
+Every allocation returns exact integer keep-counts whose sum is
+``round((1 - sparsity) * total)`` and each of which is within one weight of the real-valued
+allocation (largest-remainder rounding), so "hits the global target exactly" holds by
+construction.
+
+- ``uniform``: every tensor has the global density.
+- ``er``: Erdős–Rényi, density ∝ (n_in + n_out) / (n_in · n_out) (kernel dims ignored).
+- ``erk``: Erdős–Rényi-Kernel, density ∝ Σ dims / Π dims (spec §5.5), with the official
+  iterative rule: while the scaled density of the largest-ratio layer exceeds 1, make it dense
+  and solve again for the rest.
+- ``global``: no per-tensor quota; uniform densities are returned as a starting point and the
+  methods select with one global ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from sparsetrain.types import ShapeDict
+
+DISTRIBUTIONS = ("uniform", "er", "erk", "global")
+
+
+def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
+    """Validate a sparsity in [0, 1) and return it as a float."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
+        raise TypeError(f"{name} must be a number in [0, 1), got {sparsity!r}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {sparsity!r}")
+    return float(sparsity)
+
+
+def _raw_ratio(shape: tuple[int, ...], kind: str, power: float) -> float:
+    if kind == "er":
+        n_out, n_in = shape[0], shape[1]
+        return (n_in + n_out) / (n_in * n_out)
+    return (sum(shape) / math.prod(shape)) ** power
+
+
+def allocate_densities(
+    shapes: ShapeDict, sparsity: float, kind: str = "erk", *, erk_power: float = 1.0
+) -> dict[str, float]:
+    """Real-valued per-tensor densities whose weighted mean is ``1 - sparsity``.
+
+    Args:
+        shapes: Tensor name to shape, in model order.
+        sparsity: Global sparsity over these tensors, in [0, 1).
+        kind: One of ``uniform``, ``er``, ``erk``, ``global``.
+        erk_power: Exponent on the ERK ratio (1 in the official code).
+
+    Returns:
+        Tensor name to density in [0, 1].
+    """
+    sparsity = check_sparsity(sparsity)
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {kind!r}; valid: {', '.join(DISTRIBUTIONS)}")
+    density = 1.0 - sparsity
+    if kind in ("uniform", "global"):
+        return dict.fromkeys(shapes, density)
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    raw = {n: _raw_ratio(tuple(s), kind, erk_power) for n, s in shapes.items()}
+    total = sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        budget = density * total - sum(sizes[n] for n in dense)
+        denom = sum(raw[n] * sizes[n] for n in shapes if n not in dense)
+        eps = budget / denom if denom > 0 else 0.0
+        over = [n for n in shapes if n not in dense and eps * raw[n] > 1.0]
+        if not over:
+            break
+        top = max(raw[n] for n in over)
+        dense.update(n for n in over if raw[n] == top)
+    return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
+
+
+def densities_to_counts(
+    shapes: ShapeDict, densities: Mapping[str, float], total_keep: int | None = None
+) -> dict[str, int]:
+    """Integer keep-counts from real densities by largest-remainder rounding.
+
+    Args:
+        shapes: Tensor name to shape.
+        densities: Tensor name to density.
+        total_keep: Exact total to hit; defaults to the rounded sum of the real counts.
+
+    Returns:
+        Tensor name to number of active weights; each within one of ``density * numel``.
+    """
+    names = list(shapes)
+    sizes = np.array([math.prod(shapes[n]) for n in names], dtype=np.float64)
+    real = np.clip(np.array([densities[n] for n in names]) * sizes, 0, sizes)
+    counts = np.floor(real).astype(np.int64)
+    target = round(real.sum()) if total_keep is None else total_keep
+    short = int(target - counts.sum())
+    if short > 0:
+        room = counts < sizes
+        frac = np.where(room, real - counts, -1.0)
+        # stable order: largest remainder first, ties by model order
+        for i in np.argsort(-frac, kind="stable")[:short]:
+            counts[i] += 1
+    return {n: int(c) for n, c in zip(names, counts, strict=True)}
+
+
+def allocate(
+    shapes: ShapeDict, sparsity: float, kind: str = "erk", *, erk_power: float = 1.0
+) -> dict[str, int]:
+    """Per-tensor keep-counts for a global ``sparsity`` (see module docstring).
+
+    >>> allocate({"a": (10, 10), "b": (10, 10)}, 0.5, "uniform")
+    {'a': 50, 'b': 50}
+    """
+    dens = allocate_densities(shapes, sparsity, kind, erk_power=erk_power)
+    total = sum(math.prod(s) for s in shapes.values())
+    return densities_to_counts(shapes, dens, round((1.0 - sparsity) * total))

@@ -1,0 +1,33 @@
+"""Sparsity methods. Importing this package registers every built-in method."""
+
+from sparsetrain.methods import dense, dynamic, gmp, static  # noqa: F401  (registration)
+from sparsetrain.methods.base import Plan, SparsityMethod, SparsityTargetWarning, attached_method
+from sparsetrain.methods.dense import Dense
+from sparsetrain.methods.dynamic import DynamicSparse
+from sparsetrain.methods.gmp import GMP
+from sparsetrain.methods.registry import (
+    MethodInfo,
+    create_method,
+    get_method_info,
+    list_methods,
+    method_options,
+    register_method,
+)
+from sparsetrain.methods.static import Static
+
+__all__ = [
+    "GMP",
+    "Dense",
+    "DynamicSparse",
+    "MethodInfo",
+    "Plan",
+    "SparsityMethod",
+    "SparsityTargetWarning",
+    "Static",
+    "attached_method",
+    "create_method",
+    "get_method_info",
+    "list_methods",
+    "method_options",
+    "register_method",
+]

@@ -1,0 +1,411 @@
+"""The contract every sparsity method follows, and the hook order, written down once.
+
+Hook order (the executable form is ``examples/train_loop.py``)
+---------------------------------------------------------------
+``method.attach(model, optimizer)`` registers two hooks on the optimizer, so an unchanged
+training loop drives the method through its own ``optimizer.step()`` calls::
+
+    for x, y in loader:
+        loss = loss_fn(model(x), y)        # 1. forward (masks / effective weights already set)
+        optimizer.zero_grad()
+        loss.backward()                    # 2. backward: p.grad is the *dense* gradient
+        optimizer.step()                   # 3. step pre-hook  -> method.after_backward()
+                                           # 4. the optimizer's own update
+                                           # 5. step post-hook -> method.after_optimizer_step()
+
+- ``after_backward()``: on a topology-update step, methods that need the dense gradient read it
+  here (RigL growth, SNIP, MEST, ...); criteria with Fantastic Weights' ``"after"`` order update
+  the topology here, on pre-step weights. Hard-mask methods then zero the gradients of pruned
+  entries, so neither momentum nor weight decay can revive them.
+- ``after_optimizer_step()``: the step counter advances; on an update step with the
+  ``"before"`` order the topology changes here (post-step weights, this batch's gradient);
+  methods with a forward-pass function (ST-3, OptG, SCL) prepare the next step's mask.
+  Hard-mask methods end every step with pruned weights and their optimizer state exactly zero.
+
+Pass ``hook=False`` to ``attach`` to call the two hooks yourself (e.g. around a fused optimizer
+that bypasses ``step()`` hooks). A step skipped by ``GradScaler`` runs no hook and counts no step.
+
+The step counter (``method.step``: optimizer steps completed) lives in the method because the
+schedules count optimizer steps and must survive a resume; it is saved by ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsetrain.distributions import check_sparsity
+from sparsetrain.masking.targets import Target, select_targets
+from sparsetrain.optim import param_ids, zero_preserving, zero_state
+from sparsetrain.report import LayerRow, SparsityReport
+
+FORMAT_VERSION = 1
+
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, SparsityMethod] = weakref.WeakKeyDictionary()
+
+
+class SparsityTargetWarning(UserWarning):
+    """Emitted when training ends with a tensor off its sparsity target."""
+
+
+def attached_method(model: nn.Module) -> SparsityMethod | None:
+    """The method attached to ``model``, if any."""
+    return _ATTACHED.get(model)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A dry run of a method's schedule: sparsity along the way and the update steps."""
+
+    method: str
+    total_steps: int
+    curve: list[tuple[int, float]]
+    update_steps: list[int]
+
+    def __str__(self) -> str:
+        lines = [
+            f"plan for {self.method!r} over {self.total_steps} optimizer steps",
+            "step  sparsity",
+        ]
+        lines += [f"{s:>6d}  {v:.4f}" for s, v in self.curve]
+        n = len(self.update_steps)
+        shown = ", ".join(map(str, self.update_steps[:12])) + (" ..." if n > 12 else "")
+        lines.append(f"topology updates: {n}" + (f" at steps {shown}" if n else ""))
+        return "\n".join(lines)
+
+
+class SparsityMethod:
+    """Base class of all methods: targets, masks, hooks, state and diagnostics.
+
+    Subclasses set the class attributes and override the ``_`` hooks they need. A method is
+    created unattached (pure configuration), then bound to one model by :meth:`attach`.
+
+    Args:
+        sparsity: Target global sparsity over the masked tensors, in [0, 1).
+        include: Globs of parameter names to sparsify (default: Linear/Conv weights).
+        exclude: Globs of parameter names to keep dense.
+        dense_first: Keep the first layer dense.
+        dense_last: Keep the last layer dense.
+        total_steps: Optimizer steps of the whole run (schedules need it).
+        seed: Seed of every random mask decision; decisions are a function of
+            (seed, step, tensor index), so they agree across processes.
+        state_skip_keys: Optimizer state keys never masked.
+    """
+
+    name: ClassVar[str] = "base"
+    hard_mask: ClassVar[bool] = True
+    sparsity_mode: ClassVar[str] = "target"
+
+    def __init__(
+        self,
+        *,
+        sparsity: float = 0.9,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        dense_first: bool = False,
+        dense_last: bool = False,
+        total_steps: int | None = None,
+        seed: int = 0,
+        state_skip_keys: Sequence[str] = (),
+    ) -> None:
+        self.sparsity = check_sparsity(sparsity)
+        if total_steps is not None and (isinstance(total_steps, bool) or total_steps <= 0):
+            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+        self.include, self.exclude = include, exclude
+        self.dense_first, self.dense_last = dense_first, dense_last
+        self.total_steps = total_steps
+        self.seed = int(seed)
+        self.state_skip_keys = tuple(state_skip_keys)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.targets: list[Target] = []
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._hooks: list[Any] = []
+        self._grads: dict[str, torch.Tensor] | None = None
+        self._rezero = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        hook: bool = True,
+    ) -> SparsityMethod:
+        """Bind the method to ``model`` (and ``optimizer``) and set the initial masks.
+
+        Validates everything first: on error, the model and optimizer are left unchanged.
+
+        Args:
+            model: The model to sparsify.
+            optimizer: The optimizer holding the model's parameters; methods that add their
+                own parameters (scores, thresholds) add a parameter group to it.
+            hook: Register ``after_backward``/``after_optimizer_step`` as optimizer step hooks.
+
+        Returns:
+            ``self``.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
+        if self.model is not None:
+            raise ValueError(f"this {self.name!r} method is already attached to a model")
+        if model in _ATTACHED:
+            raise ValueError(
+                f"model already has a {_ATTACHED[model].name!r} method attached; detach() it first"
+            )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        targets = select_targets(
+            model,
+            include=self.include,
+            exclude=self.exclude,
+            dense_first=self.dense_first,
+            dense_last=self.dense_last,
+        )
+        if optimizer is not None:
+            held = param_ids(optimizer)
+            missing = [t.name for t in targets if id(t.param) not in held]
+            if missing:
+                raise ValueError(
+                    f"the optimizer does not hold the model parameter {missing[0]!r} "
+                    f"({len(missing)} of {len(targets)} targets missing); build the optimizer "
+                    "from model.parameters()"
+                )
+        self._validate(targets, optimizer)
+        self.model, self.optimizer, self.targets = model, optimizer, targets
+        _ATTACHED[model] = self
+        self._rezero = optimizer is not None and not zero_preserving(optimizer)
+        self._on_attach()
+        if hook and optimizer is not None:
+            self._hooks = [
+                optimizer.register_step_pre_hook(lambda *_: self.after_backward()),
+                optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
+            ]
+        return self
+
+    def detach(self) -> nn.Module:
+        """Remove the hooks and unbind; the model keeps its current (zeroed) weights."""
+        model = self._require_attached()
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self._on_detach()
+        _ATTACHED.pop(model, None)
+        self.model = None
+        self.optimizer = None
+        return model
+
+    def squash(self) -> nn.Module:
+        """Fold masks into plain weights, detach, and return the model (no sparsetrain left)."""
+        self._require_attached()
+        self._squash()
+        return self.detach()
+
+    # ------------------------------------------------------------------ hooks
+
+    def after_backward(self) -> None:
+        """Hook between ``loss.backward()`` and the optimizer's update (see module docstring)."""
+        self._require_attached()
+        upcoming = self.step + 1
+        self._before_step(upcoming)
+        if self.hard_mask:
+            for t in self.targets:
+                if t.param.grad is not None:
+                    t.param.grad.mul_(t.mask.view(torch.uint8))
+
+    def after_optimizer_step(self) -> None:
+        """Hook right after the optimizer's update (see module docstring)."""
+        self._require_attached()
+        self.step += 1
+        self._after_step(self.step)
+        self._grads = None
+        if self.hard_mask and self._rezero:
+            with torch.no_grad():
+                for t in self.targets:
+                    t.param.mul_(t.mask.view(torch.uint8))
+        if self.total_steps is not None and self.step == self.total_steps:
+            missed = self.report().misses() if self.sparsity_mode == "target" else []
+            if missed:
+                warnings.warn(
+                    f"{self.name}: training ended off target: {'; '.join(missed)}",
+                    SparsityTargetWarning,
+                    stacklevel=2,
+                )
+
+    # ------------------------------------------------------------------ subclass interface
+
+    def _validate(self, targets: list[Target], optimizer: torch.optim.Optimizer | None) -> None:
+        """Raise on anything wrong before the model is touched."""
+
+    def _on_attach(self) -> None:
+        """Set the initial masks (the default keeps everything) and apply them."""
+        self.apply_masks()
+
+    def _on_detach(self) -> None:
+        """Undo model changes other than the zeroed weights (parametrizations, param groups)."""
+
+    def _before_step(self, step: int) -> None:
+        """Work in ``after_backward`` for the step about to be taken (1-based)."""
+
+    def _after_step(self, step: int) -> None:
+        """Work in ``after_optimizer_step`` for the step just taken (1-based)."""
+
+    def _squash(self) -> None:
+        self.apply_masks()
+
+    def sparsity_at(self, step: int) -> float:
+        """Planned global sparsity after ``step`` optimizer steps."""
+        return self.sparsity
+
+    def update_steps(self, total_steps: int) -> list[int]:
+        """Steps at whose end the topology changes."""
+        return []
+
+    def target_counts(self) -> dict[str, int] | None:
+        """Per-tensor active counts the method must end at (``None``: no per-tensor target)."""
+        return None
+
+    def global_target_count(self) -> int | None:
+        """Total active count the method must end at (``None``: emergent sparsity)."""
+        if self.sparsity_mode != "target":
+            return None
+        total = sum(t.numel for t in self.targets)
+        return round((1.0 - self.sparsity) * total)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------------ mask helpers
+
+    def generator(self, step: int, index: int = 0) -> torch.Generator:
+        """A generator seeded from (seed, step, tensor index): same decisions on every rank."""
+        seed = int(np.random.SeedSequence([self.seed, step, index]).generate_state(1)[0])
+        return torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero pruned weights and their optimizer state (hard-mask methods)."""
+        for t in self.targets:
+            if self.hard_mask:
+                t.param.mul_(t.mask.view(torch.uint8))
+            if self.optimizer is not None:
+                zero_state(self.optimizer, t.param, ~t.mask, skip_keys=self.state_skip_keys)
+
+    @torch.no_grad()
+    def set_mask(
+        self, target: Target, new: torch.Tensor, grown: torch.Tensor | None = None
+    ) -> None:
+        """Replace ``target``'s mask; pruned and newly grown entries restart from zero.
+
+        Zeroes the weight (hard-mask methods) and every parameter-shaped optimizer state entry at
+        positions that are inactive in ``new`` or listed in ``grown``.
+        """
+        reset = ~new if grown is None else (~new | grown)
+        if self.hard_mask:
+            target.param.masked_fill_(reset, 0)
+        if self.optimizer is not None:
+            zero_state(self.optimizer, target.param, reset, skip_keys=self.state_skip_keys)
+        target.mask.copy_(new)
+
+    def _require_attached(self) -> nn.Module:
+        if self.model is None:
+            raise RuntimeError(
+                f"the {self.name!r} method is not attached; call attach(model, optimizer)"
+            )
+        return self.model
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: step, masks, history and method-specific state."""
+        self._require_attached()
+        return {
+            "format_version": FORMAT_VERSION,
+            "method": self.name,
+            "step": self.step,
+            "masks": {t.name: t.mask.clone() for t in self.targets},
+            "history": list(self.history),
+            "extra": self._extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; strict about method, tensor names and shapes."""
+        self._require_attached()
+        if not isinstance(state, dict) or "masks" not in state:
+            raise ValueError("not a sparsetrain method state (no 'masks' entry)")
+        if state.get("method") != self.name:
+            raise ValueError(f"state is for method {state.get('method')!r}, not {self.name!r}")
+        masks = state["masks"]
+        names = [t.name for t in self.targets]
+        missing = [n for n in names if n not in masks]
+        unexpected = [n for n in masks if n not in names]
+        if missing or unexpected:
+            raise ValueError(f"mask keys do not match: missing {missing}, unexpected {unexpected}")
+        for t in self.targets:
+            m = masks[t.name]
+            if tuple(m.shape) != t.shape:
+                raise ValueError(f"mask {t.name!r} has shape {tuple(m.shape)}, expected {t.shape}")
+            t.mask.copy_(m.to(torch.bool))
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        self._load_extra_state(state.get("extra", {}))
+        if self.hard_mask:
+            with torch.no_grad():
+                for t in self.targets:
+                    t.param.mul_(t.mask.view(torch.uint8))
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def report(self) -> SparsityReport:
+        """Per-tensor target vs actual sparsity, the global row, mask memory and churn."""
+        self._require_attached()
+        counts = self.target_counts()
+        rows = [
+            LayerRow(t.name, t.shape, t.numel, t.nnz, None if counts is None else counts[t.name])
+            for t in self.targets
+        ]
+        return SparsityReport(
+            method=self.name,
+            step=self.step,
+            rows=rows,
+            global_target_nnz=self.global_target_count(),
+            mask_bytes=sum(t.mask.numel() * t.mask.element_size() for t in self.targets),
+            churn=[h for h in self.history if "churn" in h],
+        )
+
+    def finish(self) -> SparsityReport:
+        """End-of-training check: the report, raising if a target is missed by > 1 weight."""
+        rep = self.report()
+        if self.sparsity_mode == "target":
+            rep.check()
+        return rep
+
+    def plan(self, total_steps: int | None = None, points: int = 11) -> Plan:
+        """Dry run: the sparsity curve and topology-update steps over ``total_steps``."""
+        total = total_steps or self.total_steps
+        if not total or total <= 0:
+            raise ValueError("plan() needs total_steps (argument or method option)")
+        n = max(2, points)
+        steps = sorted({math.floor(i * total / (n - 1)) for i in range(n)})
+        return Plan(
+            self.name, total, [(s, self.sparsity_at(s)) for s in steps], self.update_steps(total)
+        )
+
+    def __repr__(self) -> str:
+        where = "attached" if self.model is not None else "unattached"
+        return f"<{type(self).__name__} {self.name!r} sparsity={self.sparsity} {where}>"

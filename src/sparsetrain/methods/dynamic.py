@@ -1,0 +1,344 @@
+"""Dynamic sparse training: constant density, periodic prune-and-regrow.
+
+One :class:`DynamicSparse` covers every pruning criterion × growth criterion of the Fantastic
+Weights study (spec §5); ``set``, ``rigl``, ``mest`` and ``dst`` are presets of it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sparsetrain.criteria import (
+    get_growth_criterion,
+    get_prune_criterion,
+    grow_random,
+    growth_scores,
+    random_scores,
+)
+from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
+from sparsetrain.masking.targets import Target
+from sparsetrain.masking.topk import global_topk_masks, random_mask, select_topk
+from sparsetrain.methods.base import SparsityMethod
+from sparsetrain.methods.registry import preset, register_method
+from sparsetrain.optim import momentum_of
+from sparsetrain.schedules import UpdateSchedule, cosine_decay
+
+ORDERS = ("auto", "before", "after")
+SCOPES = ("layer", "global")
+DROP_SCHEDULES = ("cosine", "constant")
+
+
+class DynamicSparse(SparsityMethod):
+    """Constant-density dynamic sparse training with pluggable prune and growth criteria.
+
+    Every ``update_interval`` steps in ``(begin_step, end_step]``, each tensor (``scope="layer"``,
+    the default; no redistribution across layers) drops ``ceil(ζ_t · n_active)`` active weights
+    chosen by ``prune`` and regrows as many inactive ones chosen by ``grow``; just-dropped
+    positions may be regrown. Regrown weights and their optimizer state start at zero. The drop
+    fraction ζ_t decays by cosine from ``drop_fraction`` to ``drop_fraction_end`` over
+    ``[begin_step, end_step]`` (``drop_schedule="constant"`` keeps it fixed).
+
+    ``order="auto"`` follows Fantastic Weights (spec §5.2): magnitude, SET and random update
+    after the optimizer step ("before" in the code's naming: the optimizer step comes before the
+    update); gradient-based criteria update before it, on pre-step weights and gradients.
+
+    References:
+        Nowak et al., "Fantastic Weights and How to Find Them: Where to Prune in Dynamic Sparse
+        Training", NeurIPS 2023; Evci et al., "Rigging the Lottery", ICML 2020; Mocanu et al.,
+        "Scalable training of artificial neural networks with adaptive sparse connectivity",
+        Nature Communications 2018; Yuan et al., "MEST", NeurIPS 2021.
+
+    Args:
+        prune: Pruning criterion (see ``sparsetrain.criteria.PRUNE_CRITERIA``).
+        grow: Growth criterion: ``random``, ``gradient`` or ``momentum``.
+        distribution: Layer densities: uniform, er, erk (or global with ``scope="global"``).
+        update_interval: ΔT, steps between topology updates.
+        drop_fraction: ζ at ``begin_step``.
+        drop_fraction_end: ζ at ``end_step`` (cosine schedule).
+        drop_schedule: ``cosine`` or ``constant``.
+        begin_step: No update at or before this step.
+        end_step: No update after this step; default ``stop_fraction * total_steps``.
+        stop_fraction: Fraction of training with updates when ``end_step`` is not given.
+        order: ``auto``, ``before`` or ``after`` (Fantastic Weights' opt_order).
+        scope: ``layer`` (per-tensor counts kept) or ``global`` (one ranking; counts move).
+        bernoulli: Official FW random draws (init and random growth exact only in expectation).
+        gamma: γ of the MEST and GradStep criteria.
+        **kwargs: Common options of :class:`SparsityMethod`.
+    """
+
+    name = "dst"
+
+    def __init__(
+        self,
+        *,
+        prune: str = "magnitude",
+        grow: str = "random",
+        distribution: str = "erk",
+        update_interval: int = 800,
+        drop_fraction: float = 0.5,
+        drop_fraction_end: float = 0.005,
+        drop_schedule: str = "cosine",
+        begin_step: int = 0,
+        end_step: int | None = None,
+        stop_fraction: float = 1.0,
+        order: str = "auto",
+        scope: str = "layer",
+        bernoulli: bool = False,
+        gamma: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prune = get_prune_criterion(prune)
+        self.grow = get_growth_criterion(grow)
+        for opt, val, valid in (
+            ("distribution", distribution, DISTRIBUTIONS),
+            ("drop_schedule", drop_schedule, DROP_SCHEDULES),
+            ("order", order, ORDERS),
+            ("scope", scope, SCOPES),
+        ):
+            if val not in valid:
+                raise ValueError(f"unknown {opt} {val!r}; valid: {', '.join(valid)}")
+        if not 0.0 < drop_fraction <= 1.0 or not 0.0 <= drop_fraction_end <= drop_fraction:
+            raise ValueError(
+                f"need 0 < drop_fraction <= 1 and 0 <= drop_fraction_end <= drop_fraction, got "
+                f"{drop_fraction}, {drop_fraction_end}"
+            )
+        if scope == "global" and self.prune.select_fn is not None:
+            raise ValueError(f"prune criterion {prune!r} is per-layer only; use scope='layer'")
+        if not 0.0 < stop_fraction <= 1.0:
+            raise ValueError(f"stop_fraction must be in (0, 1], got {stop_fraction}")
+        if end_step is None and self.total_steps is None:
+            raise ValueError(f"{self.name} needs total_steps (or end_step) for its drop schedule")
+        end = (
+            end_step
+            if end_step is not None
+            else max(1, int(stop_fraction * (self.total_steps or 0)))
+        )
+        self.schedule = UpdateSchedule(update_interval, begin_step, end)
+        self.distribution, self.drop_schedule, self.scope = distribution, drop_schedule, scope
+        self.drop_fraction, self.drop_fraction_end = drop_fraction, drop_fraction_end
+        self.order = self.prune.order if order == "auto" else order
+        self.bernoulli, self.gamma = bernoulli, gamma
+        self.needs_grad = self.prune.needs_grad or self.grow.needs_grad
+        self._counts: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ init
+
+    def _on_attach(self) -> None:
+        shapes = {t.name: t.shape for t in self.targets}
+        if self.bernoulli:
+            dens = allocate_densities(shapes, self.sparsity, self.distribution)
+            for i, t in enumerate(self.targets):
+                t.mask.copy_(torch.rand(t.shape, generator=self.generator(0, i)) < dens[t.name])
+        elif self.distribution == "global":
+            scores = [
+                random_scores(t.param, self.generator(0, i)) for i, t in enumerate(self.targets)
+            ]
+            for t, m in zip(
+                self.targets,
+                global_topk_masks(scores, self.global_target_count() or 0),
+                strict=True,
+            ):
+                t.mask.copy_(m)
+        else:
+            self._counts = allocate(shapes, self.sparsity, self.distribution)
+            for i, t in enumerate(self.targets):
+                t.mask.copy_(random_mask(t.shape, self._counts[t.name], self.generator(0, i)))
+        self.apply_masks()
+
+    # ------------------------------------------------------------------ schedule
+
+    def drop_fraction_at(self, step: int) -> float:
+        """ζ_t: the fraction of active weights replaced at an update at ``step``."""
+        if self.drop_schedule == "constant":
+            return self.drop_fraction
+        span = (self.schedule.end or step) - self.schedule.start
+        return cosine_decay(
+            step - self.schedule.start,
+            initial=self.drop_fraction,
+            final=self.drop_fraction_end,
+            total=span,
+        )
+
+    def update_steps(self, total_steps: int) -> list[int]:
+        return self.schedule.steps(total_steps)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _before_step(self, step: int) -> None:
+        if not self.schedule.is_update(step):
+            return
+        if self.order == "after":
+            self.update_topology(step, {t.name: t.param.grad for t in self.targets})
+        elif self.needs_grad:  # keep this batch's dense gradient for the post-step update
+            self._grads = {
+                t.name: t.param.grad.detach().clone()
+                for t in self.targets
+                if t.param.grad is not None
+            }
+
+    def _after_step(self, step: int) -> None:
+        if self.order == "before" and self.schedule.is_update(step):
+            self.update_topology(step, self._grads or {})
+
+    # ------------------------------------------------------------------ the update
+
+    @torch.no_grad()
+    def update_topology(self, step: int, grads: dict[str, torch.Tensor | None]) -> None:
+        """Drop and regrow on every target (or globally); record churn in ``history``."""
+        zeta = self.drop_fraction_at(step)
+        before = [t.mask.clone() for t in self.targets]
+        if self.scope == "global":
+            pruned, grown = self._update_global(step, zeta, grads)
+        else:
+            pruned = grown = 0
+            for i, t in enumerate(self.targets):
+                p, g = self._update_layer(step, i, t, zeta, self._grad(t, grads))
+                pruned, grown = pruned + p, grown + g
+        active = sum(int(b.sum()) for b in before)
+        new = sum(int((t.mask & ~b).sum()) for t, b in zip(self.targets, before, strict=True))
+        self.history.append(
+            {
+                "step": step,
+                "drop_fraction": round(zeta, 6),
+                "pruned": pruned,
+                "grown": grown,
+                "churn": round(new / active, 6) if active else 0.0,
+            }
+        )
+
+    def _grad(self, t: Target, grads: dict[str, torch.Tensor | None]) -> torch.Tensor | None:
+        g = grads.get(t.name)
+        if g is None and self.needs_grad:
+            return torch.zeros_like(t.param)  # the tensor took no part in this step's loss
+        return g
+
+    def _grow(
+        self,
+        step: int,
+        index: int,
+        t: Target,
+        candidates: torch.Tensor,
+        n: int,
+        grad: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if self.grow.name == "random":
+            return grow_random(candidates, n, self.generator(step, index), bernoulli=self.bernoulli)
+        mom = momentum_of(self.optimizer, t.param) if self.optimizer is not None else None
+        if self.grow.name == "momentum" and mom is None:
+            mom = torch.zeros_like(t.param)
+        return select_topk(growth_scores(self.grow.name, grad, mom), n, candidates)
+
+    def _update_layer(
+        self, step: int, index: int, t: Target, zeta: float, grad: torch.Tensor | None
+    ) -> tuple[int, int]:
+        w = t.param.detach()
+        n_active = t.nnz
+        k = min(math.ceil(zeta * n_active), n_active)
+        drop = self.prune.select(w, grad, t.mask, k, self.generator(step, index), self.gamma)
+        kept = t.mask & ~drop
+        n_grow = n_active - int(kept.sum())
+        grown = self._grow(step, index, t, ~kept, n_grow, grad)
+        self.set_mask(t, kept | grown, grown)
+        return n_active - int(kept.sum()), int(grown.sum())
+
+    def _update_global(
+        self, step: int, zeta: float, grads: dict[str, torch.Tensor | None]
+    ) -> tuple[int, int]:
+        gs = [self._grad(t, grads) for t in self.targets]
+        masks = [t.mask for t in self.targets]
+        n_active = sum(t.nnz for t in self.targets)
+        k = min(math.ceil(zeta * n_active), n_active)
+        gens = [self.generator(step, i) for i in range(len(self.targets))]
+        scores = [
+            self.prune.scores(t.param.detach(), g, gen, self.gamma)
+            for t, g, gen in zip(self.targets, gs, gens, strict=True)
+        ]
+        drops = global_topk_masks(scores, k, masks, largest=False)
+        kept = [m & ~d for m, d in zip(masks, drops, strict=True)]
+        if self.grow.name == "random":
+            gscores = [
+                random_scores(t.param, self.generator(step, 10_000 + i))
+                for i, t in enumerate(self.targets)
+            ]
+        else:
+            moms = [
+                momentum_of(self.optimizer, t.param) if self.optimizer else None
+                for t in self.targets
+            ]
+            gscores = [growth_scores(self.grow.name, g, m) for g, m in zip(gs, moms, strict=True)]
+        grows = global_topk_masks(gscores, k, [~m for m in kept])
+        for t, kp, gr in zip(self.targets, kept, grows, strict=True):
+            self.set_mask(t, kp | gr, gr)
+        return k, k
+
+    def target_counts(self) -> dict[str, int] | None:
+        return None if self.scope == "global" else self._counts
+
+    def global_target_count(self) -> int | None:
+        return None if self.bernoulli else super().global_target_count()
+
+
+_INFO = dict(dense_grad="update", sparse_execution=True)
+
+register_method(
+    "dst",
+    description="generic DST: any prune criterion x growth criterion (Fantastic Weights defaults)",
+    paper="Nowak et al., NeurIPS 2023 (Fantastic Weights)",
+    **_INFO,
+)(DynamicSparse)
+register_method(
+    "rigl",
+    description="RigL: ERK, drop lowest |w|, grow largest |grad|, cosine drop to 75% of training",
+    paper="Evci et al., ICML 2020",
+    **_INFO,
+)(
+    preset(
+        DynamicSparse,
+        "rigl",
+        prune="magnitude",
+        grow="gradient",
+        distribution="erk",
+        update_interval=100,
+        drop_fraction=0.3,
+        drop_fraction_end=0.0,
+        stop_fraction=0.75,
+    )
+)
+register_method(
+    "set",
+    description="SET: ER, drop smallest positives/negatives closest to 0, random regrowth",
+    paper="Mocanu et al., Nature Communications 2018",
+    **_INFO,
+)(
+    preset(
+        DynamicSparse,
+        "set",
+        prune="set",
+        grow="random",
+        distribution="er",
+        update_interval=100,
+        drop_fraction=0.3,
+        drop_schedule="constant",
+    )
+)
+register_method(
+    "mest",
+    description="MEST: drop lowest |w| + gamma|g|, random regrowth",
+    paper="Yuan et al., NeurIPS 2021",
+    **_INFO,
+)(
+    preset(
+        DynamicSparse,
+        "mest",
+        prune="mest",
+        grow="random",
+        distribution="erk",
+        update_interval=100,
+        drop_fraction=0.3,
+        drop_fraction_end=0.0,
+    )
+)

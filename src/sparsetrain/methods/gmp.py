@@ -1,0 +1,144 @@
+"""Gradual magnitude pruning (Zhu & Gupta): dense start, cubic ramp, pruned weights stay zero."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsetrain.criteria import magnitude
+from sparsetrain.distributions import DISTRIBUTIONS, allocate
+from sparsetrain.masking.targets import Target
+from sparsetrain.masking.topk import global_topk_masks, select_bottomk
+from sparsetrain.methods.base import SparsityMethod
+from sparsetrain.methods.registry import register_method
+from sparsetrain.schedules import UpdateSchedule, polynomial
+
+SCOPES = ("layer", "global")
+
+
+class GMP(SparsityMethod):
+    """Gradual magnitude pruning.
+
+    Every ``interval`` steps in ``(begin_step, end_step]`` (and at ``end_step``) prune the
+    lowest-|w| active weights so that sparsity follows
+    s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(t₁ − t₀))³. ``scope="layer"`` (the original) prunes each
+    tensor to its own allocation (``distribution``); ``scope="global"`` ranks all tensors together.
+    Pruned weights are frozen at zero (hard mask).
+
+    References:
+        Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
+        compression", arXiv 1710.01878, 2017.
+
+    Args:
+        initial_sparsity: s_i at ``begin_step``.
+        begin_step: t₀, in optimizer steps.
+        end_step: t₁; default ``0.75 * total_steps``.
+        interval: Steps between pruning events.
+        scope: ``layer`` or ``global``.
+        distribution: Per-layer final allocation for ``scope="layer"``.
+        **kwargs: Common options of :class:`SparsityMethod`.
+    """
+
+    name = "gmp"
+
+    def __init__(
+        self,
+        *,
+        initial_sparsity: float = 0.0,
+        begin_step: int = 0,
+        end_step: int | None = None,
+        interval: int = 100,
+        scope: str = "layer",
+        distribution: str = "uniform",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"
+            )
+        if not 0.0 <= initial_sparsity <= self.sparsity:
+            raise ValueError(
+                f"initial_sparsity must be in [0, sparsity={self.sparsity}], got {initial_sparsity}"
+            )
+        if end_step is None and self.total_steps is None:
+            raise ValueError("gmp needs end_step or total_steps")
+        end = end_step if end_step is not None else max(1, int(0.75 * (self.total_steps or 0)))
+        self.schedule = UpdateSchedule(interval, begin_step, end)
+        self.initial_sparsity, self.scope, self.distribution = initial_sparsity, scope, distribution
+        self._final: dict[str, int] = {}
+
+    @property
+    def end_step(self) -> int:
+        return self.schedule.end or 0
+
+    def _on_attach(self) -> None:
+        shapes = {t.name: t.shape for t in self.targets}
+        self._final = allocate(shapes, self.sparsity, self.distribution)
+        if self.initial_sparsity > 0:
+            self._prune_to(0)
+        self.apply_masks()
+
+    def sparsity_at(self, step: int) -> float:
+        return polynomial(
+            step,
+            initial=self.initial_sparsity,
+            final=self.sparsity,
+            start=self.schedule.start,
+            end=self.end_step,
+        )
+
+    def _keep_count(self, t: Target, step: int) -> int:
+        if step >= self.end_step:
+            return self._final[t.name]
+        final_s = 1.0 - self._final[t.name] / t.numel
+        s = polynomial(
+            step,
+            initial=self.initial_sparsity,
+            final=final_s,
+            start=self.schedule.start,
+            end=self.end_step,
+        )
+        return round((1.0 - s) * t.numel)
+
+    def update_steps(self, total_steps: int) -> list[int]:
+        steps = self.schedule.steps(total_steps)
+        if self.end_step <= total_steps and self.end_step not in steps:
+            steps.append(self.end_step)
+        return steps
+
+    def _after_step(self, step: int) -> None:
+        if self.schedule.is_update(step) or step == self.end_step:
+            self._prune_to(step)
+
+    def _prune_to(self, step: int) -> None:
+        pruned = 0
+        if self.scope == "global":
+            keep = round((1.0 - self.sparsity_at(step)) * sum(t.numel for t in self.targets))
+            scores = [magnitude(t.param.detach()) for t in self.targets]
+            masks = global_topk_masks(scores, keep, [t.mask for t in self.targets])
+            for t, m in zip(self.targets, masks, strict=True):
+                pruned += t.nnz - int(m.sum())
+                self.set_mask(t, m)
+        else:
+            for t in self.targets:
+                nnz = t.nnz
+                k = max(nnz - self._keep_count(t, step), 0)
+                drop = select_bottomk(magnitude(t.param.detach()), k, t.mask)
+                self.set_mask(t, t.mask & ~drop)
+                pruned += k
+        self.history.append(
+            {"step": step, "sparsity": round(self.sparsity_at(step), 6), "pruned": pruned}
+        )
+
+    def target_counts(self) -> dict[str, int] | None:
+        return dict(self._final) if self.scope == "layer" else None
+
+
+register_method(
+    "gmp",
+    description="gradual magnitude pruning, cubic ramp (Zhu & Gupta)",
+    paper="Zhu & Gupta 2017, arXiv 1710.01878",
+    sparse_execution=True,
+)(GMP)

@@ -1,0 +1,80 @@
+"""Optimizer-state surgery that works for any ``torch.optim.Optimizer``.
+
+Every state tensor shaped like a masked parameter (SGD ``momentum_buffer``, Adam/AdamW
+``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, RMSprop ``square_avg``/``grad_avg``/
+``momentum_buffer``, Adagrad ``sum``, ...) is zeroed at pruned positions, and newly grown
+positions start from zero state. Scalars (``step``) are left alone. A state tensor of another
+non-scalar shape (a factored or quantised layout) raises a ``TypeError`` naming the key, unless
+the key is listed in ``skip_keys``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+STATE_POLICIES = ("zero", "keep")
+
+
+def param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
+    """Ids of all parameters an optimizer holds."""
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def zero_state(
+    optimizer: torch.optim.Optimizer,
+    param: torch.Tensor,
+    zero_where: torch.Tensor,
+    *,
+    skip_keys: Iterable[str] = (),
+) -> None:
+    """Zero every parameter-shaped optimizer state entry of ``param`` where ``zero_where`` is set.
+
+    Args:
+        optimizer: Any optimizer.
+        param: The parameter whose state to edit.
+        zero_where: ``bool`` tensor of ``param``'s shape.
+        skip_keys: State keys to leave untouched (per-state opt-out).
+
+    Raises:
+        TypeError: A non-scalar state tensor whose shape differs from the parameter's.
+    """
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    skip = set(skip_keys)
+    for key, value in state.items():
+        if key in skip or not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue
+        if value.shape != param.shape:
+            raise TypeError(
+                f"optimizer state {key!r} has shape {tuple(value.shape)}, not the parameter's "
+                f"{tuple(param.shape)}; sparsetrain cannot mask it. Pass state_skip_keys="
+                f"[{key!r}] to leave it alone (policies: {', '.join(STATE_POLICIES)})"
+            )
+        value.masked_fill_(zero_where, 0)
+
+
+def momentum_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor | None:
+    """The momentum signal of ``param`` for momentum growth.
+
+    SGD's ``momentum_buffer``, or Adam's ``exp_avg / (sqrt(exp_avg_sq) + eps)``; ``None`` if the
+    optimizer keeps neither.
+    """
+    state = optimizer.state.get(param, {})
+    if "momentum_buffer" in state and state["momentum_buffer"] is not None:
+        return state["momentum_buffer"]
+    if "exp_avg" in state and "exp_avg_sq" in state:
+        return state["exp_avg"] / (state["exp_avg_sq"].sqrt() + 1e-8)
+    return None
+
+
+def zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a weight with zero value, zero gradient and zero state stays exactly zero.
+
+    True for every optimizer shipped in ``torch.optim`` (their updates are products of the
+    gradient, the state and the weight itself). Optimizers from elsewhere are not trusted: the
+    hard-mask methods re-apply the mask to the weights after each of their steps.
+    """
+    return type(optimizer).__module__.startswith("torch.optim")
