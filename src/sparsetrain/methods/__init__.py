@@ -1,6 +1,11 @@
-"""Sparsity methods. Importing this package registers every built-in method."""
+"""Sparsity methods. Importing this package registers every built-in method.
 
-from sparsetrain.methods import dense, dynamic, gmp, static  # noqa: F401  (registration)
+Every module in this package is imported here, so a new method registers by existing.
+"""
+
+import importlib
+import pkgutil
+
 from sparsetrain.methods.base import Plan, SparsityMethod, SparsityTargetWarning, attached_method
 from sparsetrain.methods.dense import Dense
 from sparsetrain.methods.dynamic import DynamicSparse
@@ -31,3 +36,6 @@ __all__ = [
     "method_options",
     "register_method",
 ]
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")
