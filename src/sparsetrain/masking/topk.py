@@ -16,6 +16,43 @@ def _check_k(k: int, available: int, what: str) -> None:
         raise ValueError(f"cannot select {k} {what} entries out of {available}")
 
 
+_FAST_MIN_NUMEL = 1 << 20
+_SAMPLE = 1 << 16
+
+
+def _threshold_topk(flat: torch.Tensor, k: int, cand: torch.Tensor | None) -> torch.Tensor | None:
+    """Exact top-k indices for large tensors via a sampled threshold (``None``: fall back).
+
+    A quantile of a fixed-seed random sample gives a threshold with (about 1.5×) more than ``k``
+    entries above it; only those are gathered and ranked exactly. The result is the exact top-k:
+    every entry not gathered scores at most the threshold, below every gathered one.
+    """
+    n = flat.numel()
+    gen = torch.Generator().manual_seed(n * 1_000_003 + k)
+    probe = torch.randint(n, (_SAMPLE,), generator=gen, device=flat.device)
+    sample = flat[probe]
+    if cand is not None:
+        sample = sample[cand[probe]]
+    sample = sample[~torch.isnan(sample)]
+    if sample.numel() < 1024:
+        return None
+    n_eff = n * sample.numel() / _SAMPLE  # estimated number of (non-NaN) candidates
+    excess = 1.5 * k / n_eff + 4.0 / sample.numel() ** 0.5
+    for _ in range(3):
+        q = 1.0 - min(excess, 1.0)
+        if q <= 0.0:
+            return None
+        thr = torch.quantile(sample.float(), q).to(flat.dtype)
+        above = flat > thr
+        if cand is not None:
+            above &= cand
+        idx = above.nonzero().squeeze(1)
+        if idx.numel() >= k:
+            return idx[torch.topk(flat[idx], k, sorted=False).indices]
+        excess *= 3.0
+    return None
+
+
 def select_topk(
     scores: torch.Tensor, k: int, candidates: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -33,17 +70,24 @@ def select_topk(
     [True, False, True]
     """
     flat = scores.detach().reshape(-1)
+    cand = None if candidates is None else candidates.reshape(-1)
     out = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
-    if candidates is None:
+    if k <= 0:
         _check_k(k, flat.numel(), "")
-        if k:
-            out[torch.topk(torch.nan_to_num(flat, nan=-torch.inf), k, sorted=False).indices] = True
         return out.view(scores.shape)
-    idx = candidates.reshape(-1).nonzero().squeeze(1)
+    if flat.numel() >= _FAST_MIN_NUMEL and k <= flat.numel() // 8:
+        idx = _threshold_topk(flat, k, cand)
+        if idx is not None:
+            out[idx] = True
+            return out.view(scores.shape)
+    if cand is None:
+        _check_k(k, flat.numel(), "")
+        out[torch.topk(torch.nan_to_num(flat, nan=-torch.inf), k, sorted=False).indices] = True
+        return out.view(scores.shape)
+    idx = cand.nonzero().squeeze(1)
     _check_k(k, idx.numel(), "candidate")
-    if k:
-        vals = torch.nan_to_num(flat[idx], nan=-torch.inf)
-        out[idx[torch.topk(vals, k, sorted=False).indices]] = True
+    vals = torch.nan_to_num(flat[idx], nan=-torch.inf)
+    out[idx[torch.topk(vals, k, sorted=False).indices]] = True
     return out.view(scores.shape)
 
 

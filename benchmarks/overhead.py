@@ -1,0 +1,98 @@
+"""Per-step overhead of sparsity methods vs dense training (masked-dense execution).
+
+    .venv/bin/python benchmarks/overhead.py                       # issue-2 methods
+    .venv/bin/python benchmarks/overhead.py --methods st3 optg scl dnw str
+    .venv/bin/python benchmarks/overhead.py --rounds 300 --models lenet300_100
+
+For each model (LeNet-300-100 on 1x28x28, LeNet-5-Caffe on 1x28x28; batch 128, SGD momentum
+0.9), one copy per variant is trained on the same fixed batch. Variants run interleaved, one step
+each per round in a rotating order, so machine noise hits all of them alike. Topology updates
+are pushed beyond the benchmark (the cost measured is the per-step cost between updates).
+Prints medians of the step time and the median over rounds of the per-round ratio to dense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import sparsetrain
+from sparsetrain.methods.registry import get_method_info, method_options
+from sparsetrain.models import create_model, uses_channels_last
+
+FAR = 10**7
+OPTIONS: dict[str, dict[str, object]] = {
+    "rigl": {"update_interval": FAR},
+    "set": {"update_interval": FAR},
+    "mest": {"update_interval": FAR},
+    "dst": {"update_interval": FAR},
+    "gmp": {"interval": FAR, "end_step": FAR},
+    "granet": {"interval": FAR, "end_step": FAR},
+    "optg": {"steps_per_epoch": FAR // 100},
+}
+
+
+def build(model_name: str, method_name: str, sparsity: float):
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10, input_shape=(1, 28, 28))
+    if uses_channels_last(model_name):
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    info = get_method_info(method_name)
+    kwargs: dict[str, object] = {"total_steps": FAR, **OPTIONS.get(method_name, {})}
+    if method_name != "dense" and info.sparsity_mode == "target":
+        kwargs["sparsity"] = sparsity
+    valid = method_options(info.factory)
+    method = sparsetrain.create_method(
+        method_name, **{k: v for k, v in kwargs.items() if k in valid}
+    )
+    method.attach(model, opt)
+    return model, opt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["static", "gmp", "rigl"])
+    parser.add_argument("--models", nargs="+", default=["lenet300_100", "lenet5"])
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}")
+    print("| model | method | median step (ms) | dense (ms) | ratio vs dense |")
+    print("|---|---|---|---|---|")
+    loss_fn = nn.CrossEntropyLoss()
+    for model_name in args.models:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(args.batch_size, 1, 28, 28, generator=g)
+        if uses_channels_last(model_name):
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (args.batch_size,), generator=g)
+        names = ["dense", *args.methods]
+        runs = {n: build(model_name, n, args.sparsity) for n in names}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.warmup + args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for n in order:
+                model, opt = runs[n]
+                t0 = time.perf_counter()
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if r >= args.warmup:
+                    times[n].append(time.perf_counter() - t0)
+        dense = statistics.median(times["dense"])
+        for n in args.methods:
+            ratio = statistics.median(a / b for a, b in zip(times[n], times["dense"], strict=True))
+            med = statistics.median(times[n])
+            print(f"| {model_name} | {n} | {med * 1e3:.3f} | {dense * 1e3:.3f} | {ratio:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
