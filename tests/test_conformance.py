@@ -87,11 +87,9 @@ METHODS = list_methods()
 @pytest.mark.conformance
 @pytest.mark.parametrize("name", METHODS)
 def test_builds_by_name_with_defaults(name):
-    method = (
-        create_method(name, total_steps=100)
-        if "total_steps" in method_options(get_method_info(name).factory)
-        else create_method(name)
-    )
+    valid = method_options(get_method_info(name).factory)
+    kwargs = {"total_steps": 100, **FAST.get(name, {})}
+    method = create_method(name, **{k: v for k, v in kwargs.items() if k in valid})
     assert method.name == name
     assert method.model is None
 

@@ -153,13 +153,18 @@ class PruneCriterion:
         self,
         weight: torch.Tensor,
         grad: torch.Tensor | None,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         k: int,
         generator: torch.Generator | None = None,
         gamma: float = 1.0,
     ) -> torch.Tensor:
-        """Entries to remove among the active ones: exactly ``k`` for score criteria."""
+        """Entries to remove among the active ones (``mask=None``: all are active).
+
+        Exactly ``k`` for score criteria; SET rules may remove a different number (see them).
+        """
         if self.select_fn is not None:
+            if mask is None:
+                mask = torch.ones_like(weight, dtype=torch.bool)
             return self.select_fn(weight, mask, k)
         return select_bottomk(self.scores(weight, grad, generator, gamma), k, mask)
 

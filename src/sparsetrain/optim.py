@@ -10,7 +10,7 @@ the key is listed in ``skip_keys``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -20,6 +20,23 @@ STATE_POLICIES = ("zero", "keep")
 def param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
     """Ids of all parameters an optimizer holds."""
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def _masked_state(
+    optimizer: torch.optim.Optimizer, param: torch.Tensor, skip_keys: Iterable[str]
+) -> Iterator[torch.Tensor]:
+    """The parameter-shaped state tensors of ``param``; raises on other non-scalar layouts."""
+    skip = set(skip_keys)
+    for key, value in optimizer.state.get(param, {}).items():
+        if key in skip or not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue
+        if value.shape != param.shape:
+            raise TypeError(
+                f"optimizer state {key!r} has shape {tuple(value.shape)}, not the parameter's "
+                f"{tuple(param.shape)}; sparsetrain cannot mask it. Pass state_skip_keys="
+                f"[{key!r}] to leave it alone (policies: {', '.join(STATE_POLICIES)})"
+            )
+        yield value
 
 
 def zero_state(
@@ -40,20 +57,30 @@ def zero_state(
     Raises:
         TypeError: A non-scalar state tensor whose shape differs from the parameter's.
     """
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    skip = set(skip_keys)
-    for key, value in state.items():
-        if key in skip or not isinstance(value, torch.Tensor) or value.dim() == 0:
-            continue
-        if value.shape != param.shape:
-            raise TypeError(
-                f"optimizer state {key!r} has shape {tuple(value.shape)}, not the parameter's "
-                f"{tuple(param.shape)}; sparsetrain cannot mask it. Pass state_skip_keys="
-                f"[{key!r}] to leave it alone (policies: {', '.join(STATE_POLICIES)})"
-            )
+    for value in list(_masked_state(optimizer, param, skip_keys)):  # check every key first
         value.masked_fill_(zero_where, 0)
+
+
+def zero_state_at(
+    optimizer: torch.optim.Optimizer,
+    param: torch.Tensor,
+    flat_index: torch.Tensor,
+    *,
+    skip_keys: Iterable[str] = (),
+) -> None:
+    """Like :func:`zero_state`, at the flat indices ``flat_index`` (cheap for few positions)."""
+    for value in list(_masked_state(optimizer, param, skip_keys)):  # check every key first
+        fill_at(value, flat_index)
+
+
+def fill_at(x: torch.Tensor, flat_index: torch.Tensor, value: float = 0.0) -> None:
+    """Set ``x`` to ``value`` at logical (row-major) flat indices, whatever its memory format."""
+    if x.is_contiguous():
+        x.view(-1).index_fill_(0, flat_index, value)
+    else:  # e.g. channels_last conv weights
+        where = torch.zeros(x.numel(), dtype=torch.bool, device=x.device)
+        where[flat_index] = True
+        x.masked_fill_(where.view(x.shape), value)
 
 
 def momentum_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor | None:

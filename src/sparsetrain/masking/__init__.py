@@ -24,6 +24,7 @@ from sparsetrain.masking.topk import (
     random_mask,
     select_bottomk,
     select_topk,
+    topk_indices,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "select_bottomk",
     "select_targets",
     "select_topk",
+    "topk_indices",
 ]

@@ -101,20 +101,23 @@ def select_targets(
                 if not hit:
                     continue
                 matched_include.update(hit)
-                if param.dim() < 2 or p_name not in ("weight", "original"):
-                    continue
-                if not isinstance(module, SUPPORTED_MODULES + OPT_IN_MODULES):
+                if param.dim() < 2:
+                    continue  # biases and normalisation parameters are never masked
+                supported = isinstance(module, SUPPORTED_MODULES + OPT_IN_MODULES)
+                if not supported and not _matches(full, exclude):
                     kinds = ", ".join(t.__name__ for t in SUPPORTED_MODULES + OPT_IN_MODULES)
                     raise TypeError(
                         f"include pattern matched {full!r} of unsupported module type "
                         f"{type(module).__name__}; supported kinds: {kinds}. "
                         f"Exclude it with exclude=[{full!r}]"
                     )
+                if p_name not in ("weight", "original"):
+                    continue
                 wanted = True
             if not wanted or _matches(full, exclude):
                 continue
             seen.add(id(param))
-            mask = torch.ones_like(param, dtype=torch.bool, device=param.device)
+            mask = torch.ones(param.shape, dtype=torch.bool, device=param.device)  # contiguous
             found.append(Target(full, module, p_name, param, mask))
     if include:
         unused = [p for p in include if p not in matched_include]

@@ -53,6 +53,42 @@ def _threshold_topk(flat: torch.Tensor, k: int, cand: torch.Tensor | None) -> to
     return None
 
 
+def topk_indices(
+    flat: torch.Tensor, k: int, candidates: torch.Tensor | None = None, *, largest: bool = True
+) -> torch.Tensor:
+    """Flat indices of the ``k`` highest (or lowest) entries of a 1-D tensor among candidates.
+
+    The core of every selection here; exact in count, ``NaN`` ranks last.
+
+    Args:
+        flat: 1-D scores.
+        k: Number of entries, ``0 <= k <= #candidates``.
+        candidates: Optional 1-D ``bool`` tensor restricting the choice.
+        largest: Highest scores (``True``) or lowest.
+
+    Returns:
+        ``int64`` indices into ``flat``, unordered.
+    """
+    flat = flat.detach()
+    if not largest:
+        flat = -flat.to(torch.promote_types(flat.dtype, torch.float32))
+    n = flat.numel()
+    if k <= 0:
+        _check_k(k, n, "")
+        return torch.empty(0, dtype=torch.long, device=flat.device)
+    if n >= _FAST_MIN_NUMEL and k <= n // 8:
+        idx = _threshold_topk(flat, k, candidates)
+        if idx is not None:
+            return idx
+    if candidates is None:
+        _check_k(k, n, "")
+        return torch.topk(torch.nan_to_num(flat, nan=-torch.inf), k, sorted=False).indices
+    idx = candidates.nonzero().squeeze(1)
+    _check_k(k, idx.numel(), "candidate")
+    vals = torch.nan_to_num(flat[idx], nan=-torch.inf)
+    return idx[torch.topk(vals, k, sorted=False).indices]
+
+
 def select_topk(
     scores: torch.Tensor, k: int, candidates: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -69,25 +105,9 @@ def select_topk(
     >>> select_topk(torch.tensor([3.0, 1.0, 2.0]), 2).tolist()
     [True, False, True]
     """
-    flat = scores.detach().reshape(-1)
     cand = None if candidates is None else candidates.reshape(-1)
-    out = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
-    if k <= 0:
-        _check_k(k, flat.numel(), "")
-        return out.view(scores.shape)
-    if flat.numel() >= _FAST_MIN_NUMEL and k <= flat.numel() // 8:
-        idx = _threshold_topk(flat, k, cand)
-        if idx is not None:
-            out[idx] = True
-            return out.view(scores.shape)
-    if cand is None:
-        _check_k(k, flat.numel(), "")
-        out[torch.topk(torch.nan_to_num(flat, nan=-torch.inf), k, sorted=False).indices] = True
-        return out.view(scores.shape)
-    idx = cand.nonzero().squeeze(1)
-    _check_k(k, idx.numel(), "candidate")
-    vals = torch.nan_to_num(flat[idx], nan=-torch.inf)
-    out[idx[torch.topk(vals, k, sorted=False).indices]] = True
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    out[topk_indices(scores.reshape(-1), k, cand)] = True
     return out.view(scores.shape)
 
 
@@ -99,8 +119,10 @@ def select_bottomk(
     >>> select_bottomk(torch.tensor([3.0, 1.0, 2.0]), 1).tolist()
     [False, True, False]
     """
-    neg = -scores.detach().to(torch.promote_types(scores.dtype, torch.float32))
-    return select_topk(neg, k, candidates)
+    cand = None if candidates is None else candidates.reshape(-1)
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    out[topk_indices(scores.reshape(-1), k, cand, largest=False)] = True
+    return out.view(scores.shape)
 
 
 def global_topk_masks(
@@ -123,7 +145,8 @@ def global_topk_masks(
     """
     flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
     cand = None if candidates is None else torch.cat([c.reshape(-1) for c in candidates])
-    picked = select_topk(flat if largest else -flat, k, cand)
+    picked = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    picked[topk_indices(flat, k, cand, largest=largest)] = True
     out, start = [], 0
     for s in scores:
         out.append(picked[start : start + s.numel()].view(s.shape))

@@ -14,16 +14,15 @@ import torch
 from sparsetrain.criteria import (
     get_growth_criterion,
     get_prune_criterion,
-    grow_random,
     growth_scores,
     random_scores,
 )
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
 from sparsetrain.masking.targets import Target
-from sparsetrain.masking.topk import global_topk_masks, random_mask, select_topk
+from sparsetrain.masking.topk import global_topk_masks, random_mask, topk_indices
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.registry import preset, register_method
-from sparsetrain.optim import momentum_of
+from sparsetrain.optim import fill_at, momentum_of, zero_state_at
 from sparsetrain.schedules import UpdateSchedule, cosine_decay
 
 ORDERS = ("auto", "before", "after")
@@ -190,16 +189,14 @@ class DynamicSparse(SparsityMethod):
     def update_topology(self, step: int, grads: dict[str, torch.Tensor | None]) -> None:
         """Drop and regrow on every target (or globally); record churn in ``history``."""
         zeta = self.drop_fraction_at(step)
-        before = [t.mask.clone() for t in self.targets]
         if self.scope == "global":
-            pruned, grown = self._update_global(step, zeta, grads)
+            active = sum(t.nnz for t in self.targets)
+            pruned, grown, new = self._update_global(step, zeta, grads)
         else:
-            pruned = grown = 0
+            active = pruned = grown = new = 0
             for i, t in enumerate(self.targets):
-                p, g = self._update_layer(step, i, t, zeta, self._grad(t, grads))
-                pruned, grown = pruned + p, grown + g
-        active = sum(int(b.sum()) for b in before)
-        new = sum(int((t.mask & ~b).sum()) for t, b in zip(self.targets, before, strict=True))
+                a, p, g, n = self._update_layer(step, i, t, zeta, self._grad(t, grads))
+                active, pruned, grown, new = active + a, pruned + p, grown + g, new + n
         self.history.append(
             {
                 "step": step,
@@ -216,38 +213,51 @@ class DynamicSparse(SparsityMethod):
             return torch.zeros_like(t.param)  # the tensor took no part in this step's loss
         return g
 
-    def _grow(
-        self,
-        step: int,
-        index: int,
-        t: Target,
-        candidates: torch.Tensor,
-        n: int,
-        grad: torch.Tensor | None,
+    def _grow_indices(
+        self, step: int, index: int, t: Target, n: int, grad: torch.Tensor | None
     ) -> torch.Tensor:
+        """Flat indices of ``n`` inactive entries of ``t`` to grow."""
+        inactive = ~t.mask.view(-1)
         if self.grow.name == "random":
-            return grow_random(candidates, n, self.generator(step, index), bernoulli=self.bernoulli)
+            gen = self.generator(step, index)
+            if self.bernoulli:  # the official FW draw: exact only in expectation
+                p = n / max(int(inactive.sum()), 1)
+                return ((torch.rand(t.numel, generator=gen) < p) & inactive).nonzero().squeeze(1)
+            return topk_indices(torch.rand(t.numel, generator=gen), n, inactive)
         mom = momentum_of(self.optimizer, t.param) if self.optimizer is not None else None
         if self.grow.name == "momentum" and mom is None:
             mom = torch.zeros_like(t.param)
-        return select_topk(growth_scores(self.grow.name, grad, mom), n, candidates)
+        return topk_indices(growth_scores(self.grow.name, grad, mom).reshape(-1), n, inactive)
 
     def _update_layer(
         self, step: int, index: int, t: Target, zeta: float, grad: torch.Tensor | None
-    ) -> tuple[int, int]:
-        w = t.param.detach()
-        n_active = t.nnz
-        k = min(math.ceil(zeta * n_active), n_active)
-        drop = self.prune.select(w, grad, t.mask, k, self.generator(step, index), self.gamma)
-        kept = t.mask & ~drop
-        n_grow = n_active - int(kept.sum())
-        grown = self._grow(step, index, t, ~kept, n_grow, grad)
-        self.set_mask(t, kept | grown, grown)
-        return n_active - int(kept.sum()), int(grown.sum())
+    ) -> tuple[int, int, int, int]:
+        """Drop-and-grow on one tensor, working on flat indices (no full-size temporaries).
+
+        Returns:
+            (active before, pruned, grown, newly active) counts.
+        """
+        flat_mask = t.mask.view(-1)
+        active = flat_mask.nonzero().squeeze(1)
+        k = min(math.ceil(zeta * active.numel()), active.numel())
+        w_active = t.param.detach().reshape(-1)[active]
+        g_active = None if grad is None else grad.reshape(-1)[active]
+        gen = self.generator(step, index)
+        drop = active[self.prune.select(w_active, g_active, None, k, gen, self.gamma)]
+        flat_mask[drop] = False
+        grow = self._grow_indices(step, index, t, drop.numel(), grad)
+        flat_mask[grow] = True
+        reset = torch.cat([drop, grow])  # dropped, and grown (new weights start at zero)
+        if self.hard_mask:
+            fill_at(t.param.data, reset)
+        if self.optimizer is not None:
+            zero_state_at(self.optimizer, t.param, reset, skip_keys=self.state_skip_keys)
+        regrown = int(torch.isin(grow, drop).sum())
+        return active.numel(), drop.numel(), grow.numel(), grow.numel() - regrown
 
     def _update_global(
         self, step: int, zeta: float, grads: dict[str, torch.Tensor | None]
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         gs = [self._grad(t, grads) for t in self.targets]
         masks = [t.mask for t in self.targets]
         n_active = sum(t.nnz for t in self.targets)
@@ -271,9 +281,11 @@ class DynamicSparse(SparsityMethod):
             ]
             gscores = [growth_scores(self.grow.name, g, m) for g, m in zip(gs, moms, strict=True)]
         grows = global_topk_masks(gscores, k, [~m for m in kept])
+        new = 0
         for t, kp, gr in zip(self.targets, kept, grows, strict=True):
+            new += int((gr & ~t.mask).sum())
             self.set_mask(t, kp | gr, gr)
-        return k, k
+        return k, k, new
 
     def target_counts(self) -> dict[str, int] | None:
         return None if self.scope == "global" else self._counts
