@@ -100,12 +100,15 @@ def set_as_released_drop(weight: torch.Tensor, mask: torch.Tensor, k: int) -> to
     the negative weights, only those strictly below the ⌈k/2⌉-th most negative one: every other
     negative weight is removed. This over-prunes (535 removals instead of 300 for 1000 Gaussian
     weights at ζ = 0.3). Active zeros are neither positive nor negative and are removed too.
+    With ``k = 0`` the released code returns ``weight != 0``: only active zeros are removed.
     """
     half = math.ceil(k / 2)
     w = weight.detach()
     pos = mask & (w > 0)
     neg = mask & (w < 0)
     drop = mask & (w == 0)
+    if k <= 0:
+        return drop
     drop |= select_bottomk(w, min(half, int(pos.sum())), pos)
     keep_neg = select_bottomk(w, max(min(half, int(neg.sum())) - 1, 0), neg)
     return drop | (neg & ~keep_neg)

@@ -39,6 +39,14 @@ def _masked_state(
         yield value
 
 
+def check_state(
+    optimizer: torch.optim.Optimizer, param: torch.Tensor, *, skip_keys: Iterable[str] = ()
+) -> None:
+    """Raise ``TypeError`` now if ``param``'s optimizer state has a layout we cannot mask."""
+    for _ in _masked_state(optimizer, param, skip_keys):
+        pass
+
+
 def zero_state(
     optimizer: torch.optim.Optimizer,
     param: torch.Tensor,

@@ -44,7 +44,7 @@ from torch import nn
 
 from sparsetrain.distributions import check_sparsity
 from sparsetrain.masking.targets import Target, select_targets
-from sparsetrain.optim import param_ids, zero_preserving, zero_state
+from sparsetrain.optim import check_state, param_ids, zero_preserving, zero_state
 from sparsetrain.report import LayerRow, SparsityReport
 
 FORMAT_VERSION = 1
@@ -183,11 +183,17 @@ class SparsityMethod:
                     f"({len(missing)} of {len(targets)} targets missing); build the optimizer "
                     "from model.parameters()"
                 )
+            for t in targets:
+                check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
         self._validate(targets, optimizer)
         self.model, self.optimizer, self.targets = model, optimizer, targets
-        _ATTACHED[model] = self
         self._rezero = optimizer is not None and not zero_preserving(optimizer)
-        self._on_attach()
+        try:
+            self._on_attach()
+        except Exception:
+            self.model, self.optimizer, self.targets = None, None, []
+            raise
+        _ATTACHED[model] = self
         if hook and optimizer is not None:
             self._hooks = [
                 optimizer.register_step_pre_hook(lambda *_: self.after_backward()),
@@ -316,6 +322,8 @@ class SparsityMethod:
         positions that are inactive in ``new`` or listed in ``grown``.
         """
         reset = ~new if grown is None else (~new | grown)
+        if self.optimizer is not None:  # fail before anything changes
+            check_state(self.optimizer, target.param, skip_keys=self.state_skip_keys)
         if self.hard_mask:
             target.param.masked_fill_(reset, 0)
         if self.optimizer is not None:

@@ -22,7 +22,7 @@ from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import global_topk_masks, random_mask, topk_indices
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.registry import preset, register_method
-from sparsetrain.optim import fill_at, momentum_of, zero_state_at
+from sparsetrain.optim import check_state, fill_at, momentum_of, zero_state_at
 from sparsetrain.schedules import UpdateSchedule, cosine_decay
 
 ORDERS = ("auto", "before", "after")
@@ -189,6 +189,9 @@ class DynamicSparse(SparsityMethod):
     def update_topology(self, step: int, grads: dict[str, torch.Tensor | None]) -> None:
         """Drop and regrow on every target (or globally); record churn in ``history``."""
         zeta = self.drop_fraction_at(step)
+        if self.optimizer is not None:  # an unmaskable state layout fails before any change
+            for t in self.targets:
+                check_state(self.optimizer, t.param, skip_keys=self.state_skip_keys)
         if self.scope == "global":
             active = sum(t.nnz for t in self.targets)
             pruned, grown, new = self._update_global(step, zeta, grads)

@@ -1,0 +1,225 @@
+"""The dataset registry: ``register_dataset``, ``load_dataset``, ``list_datasets``.
+
+A registered loader turns ``(data_dir, augment, **options)`` into :class:`RawData` (train and test
+tensors, already normalised, plus the training transform). :func:`load_dataset` then holds out the
+validation split and wraps each split in an :class:`~sparsetrain.data.InMemoryDataset`, so every
+dataset gets the same split logic and the same guarantee: validation data is never augmented.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from sparsetrain.data._tensor import BatchTransform, InMemoryDataset
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """The splits of a loaded dataset and what a model needs to know about them.
+
+    Attributes:
+        train: Training split; yields ``(x, y)`` with ``x`` a ``float32`` tensor of
+            ``input_shape`` and ``y`` an ``int64`` scalar tensor; augmented if requested.
+        val: Validation split held out of the training set (never augmented), or None when
+            ``val_fraction == 0``.
+        test: Test split (never augmented).
+        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
+        input_shape: Per-example input shape, e.g. ``(1, 28, 28)`` or ``(1, 40)``.
+        name: Registry name of the dataset.
+    """
+
+    train: Dataset[tuple[torch.Tensor, torch.Tensor]]
+    val: Dataset[tuple[torch.Tensor, torch.Tensor]] | None
+    test: Dataset[tuple[torch.Tensor, torch.Tensor]]
+    num_classes: int
+    input_shape: tuple[int, ...]
+    name: str
+
+
+@dataclass(frozen=True)
+class RawData:
+    """What a dataset loader returns: normalised tensors before the validation split.
+
+    Attributes:
+        x_train: Training inputs ``(N, *input_shape)``, ``float32``.
+        y_train: Training labels ``(N,)``, ``int64``.
+        x_test: Test inputs ``(M, *input_shape)``.
+        y_test: Test labels ``(M,)``.
+        num_classes: Number of classes.
+        train_transform: Augmentation of training batches, or None.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    train_transform: BatchTransform | None = None
+
+
+Loader = Callable[..., RawData]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registered dataset.
+
+    Attributes:
+        name: Registry key.
+        loader: ``loader(data_dir=..., augment=..., **options) -> RawData``.
+        description: One line for ``sparsetrain list``.
+    """
+
+    name: str
+    loader: Loader
+    description: str
+
+    def options(self) -> dict[str, Any]:
+        """Dataset-specific keyword options of the loader, with their defaults."""
+        params = inspect.signature(self.loader).parameters.values()
+        return {p.name: p.default for p in params if p.name not in ("data_dir", "augment")}
+
+
+_REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, *, description: str) -> Callable[[Loader], Loader]:
+    """Decorator registering a dataset loader under ``name`` (warns on duplicates)."""
+
+    def deco(loader: Loader) -> Loader:
+        if name in _REGISTRY:
+            warnings.warn(f"dataset {name!r} registered twice; the later one wins", stacklevel=2)
+        _REGISTRY[name] = DatasetInfo(name, loader, description)
+        return loader
+
+    return deco
+
+
+def _normalise_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
+    return name.strip().lower().replace("-", "_")
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a registered dataset (``-`` and ``_`` are interchangeable)."""
+    key = _normalise_name(name)
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(_REGISTRY))}.{hint}")
+    return _REGISTRY[key]
+
+
+def list_datasets(pattern: str | None = None) -> dict[str, str]:
+    """Registered datasets as ``{name: one-line description}``, sorted, optionally glob-filtered.
+
+    >>> "mnist1d" in list_datasets()
+    True
+    """
+    return {
+        name: _REGISTRY[name].description
+        for name in sorted(_REGISTRY)
+        if pattern is None or fnmatch.fnmatchcase(name, pattern)
+    }
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    augment: bool = True,
+    **options: Any,
+) -> DatasetSplits:
+    """Load a dataset by name into train, validation and test splits held in memory.
+
+    Args:
+        name: Registry name (see :func:`list_datasets`).
+        data_dir: Folder holding the dataset files, or where generated datasets are cached.
+            Defaults to ``~/.cache/sparsetrain`` (plus system folders such as
+            ``/usr/share/datasets/fashion-mnist``). Nothing is ever downloaded.
+        val_fraction: Fraction of the training set held out for validation by a permutation
+            seeded with ``seed``; 0 gives ``val=None``.
+        seed: Seed of the validation split (and of nothing else: test sets never depend on it).
+        augment: Apply the dataset's training augmentation (CIFAR crop and flip) to ``train``.
+        **options: Dataset-specific options, e.g. ``n_train`` for ``synthetic``.
+
+    Returns:
+        The splits, with ``num_classes`` and the per-example ``input_shape``. Each split is an
+        :class:`~sparsetrain.data.InMemoryDataset`, whose ``batches()`` is the fast path.
+
+    Raises:
+        FileNotFoundError: The dataset's files are not found; the message says where it looked
+            and how to get them.
+        CorruptDatasetError: A file exists but cannot be read (a ``ValueError``).
+        ValueError: Unknown name or invalid ``val_fraction``.
+        TypeError: Unknown option for this dataset.
+
+    >>> splits = load_dataset("synthetic", n_train=100, n_test=20, val_fraction=0.2)
+    >>> len(splits.train), len(splits.val), len(splits.test), splits.input_shape
+    (80, 20, 20, (1, 8, 8))
+    """
+    info = get_dataset_info(name)
+    _check_split_args(val_fraction, seed)
+    valid = info.options()
+    bad = sorted(k for k in options if k not in valid)
+    if bad:
+        listed = ", ".join(valid) or "none"
+        raise TypeError(f"dataset {info.name!r} got unknown option(s) {bad}; valid: {listed}")
+    root = None if data_dir is None else Path(data_dir).expanduser()
+    raw = info.loader(data_dir=root, augment=bool(augment), **options)
+    train_idx, val_idx = split_indices(raw.x_train.shape[0], val_fraction, seed)
+    train = InMemoryDataset(raw.x_train[train_idx], raw.y_train[train_idx], raw.train_transform)
+    val = None
+    if val_idx is not None:
+        val = InMemoryDataset(raw.x_train[val_idx], raw.y_train[val_idx])
+    return DatasetSplits(
+        train=train,
+        val=val,
+        test=InMemoryDataset(raw.x_test, raw.y_test),
+        num_classes=raw.num_classes,
+        input_shape=tuple(raw.x_train.shape[1:]),
+        name=info.name,
+    )
+
+
+def _check_split_args(val_fraction: object, seed: object) -> None:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
+        raise TypeError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Train and validation indices from a permutation seeded with ``seed``, each sorted.
+
+    ``round(n * val_fraction)`` examples (at least one when ``val_fraction > 0``) go to
+    validation. Sorting keeps each split in the original file order, so only membership depends
+    on the seed.
+
+    >>> split_indices(10, 0.2, seed=0)[1].tolist()
+    [1, 4]
+    """
+    if val_fraction == 0:
+        return torch.arange(n), None
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training examples out of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values

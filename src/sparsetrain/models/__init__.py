@@ -1,0 +1,50 @@
+"""Model registry: the networks of the sparse-training papers, in plain ``torch.nn``.
+
+>>> model = create_model("resnet20", num_classes=10, input_shape=(3, 32, 32))
+>>> round(count_parameters(model) / 1e6, 2), uses_channels_last("resnet20")
+(0.27, True)
+
+Registered: ``mlp``, ``lenet300_100``, ``mlp_cifar`` (:mod:`.mlp`); ``lenet5``,
+``small_convnet``, ``cnn1d`` (:mod:`.convnets`); ``resnet20``, ``resnet32``, ``resnet56``,
+``resnet50`` (:mod:`.resnet`); ``vgg16``, ``vgg19`` (:mod:`.vgg`); ``wrn34_2``
+(:mod:`.wide_resnet`). Every model takes ``num_classes`` and the per-example ``input_shape``
+and returns logits. Models that the papers initialise with Kaiming-normal (ResNets, VGG, WRN) do
+so here; MLPs and the small conv nets keep PyTorch's default initialisation, as their reference
+code does.
+"""
+
+from sparsetrain.models._registry import (
+    ModelInfo,
+    count_parameters,
+    create_model,
+    get_model_info,
+    list_models,
+    register_model,
+    uses_channels_last,
+)
+from sparsetrain.models.convnets import CNN1d, LeNet5, SmallConvNet
+from sparsetrain.models.mlp import MLP
+from sparsetrain.models.resnet import BasicBlock, Bottleneck, ResNet, kaiming_init
+from sparsetrain.models.vgg import VGG
+from sparsetrain.models.wide_resnet import PreActBlock, WideResNet
+
+__all__ = [
+    "MLP",
+    "VGG",
+    "BasicBlock",
+    "Bottleneck",
+    "CNN1d",
+    "LeNet5",
+    "ModelInfo",
+    "PreActBlock",
+    "ResNet",
+    "SmallConvNet",
+    "WideResNet",
+    "count_parameters",
+    "create_model",
+    "get_model_info",
+    "kaiming_init",
+    "list_models",
+    "register_model",
+    "uses_channels_last",
+]
