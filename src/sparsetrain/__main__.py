@@ -1,0 +1,5 @@
+"""``python -m sparsetrain``: the CLI (see ``sparsetrain.cli``)."""
+
+from sparsetrain.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""``sparsetrain compare SUITE.yaml [--jobs 2] [--out DIR]``: run a grid of configs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sparsetrain.cli._common import USER_ERRORS, fail
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``compare`` subcommand."""
+    p = sub.add_parser(
+        "compare",
+        help="run a suite: base config x methods x sparsities x seeds",
+        description="Run every cell of a suite file. Finished runs (summary.json) are skipped "
+        "and never touched; unfinished ones resume from their checkpoints.",
+    )
+    p.add_argument("suite", help="suite YAML (base, methods, sparsities, seeds, ...)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--out", help="suite directory (default: the suite's `out`, else runs/<name>)")
+    p.add_argument("--data-dir", help="dataset folder for every run")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the whole grid, then run it; exit 1 if any run failed or missed its target."""
+    from sparsetrain.train.suite import load_suite, run_suite
+
+    if args.jobs < 1:
+        return fail(f"--jobs must be >= 1, got {args.jobs}", "compare")
+    try:
+        runs = load_suite(args.suite, args.out)
+    except USER_ERRORS as exc:
+        return fail(exc, "compare")
+    root = runs[0].run_dir.parent
+    print(f"suite {args.suite}: {len(runs)} runs in {root} ({args.jobs} job(s))", flush=True)
+    outcomes = run_suite(
+        runs, jobs=args.jobs, data_dir=args.data_dir, echo=lambda s: print(s, flush=True)
+    )
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    print(
+        ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f"; report: sparsetrain report {root}"
+    )
+    if counts.get("interrupted"):
+        return 130
+    return 0 if set(counts) <= {"finished", "skipped"} else 1

@@ -1,0 +1,70 @@
+"""``sparsetrain train CONFIG [overrides] [--out RUN_DIR] [--resume] [--overwrite] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from sparsetrain.cli._common import USER_ERRORS, fail
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``train`` subcommand."""
+    p = sub.add_parser(
+        "train",
+        help="train one config into a run directory",
+        description="Train one config. Writes config.yaml, metrics, checkpoints, the sparsity "
+        "report and summary.json into the run directory. Exit 1 if a sparsity target is missed "
+        "(after saving everything); Ctrl-C saves a resumable checkpoint.",
+    )
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument(
+        "overrides", nargs="*", help="section.key=value overrides, e.g. method.sparsity=0.95"
+    )
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a non-empty run directory (deletes the previous run's files)",
+    )
+    p.add_argument("--data-dir", help="dataset folder (overrides data.data_dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (as `sparsetrain plan`) and exit"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, validate and train; see ``sparsetrain.train.experiment``."""
+    from sparsetrain.config import load_config
+    from sparsetrain.train.experiment import RunOptions, RunResult, plan_experiment, prepare
+
+    options = RunOptions(
+        resume=args.resume,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        tensorboard=args.tensorboard,
+        data_dir=args.data_dir,
+    )
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            print(plan_experiment(cfg, args.data_dir))
+            return 0
+        prepared = prepare(cfg, run_dir, options)
+    except USER_ERRORS as exc:
+        return fail(exc, "train")
+    if isinstance(prepared, RunResult):
+        print(prepared.message)
+        return prepared.exit_code
+    result = prepared.execute()
+    if result.status == "interrupted":
+        again = shlex.join(["sparsetrain", "train", args.config, *args.overrides])
+        print(f"{result.message}: {again} --out {shlex.quote(str(run_dir))} --resume")
+    return result.exit_code

@@ -1,0 +1,192 @@
+"""Builders: a validated config becomes flat kwargs for the registries, the optimizer and the LR.
+
+Configs never enter library classes (the torchtune rule): this module turns each section into
+keyword arguments and calls the registry, so every method, model and dataset stays usable from
+plain Python. Every user error is a :class:`~sparsetrain.config.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsetrain.config import (
+    HARNESS_METHOD_KEYS,
+    ConfigError,
+    ExperimentConfig,
+    OptimConfig,
+    check_registry_options,
+)
+from sparsetrain.methods import SparsityMethod, create_method, get_method_info, method_options
+
+
+def _registry_error(section: str, exc: Exception) -> ConfigError:
+    return ConfigError(f"{section}.name: {exc}")
+
+
+def check_method(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Validate the method name and options; return the user's options, type-checked.
+
+    Raises:
+        ConfigError: Unknown method (with close matches), unknown or reserved key, wrong type.
+    """
+    try:
+        info = get_method_info(cfg.method.name)
+    except (ValueError, TypeError) as exc:
+        raise _registry_error("method", exc) from None
+    valid = {k: v for k, v in method_options(info.factory).items() if k not in HARNESS_METHOD_KEYS}
+    for key in HARNESS_METHOD_KEYS:
+        if key in cfg.method.options:
+            raise ConfigError(
+                f"method.{key} is set by the harness from the data and train.epochs; remove it"
+            )
+    return check_registry_options("method", info.name, cfg.method.options, valid)
+
+
+def method_kwargs(cfg: ExperimentConfig, steps_per_epoch: int) -> dict[str, Any]:
+    """Keyword arguments of the method: the user's options plus what the harness derives.
+
+    ``total_steps = epochs * steps_per_epoch``; ``steps_per_epoch`` and ``seed`` (default
+    ``train.seed``) are passed when the method accepts them.
+    """
+    kwargs = check_method(cfg)
+    valid = method_options(get_method_info(cfg.method.name).factory)
+    kwargs["total_steps"] = cfg.train.epochs * steps_per_epoch
+    if "steps_per_epoch" in valid:
+        kwargs["steps_per_epoch"] = steps_per_epoch
+    if "seed" in valid:
+        kwargs.setdefault("seed", cfg.train.seed)
+    return kwargs
+
+
+def build_method(cfg: ExperimentConfig, steps_per_epoch: int) -> SparsityMethod:
+    """Create the (unattached) method; its constructor's ValueErrors become ConfigErrors."""
+    kwargs = method_kwargs(cfg, steps_per_epoch)
+    try:
+        return create_method(cfg.method.name, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"method {cfg.method.name!r}: {exc}") from None
+
+
+def check_data(cfg: ExperimentConfig) -> None:
+    """Validate the dataset name and its options (without loading anything)."""
+    from sparsetrain.data import get_dataset_info
+
+    try:
+        info = get_dataset_info(cfg.data.name)
+    except (ValueError, TypeError) as exc:
+        raise _registry_error("data", exc) from None
+    check_registry_options("data", info.name, cfg.data.options, info.options())
+
+
+def check_model(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Validate the model name and options; return the options, type-checked."""
+    from sparsetrain.models import get_model_info
+
+    try:
+        info = get_model_info(cfg.model.name)
+    except (ValueError, TypeError) as exc:
+        raise _registry_error("model", exc) from None
+    return check_registry_options("model", info.name, cfg.model.options, info.options())
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Validate every registry name and option of ``cfg`` without loading or building anything.
+
+    Raises:
+        ConfigError: The first problem found, naming its key.
+    """
+    check_data(cfg)
+    check_model(cfg)
+    check_method(cfg)
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Create the model; unknown names and bad options become ConfigErrors."""
+    from sparsetrain.models import create_model
+
+    options = check_model(cfg)
+    try:
+        return create_model(
+            cfg.model.name, num_classes=num_classes, input_shape=input_shape, **options
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model {cfg.model.name!r}: {exc}") from None
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over all of ``model``'s parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+
+def batches_per_epoch(n_train: int, batch_size: int) -> int:
+    """Micro-batches per epoch; a final batch of one example is dropped (BatchNorm needs two)."""
+    n = n_train - 1 if n_train % batch_size == 1 and n_train > 1 else n_train
+    return math.ceil(n / batch_size)
+
+
+def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps per epoch: the last step of an epoch may accumulate fewer batches."""
+    return math.ceil(batches_per_epoch(n_train, batch_size) / grad_accum)
+
+
+def lr_factor(step: int, o: OptimConfig, steps_per_epoch: int, epochs: int) -> float:
+    """Multiplier of the base LR for the optimizer step with 0-based index ``step``.
+
+    A pure function of the step, so a resumed run needs no scheduler state.
+
+    1. ``constant``: 1.
+    2. ``cosine``: linear warmup ``(t + 1) / warmup`` for ``t < warmup``, then a half cosine
+       from 1 down to ``min_lr / lr`` at the end of training.
+    3. ``multistep``: ``gamma ** (number of milestones <= current epoch)``.
+
+    With ``schedule_unit="step"`` the time ``t`` counts optimizer steps; with ``"epoch"`` it
+    counts whole epochs (the LR is constant within an epoch). Multistep milestones fall on epoch
+    boundaries, so both units agree for it.
+    """
+    if o.schedule == "constant":
+        return 1.0
+    if o.schedule == "multistep":
+        milestones = o.milestones if o.milestones is not None else (epochs // 2, 3 * epochs // 4)
+        epoch = step / steps_per_epoch
+        return o.gamma ** sum(1 for m in milestones if m <= epoch)
+    if o.schedule_unit == "step":
+        t, total, warm = step, epochs * steps_per_epoch, round(o.warmup_epochs * steps_per_epoch)
+    else:
+        t, total, warm = step // steps_per_epoch, epochs, math.ceil(o.warmup_epochs)
+    if t < warm:
+        return (t + 1) / warm
+    floor = o.min_lr / o.lr
+    progress = (t - warm) / max(1, total - warm)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+DEFAULT_INPUTS: tuple[tuple[int, ...], ...] = ((3, 32, 32), (1, 28, 28), (1, 40))
+
+
+def default_parameter_count(name: str, num_classes: int = 10) -> tuple[int, tuple[int, ...]]:
+    """Parameters of model ``name`` for the first default input it accepts.
+
+    Tries a CIFAR image (3x32x32), then an MNIST image (1x28x28), then an MNIST-1D signal
+    (1x40), with ``num_classes`` outputs.
+
+    Returns:
+        ``(count, input_shape)``; ``(-1, ())`` if no default input fits.
+    """
+    from sparsetrain.models import count_parameters, create_model
+
+    for shape in DEFAULT_INPUTS:
+        try:
+            model = create_model(name, num_classes=num_classes, input_shape=shape)
+        except (ValueError, TypeError, RuntimeError):
+            continue
+        return count_parameters(model), shape
+    return -1, ()

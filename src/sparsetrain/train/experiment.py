@@ -1,0 +1,219 @@
+"""One experiment end to end: config → run directory with metrics, checkpoints and a summary.
+
+    from sparsetrain.config import load_config
+    from sparsetrain.train import RunOptions, run_experiment
+    result = run_experiment(load_config("configs/mnist1d_mlp_rigl.yaml"), "runs/demo")
+
+The run directory (see ``docs/cli.md``)::
+
+    config.yaml      the resolved config (written first)
+    train.log        every line printed during training
+    steps.csv        step, epoch, lr, loss, acc, sparsity, planned_sparsity (every log_every steps)
+    metrics.csv      one row per epoch: lr, train/val/test loss and accuracy, sparsity, time
+    topology.csv     one row per topology update (method.history: pruned, grown, churn, ...)
+    checkpoint.pt    the latest resumable checkpoint (every epoch end, and on SIGINT/SIGTERM)
+    best_model.pt    model weights and masks at the best-validation epoch
+    sparsity.csv/.json  per-layer target vs actual sparsity (method.report())
+    summary.json     final and best-val metrics, sparsity, FLOPs, wall time, versions (last)
+    plots/*.png      per-layer sparsity, sparsity vs step, accuracy curves
+
+``summary.json`` is written last: its presence marks a finished run (``compare`` skips those).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparsetrain.config import ConfigError, ExperimentConfig, diff_configs
+from sparsetrain.train.build import (
+    build_method,
+    build_model,
+    build_optimizer,
+    check_config,
+    steps_per_epoch,
+)
+from sparsetrain.train.checkpoint import load_checkpoint, seed_everything
+from sparsetrain.train.loop import Run
+from sparsetrain.train.recorder import (
+    HARNESS_DIRS,
+    HARNESS_FILES,
+    Experiment,
+    RunOptions,
+    RunResult,
+    restore,
+)
+
+# Keys that may differ between a run and its resumption without changing any number.
+RESUME_FREE_KEYS = ("data.data_dir", "train.plots", "train.device")
+
+__all__ = ["Experiment", "RunOptions", "RunResult", "prepare", "run_experiment"]
+
+
+def run_experiment(
+    cfg: ExperimentConfig, run_dir: str | Path, options: RunOptions | None = None
+) -> RunResult:
+    """Train ``cfg`` into ``run_dir`` and write every output; see the module docstring.
+
+    Raises:
+        ConfigError: A config or run-directory problem (before anything is written).
+        CheckpointError: The checkpoint to resume from is unreadable or from another run.
+        FileNotFoundError: The dataset's files are missing (the loader's message).
+    """
+    prepared = prepare(cfg, run_dir, options or RunOptions())
+    return prepared if isinstance(prepared, RunResult) else prepared.execute()
+
+
+def run_dir_state(run_dir: Path) -> str:
+    """The state of a run directory: ``empty``, ``finished``, ``resumable`` or ``other``.
+
+    ``empty``: missing or no files; ``finished``: has ``summary.json``; ``resumable``: has
+    ``checkpoint.pt``; ``other``: files but neither.
+    """
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "empty"
+    if (run_dir / "summary.json").is_file():
+        return "finished"
+    if (run_dir / "checkpoint.pt").is_file():
+        return "resumable"
+    return "other"
+
+
+def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Experiment | RunResult:
+    """Validate everything and build the objects; nothing in ``run_dir`` changes on error."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} exists and is not a directory")
+    if opts.resume and opts.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other; pick one")
+    state = run_dir_state(run_dir)
+    if state != "empty" and not (opts.resume or opts.overwrite):
+        raise ConfigError(
+            f"run directory {run_dir} is not empty; pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+    if opts.resume and state == "finished":
+        return RunResult(
+            "already_finished", run_dir, _read_summary(run_dir), 0, f"{run_dir}: already finished"
+        )
+    if opts.resume and state == "other":
+        raise ConfigError(
+            f"nothing to resume in {run_dir} (no checkpoint.pt); pass --overwrite to start over"
+        )
+    check_config(cfg)
+    ckpt = (
+        load_checkpoint(run_dir / "checkpoint.pt") if opts.resume and state == "resumable" else None
+    )
+    if ckpt is not None:
+        _check_same_run(cfg, ckpt, run_dir)
+
+    from sparsetrain.data import load_dataset
+
+    d = cfg.data
+    splits = load_dataset(
+        d.name,
+        data_dir=opts.data_dir or d.data_dir,
+        val_fraction=d.val_fraction,
+        seed=cfg.train.seed,
+        augment=d.augment,
+        **d.options,
+    )
+    if len(splits.train) < 2:
+        raise ConfigError(f"dataset {d.name!r} has {len(splits.train)} training examples")
+    run = build_run(cfg, splits)
+    if ckpt is not None:
+        restore(run, ckpt)
+    elif state != "empty":  # --overwrite: only now that everything built
+        clear_run_dir(run_dir)
+    return Experiment(run, run_dir, opts, resumed=ckpt is not None)
+
+
+def plan_experiment(cfg: ExperimentConfig, data_dir: str | None = None, points: int = 11) -> str:
+    """Dry run: the method's sparsity curve and topology-update steps, as text.
+
+    Loads the data (for the steps per epoch) and builds the model and method; trains nothing.
+    """
+    from sparsetrain.data import load_dataset
+
+    check_config(cfg)
+    d = cfg.data
+    splits = load_dataset(
+        d.name,
+        data_dir=data_dir or d.data_dir,
+        val_fraction=d.val_fraction,
+        seed=cfg.train.seed,
+        augment=False,
+        **d.options,
+    )
+    run = build_run(cfg, splits)
+    t = cfg.train
+    head = (
+        f"{cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {t.epochs} epochs x "
+        f"{run.steps_per_epoch} steps = {run.total_steps} optimizer steps "
+        f"({len(splits.train)} examples, batch {t.batch_size}, grad_accum {t.grad_accum})"
+    )
+    return f"{head}\n{run.method.plan(run.total_steps, points=points)}"
+
+
+def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
+    """Seed, then build the model, optimizer and attached method for ``cfg``."""
+    from sparsetrain.models import uses_channels_last
+
+    seed_everything(cfg.train.seed)
+    try:
+        device = torch.device(cfg.train.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device: {exc}") from None
+    model = build_model(cfg, splits.num_classes, tuple(splits.input_shape))
+    cl = cfg.train.channels_last == "on" or (
+        cfg.train.channels_last == "auto" and uses_channels_last(cfg.model.name)
+    )
+    model = model.to(device, memory_format=torch.channels_last) if cl else model.to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    spe = steps_per_epoch(len(splits.train), cfg.train.batch_size, cfg.train.grad_accum)
+    method = build_method(cfg, spe)
+    try:
+        method.attach(model, optimizer, hook=False)  # the loop calls the hooks by name
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"method {cfg.method.name!r}: {exc}") from None
+    return Run(cfg, model, optimizer, method, splits, device, cl, spe, base_lrs)
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete the files and folders the harness writes (and nothing else)."""
+    for name in HARNESS_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in HARNESS_DIRS:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+
+
+def _check_same_run(cfg: ExperimentConfig, ckpt: dict[str, Any], run_dir: Path) -> None:
+    diff = [
+        k for k in diff_configs(ckpt.get("config", {}), cfg.to_dict()) if k not in RESUME_FREE_KEYS
+    ]
+    if diff:
+        key = diff[0]
+        was, now = _lookup(ckpt.get("config", {}), key), _lookup(cfg.to_dict(), key)
+        raise ConfigError(
+            f"cannot resume {run_dir}: the config differs from the checkpoint's at {key} "
+            f"(checkpoint: {was!r}, now: {now!r}); resume with {run_dir / 'config.yaml'}"
+        )
+
+
+def _lookup(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+    return d
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,279 @@
+"""Suites: a grid of runs (methods × sparsities × seeds) over one base config.
+
+A suite file::
+
+    base: mnist1d_mlp_rigl.yaml      # a config path (relative to this file) or an inline mapping
+    overrides: {train.epochs: 5}     # optional; also a list of "key=value" strings
+    methods: [rigl, set, static]
+    sparsities: [0.8, 0.9]
+    seeds: [0, 1, 2]
+    method_overrides:                # optional, per method
+      set: {method.update_interval: 50}
+    out: runs/mnist1d_grid           # optional; --out wins
+
+Each run lives in ``<out>/<method>-s<sparsity>-seed<seed>``. The base config's method options
+that a suite method does not take are dropped for that method (with a note); ``overrides`` and
+``method_overrides`` are always validated strictly. Finished runs (``summary.json``)
+are skipped and never touched; runs with a checkpoint resume; every other run starts fresh.
+All configs are validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparsetrain.config import (
+    ConfigError,
+    ExperimentConfig,
+    _deepcopy,
+    parse_override,
+    read_yaml,
+    set_dotted,
+)
+
+SUITE_KEYS = ("base", "overrides", "methods", "sparsities", "seeds", "method_overrides", "out")
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """One cell of the grid."""
+
+    name: str
+    method: str
+    sparsity: float
+    seed: int
+    cfg: ExperimentConfig
+    run_dir: Path
+    dropped: tuple[str, ...] = ()  # base method options this method does not take
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    """How one run of a suite ended.
+
+    ``status`` is ``skipped``, ``finished``, ``target_missed``, ``interrupted`` or ``failed``.
+    """
+
+    run: SuiteRun
+    status: str
+    message: str
+
+
+def _pairs(value: Any, where: str) -> list[tuple[str, Any]]:
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return [(str(k), v) for k, v in value.items()]
+    if isinstance(value, list):
+        out = []
+        for text in value:
+            path, v = parse_override(str(text))
+            out.append((".".join(path), v))
+        return out
+    raise ConfigError(f"{where} must be a mapping of section.key: value or a list of key=value")
+
+
+def _list(raw: Mapping[str, Any], key: str, typ: type) -> list[Any]:
+    value = raw.get(key)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"suite key {key!r} must be a non-empty list")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, typ | int):
+            raise ConfigError(f"suite {key} entries must be {typ.__name__}s, got {v!r}")
+    return value
+
+
+def load_suite(path: str | Path, out: str | Path | None = None) -> list[SuiteRun]:
+    """Read a suite file and expand it into validated runs.
+
+    Raises:
+        ConfigError: A bad suite key, or a run whose config is invalid (named in the message).
+    """
+    from sparsetrain.train.build import check_config
+
+    p = Path(path)
+    raw = read_yaml(p)
+    for key in raw:
+        if key not in SUITE_KEYS:
+            from sparsetrain.config import _closest
+
+            raise ConfigError(
+                f"unknown suite key {key!r}{_closest(str(key), SUITE_KEYS)} "
+                f"(valid: {', '.join(SUITE_KEYS)})"
+            )
+    base = raw.get("base")
+    if isinstance(base, str):
+        base = read_yaml(p.parent / base)
+    if not isinstance(base, Mapping):
+        raise ConfigError("suite key 'base' must be a config path or an inline config mapping")
+    methods = _list(raw, "methods", str)
+    sparsities = _list(raw, "sparsities", float)
+    seeds = _list(raw, "seeds", int)
+    per_method = raw.get("method_overrides") or {}
+    if not isinstance(per_method, Mapping):
+        raise ConfigError("suite key 'method_overrides' must map method names to overrides")
+    for m in per_method:
+        if m not in methods:
+            raise ConfigError(f"method_overrides names {m!r}, which is not in methods {methods}")
+    root = Path(out) if out is not None else Path(raw.get("out") or Path("runs") / p.stem)
+    runs = []
+    for method in methods:
+        for sparsity in sparsities:
+            for seed in seeds:
+                cfg_raw = _deepcopy(base)
+                dropped = _drop_foreign_options(cfg_raw, method)
+                for key, value in _pairs(raw.get("overrides"), "suite key 'overrides'"):
+                    set_dotted(cfg_raw, key, value)
+                set_dotted(cfg_raw, "method.name", method)
+                set_dotted(cfg_raw, "method.sparsity", sparsity)
+                set_dotted(cfg_raw, "train.seed", seed)
+                for key, value in _pairs(per_method.get(method), f"method_overrides.{method}"):
+                    set_dotted(cfg_raw, key, value)
+                name = f"{method}-s{sparsity:g}-seed{seed}"
+                try:
+                    cfg = ExperimentConfig.from_dict(cfg_raw)
+                    check_config(cfg)
+                except ConfigError as exc:
+                    raise ConfigError(f"suite run {name}: {exc}") from None
+                runs.append(
+                    SuiteRun(name, method, float(sparsity), int(seed), cfg, root / name, dropped)
+                )
+    return runs
+
+
+def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ...]:
+    """Remove the base config's method options that ``method`` does not take; return them.
+
+    The base config's method options belong to the base's method (e.g. RigL's
+    ``update_interval``); a suite that swaps in another method keeps only those the new method
+    accepts. Options set by ``overrides`` and ``method_overrides`` are never dropped.
+    """
+    from sparsetrain.methods import get_method_info, method_options
+
+    section = cfg_raw.get("method")
+    if not isinstance(section, dict) or section.get("name", "dense") == method:
+        return ()
+    try:
+        valid = method_options(get_method_info(method).factory)
+    except (ValueError, TypeError):
+        return ()  # an unknown method is reported by the config check, with close matches
+    dropped = tuple(k for k in section if k != "name" and k not in valid)
+    for k in dropped:
+        del section[k]
+    return dropped
+
+
+def _options(run_dir: Path, data_dir: str | None) -> dict[str, Any]:
+    from sparsetrain.train.experiment import run_dir_state
+
+    state = run_dir_state(run_dir)
+    return {
+        "resume": state != "other",
+        "overwrite": state == "other",  # started but no checkpoint: nothing to keep
+        "quiet": True,
+        "progress": False,
+        "data_dir": data_dir,
+    }
+
+
+def _run_one(
+    cfg_raw: dict[str, Any], run_dir: str, opts: dict[str, Any], threads: int
+) -> tuple[str, str]:
+    """Worker: run one config; returns (status, message). Never raises."""
+    import torch
+
+    from sparsetrain.train.experiment import RunOptions, run_experiment
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        cfg = ExperimentConfig.from_dict(cfg_raw)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # see train.log
+            result = run_experiment(cfg, run_dir, RunOptions(**opts))
+    except KeyboardInterrupt:
+        return "interrupted", "interrupted"
+    except Exception as exc:  # a failed run must not stop the rest of the suite
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return "failed", f"{type(exc).__name__}: {first}"
+    return result.status, result.message
+
+
+def run_suite(
+    runs: list[SuiteRun],
+    *,
+    jobs: int = 1,
+    data_dir: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[SuiteOutcome]:
+    """Run (or skip, or resume) every run of a suite, sequentially or in ``jobs`` processes.
+
+    Args:
+        runs: From :func:`load_suite`.
+        jobs: Worker processes (1: in this process). Workers share the CPU cores.
+        data_dir: Dataset folder for every run.
+        echo: Where progress lines go.
+
+    Returns:
+        One outcome per run, in grid order.
+    """
+    from sparsetrain.train.experiment import run_dir_state
+
+    outcomes: dict[str, SuiteOutcome] = {}
+    noted: set[str] = set()
+    for r in runs:
+        if r.dropped and r.method not in noted:
+            noted.add(r.method)
+            keys = ", ".join(f"method.{k}" for k in r.dropped)
+            echo(f"note: {r.method} does not take the base config's {keys}; dropped for it")
+    todo = []
+    for r in runs:
+        if run_dir_state(r.run_dir) == "finished":
+            outcomes[r.name] = SuiteOutcome(r, "skipped", "already finished")
+            echo(f"[skip]   {r.name}: already finished")
+        else:
+            todo.append(r)
+
+    def done(r: SuiteRun, status: str, message: str) -> None:
+        outcomes[r.name] = SuiteOutcome(r, status, message)
+        echo(f"[{status}] {r.name}: {message}")
+
+    if jobs <= 1:
+        for r in todo:
+            state = run_dir_state(r.run_dir)
+            echo(f"[{'resume' if state == 'resumable' else 'start'}]  {r.name}")
+            status, message = _run_one(
+                r.cfg.to_dict(), str(r.run_dir), _options(r.run_dir, data_dir), 0
+            )
+            done(r, status, message)
+            if status == "interrupted":
+                break
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {}
+            for r in todo:
+                state = run_dir_state(r.run_dir)
+                echo(f"[{'resume' if state == 'resumable' else 'start'}]  {r.name}")
+                opts = _options(r.run_dir, data_dir)
+                futures[r.name] = (
+                    r,
+                    pool.submit(_run_one, r.cfg.to_dict(), str(r.run_dir), opts, threads),
+                )
+            try:
+                for r, fut in futures.values():
+                    done(r, *fut.result())
+            except KeyboardInterrupt:
+                pool.shutdown(wait=True, cancel_futures=True)
+                for r, fut in futures.values():
+                    if r.name not in outcomes:
+                        res = fut.result() if fut.done() and not fut.cancelled() else None
+                        done(r, *(res or ("interrupted", "interrupted")))
+    return [outcomes[r.name] for r in runs if r.name in outcomes]

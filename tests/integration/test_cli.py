@@ -1,0 +1,426 @@
+"""The CLI in-process: pinned losses, straight-vs-resumed identity, errors, compare, report.
+
+Pins come from ``steps.csv`` / ``sparsity.csv`` of an 8-step ``rigl`` run (2 epochs x 4 steps)
+on ``synthetic`` data with a 64-16-4 MLP. When a change moves these numbers on purpose, update
+the pins in the same change and say why next to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from sparsetrain.cli import main
+from sparsetrain.train import experiment as experiment_module
+
+pytestmark = pytest.mark.integration
+
+CONFIG: dict[str, Any] = {
+    "data": {"name": "synthetic", "n_train": 64, "n_test": 32},  # 58 train / 6 val: 4 batches
+    "model": {"name": "mlp", "hidden_sizes": [16]},
+    "method": {"name": "rigl", "sparsity": 0.8, "update_interval": 3},
+    "optim": {"name": "sgd", "lr": 0.1, "schedule": "cosine"},
+    "train": {"epochs": 2, "batch_size": 16, "log_every": 1, "plots": False},
+}
+
+# Pinned on torch 2.13 CPU (rtol 1e-5). Initial pins.
+PINNED_LOSSES = [
+    1.3629481792449951,
+    1.3296327590942383,
+    1.33497154712677,
+    1.2960288524627686,
+    1.2611035108566284,
+    1.179200291633606,
+    1.0499428510665894,
+    1.098607063293457,
+]
+PINNED_SPARSITY = {"fc1.weight": 0.830078, "fc2.weight": 0.3125, "global": 0.799632}
+
+
+def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
+    raw = {k: dict(v) for k, v in CONFIG.items()}
+    for k, v in sections.items():
+        if "name" in v and k in ("model", "method"):  # another entry: its own options only
+            raw[k] = dict(v)
+        else:
+            raw.setdefault(k, {}).update(v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train(config: Path, out: Path, *extra: str) -> int:
+    return main(["train", str(config), "--out", str(out), "--quiet", *extra])
+
+
+def outputs(run: Path) -> dict[str, Any]:
+    """Everything that must match between a straight and a resumed run."""
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    summary = json.loads((run / "summary.json").read_text())
+    epochs = [{k: v for k, v in r.items() if k != "time"} for r in rows(run / "metrics.csv")]
+    return {
+        "steps": rows(run / "steps.csv"),
+        "epochs": epochs,
+        "topology": rows(run / "topology.csv"),
+        "masks": ckpt["method"]["masks"],
+        "model": ckpt["model"],
+        "final": summary["final"],
+        "best": summary["best_val"],
+    }
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    for key in ("steps", "epochs", "topology", "final", "best"):
+        assert a[key] == b[key], key
+    for name in a["masks"]:
+        assert torch.equal(a["masks"][name], b["masks"][name]), name
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def kill_at(monkeypatch: pytest.MonkeyPatch, forward: int, how: str = "raise") -> None:
+    """Stop the run at its ``forward``-th training forward pass (counted from this process).
+
+    ``raise``: a KeyboardInterrupt from a forward hook (mid-step); ``signal``: SIGTERM to this
+    process, which the loop turns into a stop after the step.
+    """
+    build = experiment_module.build_model
+    calls = {"n": 0}
+
+    def hooked(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = build(*args, **kwargs)
+
+        def hook(module: torch.nn.Module, *_: Any) -> None:
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == forward:
+                    if how == "raise":
+                        raise KeyboardInterrupt
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        # On the classifier: every earlier layer (BatchNorm included) has run when it fires.
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(experiment_module, "build_model", hooked)
+
+
+# --------------------------------------------------------------------------- pinned numbers
+
+
+def test_train_pinned_losses_and_sparsity(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(write_config(tmp_path), run) == 0
+    losses = [float(r["loss"]) for r in rows(run / "steps.csv")]
+    assert losses == pytest.approx(PINNED_LOSSES, rel=1e-5)
+    sparsity = {r["name"]: float(r["sparsity"]) for r in rows(run / "sparsity.csv")}
+    assert sparsity == pytest.approx(PINNED_SPARSITY, rel=1e-5)
+    epochs = rows(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in epochs] == [1, 2] and epochs[-1]["step"] == "8"
+    assert [int(r["step"]) for r in rows(run / "topology.csv")] == [3, 6]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 8
+    assert summary["flops"]["sparse"] < summary["flops"]["dense"]
+    assert summary["sparsity"]["target_met"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["method"] == {"name": "rigl", "sparsity": 0.8, "update_interval": 3}
+    for name in ("checkpoint.pt", "best_model.pt", "sparsity.json", "train.log"):
+        assert (run / name).is_file(), name
+
+
+def test_plots(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = write_config(tmp_path, train={"plots": True, "epochs": 1})
+    assert train(config, run) == 0
+    for name in ("sparsity_layers.png", "sparsity_steps.png", "accuracy.png"):
+        assert (run / "plots" / name).stat().st_size > 1000, name
+
+
+# --------------------------------------------------------------------------- resume identity
+
+
+@pytest.mark.parametrize(
+    ("method", "kill", "how"),
+    [
+        # SET: random growth; killed mid-step 5 of 8 (epoch 2, batch 1): after the update at
+        # step 3, before the one at step 6.
+        ({"name": "set", "sparsity": 0.8, "update_interval": 3}, 5, "raise"),
+        # Generic DST with random growth, stopped by SIGTERM right after step 4 (epoch end).
+        ({"name": "dst", "sparsity": 0.7, "update_interval": 2, "grow": "random"}, 4, "signal"),
+        # OptG, a reparametrised method (scores + supermask STE), SIGTERM mid-epoch.
+        ({"name": "optg", "sparsity": 0.7}, 6, "signal"),
+        # ST-3, a reparametrised method (soft threshold, ramp), killed mid-step.
+        ({"name": "st3", "sparsity": 0.7}, 7, "raise"),
+    ],
+    ids=["set-mid-epoch-raise", "dst-epoch-end-sigterm", "optg-mid-epoch-sigterm", "st3-raise"],
+)
+def test_resume_is_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: dict[str, Any], kill: int, how: str
+) -> None:
+    config = write_config(tmp_path, method=method, data={"augment": True})
+    check_resume(tmp_path, config, monkeypatch, kill, how)
+
+
+def test_resume_is_identical_with_batchnorm_and_channels_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ResNet-20 (BatchNorm, channels_last): a kill mid-forward rolls back the BN statistics."""
+    config = write_config(
+        tmp_path,
+        data={"input_shape": [3, 8, 8]},
+        model={"name": "resnet20"},
+        method={"name": "set", "sparsity": 0.8, "update_interval": 3},
+        train={"channels_last": "on"},
+    )
+    check_resume(tmp_path, config, monkeypatch, kill=6, how="raise")
+
+
+def check_resume(
+    tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch, kill: int, how: str
+) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(config, straight) == 0
+
+    with monkeypatch.context() as m:
+        kill_at(m, kill, how)
+        code = train(config, resumed)
+    assert code == (130 if how == "raise" else 128 + signal.SIGTERM)
+    assert not (resumed / "summary.json").exists()
+    ckpt = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == kill - 1 if how == "raise" else kill
+
+    assert train(config, tmp_path / "resumed") == 2  # non-empty: needs --resume
+    assert train(config, resumed, "--resume") == 0
+    assert_same(outputs(straight), outputs(resumed))
+    assert train(config, resumed, "--resume") == 0  # finished: nothing to do
+
+
+def test_resume_refuses_a_changed_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        kill_at(m, 3)
+        assert train(config, run) == 130
+    capsys.readouterr()
+    assert train(config, run, "--resume", "train.epochs=3") == 2
+    err = capsys.readouterr().err.strip()
+    assert "config differs from the checkpoint's at train.epochs (checkpoint: 2, now: 3)" in err
+
+
+def test_truncated_and_foreign_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, train={"epochs": 1})
+    run = tmp_path / "run"
+    assert train(config, run) == 0
+    (run / "summary.json").unlink()
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert train(config, run, "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable checkpoint (truncated or corrupt?)" in err
+    torch.save({"model": {}}, run / "checkpoint.pt")
+    assert train(config, run, "--resume") == 2
+    assert "is not a sparsetrain checkpoint" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train.epoch=3"], "unknown key train.epoch; did you mean 'epochs'"),
+        (["train.epochs=three"], "train.epochs must be an integer, got 'three'"),
+        (["method.sparsity=1.5"], "method.sparsity must be in [0, 1), got 1.5"),
+        (["method.name=rigel"], "unknown method 'rigel'; valid: "),
+        (["method.update_intervl=5"], "did you mean 'update_interval'"),
+        (["data.name=cifar10", "--data-dir", "/nonexistent"], "cifar10"),
+    ],
+    ids=["unknown-key", "wrong-type", "sparsity-range", "unknown-method", "method-key", "no-data"],
+)
+def test_user_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    code = train(write_config(tmp_path), tmp_path / "run", *args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("sparsetrain train: error: "), err
+    assert needle in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_method_suggests_close_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(write_config(tmp_path), tmp_path / "r", "method.name=rigel") == 2
+    assert "Did you mean 'rigl'" in capsys.readouterr().err
+
+
+def test_non_empty_run_dir_is_refused_and_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert train(write_config(tmp_path), run) == 2
+    assert "is not empty; pass --resume" in capsys.readouterr().err
+    assert train(write_config(tmp_path, train={"epochs": 1}), run, "--overwrite") == 0
+    assert (run / "notes.txt").read_text() == "mine" and (run / "summary.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore::sparsetrain.SparsityTargetWarning")
+def test_missed_target_exits_1_after_saving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sparsetrain.methods.dynamic import DynamicSparse
+
+    monkeypatch.setattr(
+        DynamicSparse, "target_counts", lambda self: {t.name: t.numel for t in self.targets}
+    )
+    run = tmp_path / "run"
+    assert train(write_config(tmp_path, train={"epochs": 1}), run) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "target_missed" and not summary["sparsity"]["target_met"]
+    assert (run / "sparsity.csv").is_file()
+    assert "sparsity target missed" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- compare, report
+
+
+def test_compare_skips_finished_and_resumes_unfinished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(tmp_path)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "base": "config.yaml",
+                "overrides": {"train.epochs": 1},
+                "methods": ["rigl", "set"],
+                "sparsities": [0.8],
+                "seeds": [0, 1],
+                "method_overrides": {"set": {"method.update_interval": 2}},
+            }
+        )
+    )
+    out = tmp_path / "grid"
+    # One run finished beforehand, one killed half-way.
+    config = tmp_path / "cell.yaml"
+    cell = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cell["train"].update(epochs=1, seed=0)
+    config.write_text(yaml.safe_dump(cell))
+    assert train(config, out / "rigl-s0.8-seed0") == 0
+    finished = out / "rigl-s0.8-seed0" / "summary.json"
+    before = (finished.stat().st_mtime_ns, finished.read_text())
+    cell["method"].update(name="set", update_interval=2)
+    cell["train"]["seed"] = 1
+    config.write_text(yaml.safe_dump(cell))
+    with monkeypatch.context() as m:
+        kill_at(m, 3)
+        assert train(config, out / "set-s0.8-seed1") == 130
+    capsys.readouterr()
+
+    assert main(["compare", str(suite), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[skip]   rigl-s0.8-seed0: already finished" in printed
+    assert "[resume]  set-s0.8-seed1" in printed
+    assert (finished.stat().st_mtime_ns, finished.read_text()) == before
+    for name in ("rigl-s0.8-seed1", "set-s0.8-seed0", "set-s0.8-seed1"):
+        assert json.loads((out / name / "summary.json").read_text())["status"] == "finished"
+    assert "resuming" in (out / "set-s0.8-seed1" / "train.log").read_text()
+
+    assert main(["compare", str(suite), "--out", str(out)]) == 0  # all finished: all skipped
+    assert capsys.readouterr().out.count("[skip]") == 4
+
+    report = tmp_path / "report"
+    assert main(["report", str(out), "--out", str(report)]) == 0
+    table = (report / "report.md").read_text()
+    assert "| rigl | 0.8 | 2 |" in table and "| set | 0.8 | 2 |" in table and " ± " in table
+    groups = json.loads((report / "report.json").read_text())
+    accs = [
+        json.loads((out / f"rigl-s0.8-seed{s}" / "summary.json").read_text())["headline"][
+            "test_acc"
+        ]
+        for s in (0, 1)
+    ]
+    rigl = next(g for g in groups if g["method"] == "rigl")
+    assert rigl["acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert rigl["acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+    assert (report / "accuracy_vs_sparsity.png").is_file()
+
+
+def test_compare_validates_the_grid_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(tmp_path)
+    suite = tmp_path / "suite.yaml"
+    grid = {"base": "config.yaml", "methods": ["rigl", "gmp"], "sparsities": [0.8], "seeds": [0]}
+    suite.write_text(yaml.safe_dump({**grid, "method_overrides": {"gmp": {"method.intervall": 2}}}))
+    assert main(["compare", str(suite), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "suite run gmp-s0.8-seed0: unknown key method.intervall" in err
+    assert "did you mean 'interval'" in err
+    assert not (tmp_path / "g").exists()
+
+    from sparsetrain.train.suite import load_suite
+
+    suite.write_text(yaml.safe_dump(grid))  # the base's rigl-only option is dropped for gmp
+    runs = load_suite(suite, tmp_path / "g")
+    assert [r.dropped for r in runs] == [(), ("update_interval",)]
+    assert runs[0].cfg.method.options["update_interval"] == 3
+
+
+def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- list, plan
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "rigl" in out and "Evci" in out
+    assert main(["list", "criteria"]) == 0
+    assert "reciprocal_sensitivity" in capsys.readouterr().out
+    assert main(["list", "datasets"]) == 0
+    assert "mnist1d" in capsys.readouterr().out
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp" in out and " params @ " in out
+    assert main(["list", "things"]) == 2
+    assert "invalid choice: 'things'" in capsys.readouterr().err
+
+
+def test_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(write_config(tmp_path)), "train.epochs=4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 epochs x 4 steps = 16 optimizer steps" in out
+    assert "plan for 'rigl' over 16 optimizer steps" in out
+    assert "topology updates: 4 at steps 3, 6, 9, 12" in out
+    assert train(write_config(tmp_path), tmp_path / "run", "--dry-run") == 0
+    assert "topology updates: 2 at steps 3, 6" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
