@@ -51,12 +51,10 @@ def train(
     x_train, y_train = data.train.tensors
     x_test, y_test = data.test.tensors
     model = create_model("cnn1d", num_classes=data.num_classes, input_shape=data.input_shape)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     total_steps = args.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
 
     # --- the two lines of sparsetrain -------------------------------------------------
     options = {"total_steps": total_steps}
@@ -89,8 +87,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["dense", "rigl"])
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--update-interval", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true")

@@ -153,6 +153,8 @@ class TrainConfig:
             the last epoch's. Both are always recorded in ``summary.json``.
         log_every: Optimizer steps between rows of ``steps.csv``.
         plots: Write PNG plots at the end (skipped with a note if matplotlib is missing).
+        label: Name of the run's method in reports (default: the method's registry name);
+            suites set it to their variant name, e.g. ``snip-gradient``.
     """
 
     epochs: int = 10
@@ -166,6 +168,7 @@ class TrainConfig:
     select: Literal["best_val", "final"] = "best_val"
     log_every: int = 10
     plots: bool = True
+    label: str | None = None
 
 
 SECTIONS: dict[str, type] = {

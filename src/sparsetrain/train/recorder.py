@@ -411,7 +411,8 @@ def make_summary(
     )
     return {
         "status": "target_missed" if missed else "finished",
-        "method": cfg.method.name,
+        "method": cfg.train.label or cfg.method.name,
+        "method_name": cfg.method.name,
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "seed": cfg.train.seed,
