@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from sparsetrain.masking.topk import select_bottomk, select_topk
+from sparsetrain.masking.topk import select_bottomk, select_topk, topk_indices
 
 Order = Literal["before", "after"]
 
@@ -170,6 +170,23 @@ class PruneCriterion:
                 mask = torch.ones_like(weight, dtype=torch.bool)
             return self.select_fn(weight, mask, k)
         return select_bottomk(self.scores(weight, grad, generator, gamma), k, mask)
+
+    def select_indices(
+        self,
+        weight: torch.Tensor,
+        grad: torch.Tensor | None,
+        k: int,
+        generator: torch.Generator | None = None,
+        gamma: float = 1.0,
+    ) -> torch.Tensor:
+        """Flat indices of the entries to remove when every entry of ``weight`` is active.
+
+        The DST update calls this on the gathered active entries only.
+        """
+        if self.select_fn is not None:
+            return self.select(weight, grad, None, k, generator, gamma).reshape(-1).nonzero()[:, 0]
+        scores = self.scores(weight, grad, generator, gamma).reshape(-1)
+        return topk_indices(scores, k, largest=False)
 
 
 def _s(fn: Callable[..., torch.Tensor], kind: str) -> Callable[..., torch.Tensor]:

@@ -246,7 +246,7 @@ class DynamicSparse(SparsityMethod):
         w_active = t.param.detach().reshape(-1)[active]
         g_active = None if grad is None else grad.reshape(-1)[active]
         gen = self.generator(step, index)
-        drop = active[self.prune.select(w_active, g_active, None, k, gen, self.gamma)]
+        drop = active[self.prune.select_indices(w_active, g_active, k, gen, self.gamma)]
         flat_mask[drop] = False
         grow = self._grow_indices(step, index, t, drop.numel(), grad)
         flat_mask[grow] = True
@@ -255,7 +255,8 @@ class DynamicSparse(SparsityMethod):
             fill_at(t.param.data, reset)
         if self.optimizer is not None:
             zero_state_at(self.optimizer, t.param, reset, skip_keys=self.state_skip_keys)
-        regrown = int(torch.isin(grow, drop).sum())
+        was_dropped = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
+        regrown = int(was_dropped.index_fill_(0, drop, True)[grow].sum())
         return active.numel(), drop.numel(), grow.numel(), grow.numel() - regrown
 
     def _update_global(
