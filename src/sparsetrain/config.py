@@ -55,6 +55,7 @@ class DataConfig:
         data_dir: Folder with the dataset files (``--data-dir`` on the CLI overrides it).
         val_fraction: Fraction of the training set held out for validation (0: none).
         augment: Apply the dataset's training augmentation.
+        train_size: Keep only this many training examples (seeded subset; ``null``: all).
         options: Dataset-specific options (written flat beside ``name`` in YAML).
     """
 
@@ -62,6 +63,7 @@ class DataConfig:
     data_dir: str | None = None
     val_fraction: float = 0.1
     augment: bool = True
+    train_size: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -141,6 +141,7 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     augment: bool = True,
+    train_size: int | None = None,
     **options: Any,
 ) -> DatasetSplits:
     """Load a dataset by name into train, validation and test splits held in memory.
@@ -154,6 +155,8 @@ def load_dataset(
             seeded with ``seed``; 0 gives ``val=None``.
         seed: Seed of the validation split (and of nothing else: test sets never depend on it).
         augment: Apply the dataset's training augmentation (CIFAR crop and flip) to ``train``.
+        train_size: Keep only this many training examples (a subset seeded with ``seed``, taken
+            after the validation split), for small-scale runs; ``None`` keeps all.
         **options: Dataset-specific options, e.g. ``n_train`` for ``synthetic``.
 
     Returns:
@@ -181,6 +184,14 @@ def load_dataset(
     root = None if data_dir is None else Path(data_dir).expanduser()
     raw = info.loader(data_dir=root, augment=bool(augment), **options)
     train_idx, val_idx = split_indices(raw.x_train.shape[0], val_fraction, seed)
+    if train_size is not None:
+        if isinstance(train_size, bool) or not 1 <= int(train_size) <= len(train_idx):
+            raise ValueError(
+                f"train_size must be an int in [1, {len(train_idx)}] for {info.name}, "
+                f"got {train_size!r}"
+            )
+        pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed + 1))
+        train_idx = train_idx[pick[: int(train_size)].sort().values]
     train = InMemoryDataset(raw.x_train[train_idx], raw.y_train[train_idx], raw.train_transform)
     val = None
     if val_idx is not None:

@@ -120,6 +120,7 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
         val_fraction=d.val_fraction,
         seed=cfg.train.seed,
         augment=d.augment,
+        train_size=d.train_size,
         **d.options,
     )
     if len(splits.train) < 2:
@@ -147,6 +148,7 @@ def plan_experiment(cfg: ExperimentConfig, data_dir: str | None = None, points: 
         val_fraction=d.val_fraction,
         seed=cfg.train.seed,
         augment=False,
+        train_size=d.train_size,
         **d.options,
     )
     run = build_run(cfg, splits)
