@@ -8,8 +8,9 @@ A mask is a ``bool`` tensor (one byte per weight) owned by the *method*: each
 mask. For hard-mask methods (dense, static, GMP, the DST family) the model keeps its own plain
 parameters, under their original names, with pruned entries stored as exact zeros, so the model
 can be saved, exported or used without sparsetrain at any time. Methods whose forward pass is a
-function of the weights (ST-3, OptG, SCL, STR, DNW) add a ``torch.nn.utils.parametrize``
-parametrization; their masks are still held by the method, never duplicated in the model.
+function of the weights (ST-3, OptG, SCL, STR, DNW) keep the effective weight in the parameter
+and the raw weight in a ``<name>_raw`` buffer of the same module (see
+``sparsetrain.methods._inplace``); their masks too are held by the method, never by the model.
 
 This package knows nothing about methods: it selects targets, ranks scores and applies masks.
 """

@@ -1,0 +1,171 @@
+"""DNW: hard top-k by magnitude in the forward pass, straight-through gradient to every weight."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+import torch
+
+from sparsetrain.distributions import allocate
+from sparsetrain.masking.topk import select_topk
+from sparsetrain.methods._inplace import InPlaceMethod
+from sparsetrain.methods._st3_parts import OrderStatistics, abs_buffer, check_interval
+from sparsetrain.methods.registry import register_method
+from sparsetrain.schedules import cubic
+
+SCOPES = ("layer", "global")
+
+
+class DNW(InPlaceMethod):
+    """Discovering Neural Wirings: W_eff = W ⊙ TopK(|W|), with ∂L/∂W = g for every raw weight.
+
+    The mask holds exactly the k largest |W| (ties broken by ``torch.topk``), recomputed from the
+    raw weights after every optimizer step (and at attach), which is what the official code's
+    per-forward selection sees. Between steps ``weight`` holds W ⊙ M and ``weight_raw`` holds W
+    (see :mod:`~sparsetrain.methods._inplace`). ``scope="layer"`` keeps a uniform fraction per
+    tensor (as the DNW layers of the STR code base, ``prune_rate`` per layer); ``scope="global"``
+    ranks all tensors together. By default the network is at the target from step 0;
+    ``ramp_end_step > ramp_begin_step`` adds a cubic ramp (dense until ``ramp_begin_step``).
+    Equals ST-3 with a hard threshold, no rescale and an exact top-k in place of the quantile
+    (spec §6).
+
+    References:
+        Wortsman, Farhadi & Rastegari, "Discovering Neural Wirings", NeurIPS 2019,
+        arXiv 1906.00586.
+
+    Args:
+        scope: ``layer`` (default) or ``global``.
+        ramp_begin_step: Start of the optional cubic ramp.
+        ramp_end_step: End of the ramp; equal to ``ramp_begin_step`` (default 0): no ramp.
+        update_interval: Re-select every this many steps (default 1, as the official code's
+            per-forward top-k). Larger values are a speed option: in between, the forward keeps
+            |W| > λ with the last cut λ (count exact again at each update and the last step).
+        **kwargs: Common options of :class:`~sparsetrain.methods.base.SparsityMethod`.
+    """
+
+    name = "dnw"
+
+    def __init__(
+        self,
+        *,
+        scope: str = "layer",
+        ramp_begin_step: int = 0,
+        ramp_end_step: int = 0,
+        update_interval: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
+        if not 0 <= ramp_begin_step <= ramp_end_step:
+            raise ValueError(
+                f"need 0 <= ramp_begin_step <= ramp_end_step, got {ramp_begin_step} and "
+                f"{ramp_end_step}"
+            )
+        self.scope, self.ramp_begin_step, self.ramp_end_step = scope, ramp_begin_step, ramp_end_step
+        self.update_interval = check_interval(update_interval)
+        self._cut: list[float | torch.Tensor | None] = []  # per target: λ (|W| > λ), mask, all
+        self._tmp: list[torch.Tensor] = []
+        self._selects: list[OrderStatistics] = []
+        self._buf: list[torch.Tensor] = []
+        self._counts: tuple[float, list[int]] = (-1.0, [])
+
+    def refresh(self, step: int) -> None:
+        last = step == self.total_steps or step == self.ramp_end_step
+        if step % self.update_interval == 0 or last:
+            self._update(self.sparsity_at(step))
+
+    def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:
+        cut = self._cut[index]
+        if cut is None:
+            return False
+        if isinstance(cut, float):
+            torch.hardshrink(raw, cut, out=out)  # keeps |W| > λ: exactly the top k
+        else:
+            torch.mul(raw, cut, out=out)
+        return True
+
+    def sparsity_at(self, step: int) -> float:
+        if self.ramp_end_step == self.ramp_begin_step:
+            return self.sparsity if step >= self.ramp_begin_step else 0.0
+        return cubic(step, final=self.sparsity, start=self.ramp_begin_step, end=self.ramp_end_step)
+
+    def update_steps(self, total_steps: int) -> list[int]:
+        k, end = self.update_interval, self.ramp_end_step
+        return [s for s in range(1, total_steps + 1) if s % k == 0 or s in (end, total_steps)]
+
+    def _keep(self, s: float) -> list[int]:
+        """Active count per tensor (``layer``) or in total (``global``) at sparsity ``s``."""
+        if self._counts[0] != s:
+            total = sum(t.numel for t in self.targets)
+            if self.scope == "global":
+                counts = [round((1.0 - s) * total)]
+            else:
+                counts = list(
+                    allocate({t.name: t.shape for t in self.targets}, s, "uniform").values()
+                )
+            self._counts = (s, counts)
+        return self._counts[1]
+
+    @torch.no_grad()
+    def _update(self, s: float) -> None:
+        buf = abs_buffer(self.targets, self._buf)
+        keep = self._keep(s)
+        if len(self._selects) != len(keep):
+            self._selects = [OrderStatistics() for _ in keep]
+        ends = [0]
+        for t in self.targets:
+            ends.append(ends[-1] + t.numel)
+        if self.scope == "global":
+            cut = self._select(buf, keep[0], self._selects[0])
+            cuts = [cut if isinstance(cut, float | None) else cut[a:b] for a, b in pairwise(ends)]
+        else:
+            cuts = [
+                self._select(buf[a:b], k, sel)
+                for (a, b), k, sel in zip(pairwise(ends), keep, self._selects, strict=True)
+            ]
+        self._cut = []
+        for t, c, (a, b) in zip(self.targets, cuts, pairwise(ends), strict=True):
+            if c is None:
+                t.mask.fill_(True)
+            elif isinstance(c, float):
+                t.mask.copy_(torch.gt(buf[a:b], c, out=self._scratch(b - a)).view(t.shape))
+            else:
+                c = c.view(t.shape).to(t.param.dtype)
+                t.mask.copy_(c)
+            self._cut.append(c)
+
+    def _scratch(self, n: int) -> torch.Tensor:
+        if not self._tmp or self._tmp[0].numel() < n or self._tmp[0].device != self._buf[0].device:
+            self._tmp = [torch.empty(self._buf[0].numel(), device=self._buf[0].device)]
+        return self._tmp[0][:n]
+
+    @staticmethod
+    def _select(a: torch.Tensor, k: int, select: OrderStatistics) -> float | torch.Tensor | None:
+        """λ with exactly the ``k`` largest of ``a`` above it; a float mask on a tie at the cut."""
+        n = a.numel()
+        if k >= n:
+            return None
+        if k > 0:
+            lam, v = select(a, [n - k - 1, n - k])
+            if lam < v:
+                return lam
+        return select_topk(a, k).float()
+
+    def target_counts(self) -> dict[str, int] | None:
+        if self.scope == "global":
+            return None
+        return allocate({t.name: t.shape for t in self.targets}, self.sparsity, "uniform")
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._cut = [t.mask.to(t.param.dtype) for t in self.targets]
+        self.republish()
+
+
+register_method(
+    "dnw",
+    description="Discovering Neural Wirings: hard top-k |w| forward, straight-through backward",
+    paper="Wortsman, Farhadi & Rastegari, NeurIPS 2019, arXiv 1906.00586",
+    dense_grad="always",
+)(DNW)

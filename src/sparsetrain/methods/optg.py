@@ -1,0 +1,274 @@
+"""OptG: supermask training of trainable scores next to the weights (spec §2.3).
+
+Scores S (zeros, one per weight) are trained by the user's optimizer in their own param group
+(weight decay 0, the rest from its defaults). Forward W ⊙ M with M a global top-k of S;
+backward W.grad = g ⊙ M and S.grad = g ⊙ W on every entry (identity STE). M is re-selected every
+``update_interval`` steps (default: per epoch, as released) at s(e) = s_target·σ(β(e − E/2)),
+E = ⌈total_steps / steps_per_epoch⌉. Before each step the score lr is set to lr_w·σ(β(e − E/2)),
+lr_w the weight group's current lr (so the user's LR scheduler drives both, as in the released
+per-epoch schedule). Between steps ``weight`` holds W ⊙ M and ``weight_raw`` W (see
+:mod:`~sparsetrain.methods._inplace`). Re-selection leaves optimizer state alone (as released).
+
+Options vs the official code: ``mask_lr_mode`` ``corrected`` (default: lr_S = lr_w·r·mask_lr/lr0)
+or ``as_released`` (``mask_lr`` ignored). ``selection`` ``exact`` ([PROJECT CHOICE], default:
+exactly round((1 − s)·N) kept, ties at the threshold τ broken by larger |W|) or ``as_released``
+(every score ≥ τ kept: the official strict ``<``). Both keep everything in the early epochs of a
+long run, where ties matter (all S = 0), since there k = N. Short runs ([PROJECT CHOICE]):
+``final_epochs_at_target=1`` (default) forces s = s_target, r = 1 in the last epoch (a no-op for
+E ≥ 100: σ(E/2 − 1) rounds to 1); ``beta_ref_epochs`` uses β·max(1, ref/E) instead. β = 1 with
+``final_epochs_at_target=0`` and no ``beta_ref_epochs`` is the official behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sparsetrain.masking.topk import select_topk
+from sparsetrain.methods._inplace import InPlaceMethod
+from sparsetrain.methods.registry import register_method
+
+MASK_LR_MODES = ("corrected", "as_released")
+SELECTIONS = ("exact", "as_released")
+
+
+def _sigmoid(x: float) -> float:
+    """Overflow-free logistic function (β·E can be large)."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def select_global(
+    scores: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    k: int,
+    *,
+    exact: bool = True,
+) -> list[torch.Tensor]:
+    """OptG's global selection: the ``k`` highest scores over all tensors.
+
+    Args:
+        scores: One score tensor per layer.
+        weights: The matching weights; |W| breaks ties at the threshold (``exact`` only).
+        k: Entries to keep in total.
+        exact: Keep exactly ``k``; else keep every score ≥ the k-th largest (as released).
+
+    Returns:
+        One flat ``bool`` mask per layer.
+    """
+    flat = torch.cat([s.detach().reshape(-1) for s in scores])
+    n = flat.numel()
+    if k >= n or k <= 0:
+        keep = torch.full((n,), k > 0, dtype=torch.bool, device=flat.device)
+    else:
+        tau = torch.kthvalue(flat, n - k + 1).values  # the k-th largest score
+        keep = flat > tau if exact else flat >= tau
+        if exact:
+            mags = torch.cat([w.detach().abs().reshape(-1) for w in weights])
+            keep |= select_topk(mags, k - int(keep.sum()), flat == tau)
+    return list(keep.split([s.numel() for s in scores]))
+
+
+def _int_at_least(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+class OptG(InPlaceMethod):
+    """OptG: global top-k supermask over trainable scores, with the supermask optimizer.
+
+    References:
+        Zhang et al., "Optimizing Gradient-driven Criteria in Network Sparsity: Gradient is All
+        You Need", arXiv 2201.12826, 2022 (official code: github.com/zyxxmu/OptG).
+
+    Args:
+        steps_per_epoch: Optimizer steps per epoch (required; the ramp is per epoch).
+        update_interval: Re-select the mask every this many steps (default: once per epoch).
+        beta: Slope β of the sigmoid ramp, > 0 (1 in every official config).
+        final_epochs_at_target: Last epochs forced to s_target ([PROJECT CHOICE]; 0: official).
+        beta_ref_epochs: If set, use β·max(1, beta_ref_epochs / E) (short-run alternative).
+        mask_lr: Base lr of the scores (``mask_lr_mode="corrected"`` only; default: lr0).
+        mask_lr_mode: ``corrected`` (default) or ``as_released`` (``mask_lr`` ignored).
+        selection: ``exact`` (default, exactly k kept) or ``as_released`` (ties at τ kept).
+        first_layer_dense: Keep the first layer dense (the official ``--first-layer-dense``).
+        last_layer_dense: Keep the last layer dense (the official ``--last-layer-dense``).
+        **kwargs: Common options of :class:`SparsityMethod` (``total_steps`` is required).
+    """
+
+    name = "optg"
+
+    def __init__(
+        self,
+        *,
+        steps_per_epoch: int | None = None,
+        update_interval: int | None = None,
+        beta: float = 1.0,
+        final_epochs_at_target: int = 1,
+        beta_ref_epochs: int | None = None,
+        mask_lr: float | None = None,
+        mask_lr_mode: str = "corrected",
+        selection: str = "exact",
+        first_layer_dense: bool = False,
+        last_layer_dense: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["dense_first"] = bool(kwargs.get("dense_first", False) or first_layer_dense)
+        kwargs["dense_last"] = bool(kwargs.get("dense_last", False) or last_layer_dense)
+        super().__init__(**kwargs)
+        if steps_per_epoch is None or self.total_steps is None:
+            raise ValueError(
+                "optg needs steps_per_epoch and total_steps (E = total_steps / steps_per_epoch), "
+                f"got steps_per_epoch={steps_per_epoch!r}, total_steps={self.total_steps!r}"
+            )
+        self.steps_per_epoch = _int_at_least("steps_per_epoch", steps_per_epoch, 1)
+        interval = steps_per_epoch if update_interval is None else update_interval
+        self.interval = _int_at_least("update_interval", interval, 1)
+        self.final_epochs_at_target = _int_at_least(
+            "final_epochs_at_target", final_epochs_at_target, 0
+        )
+        for opt, val, valid in (
+            ("mask_lr_mode", mask_lr_mode, MASK_LR_MODES),
+            ("selection", selection, SELECTIONS),
+        ):
+            if val not in valid:
+                raise ValueError(f"unknown {opt} {val!r}; valid: {', '.join(valid)}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0 (the sigmoid ramp's slope), got {beta!r}")
+        if mask_lr is not None and not mask_lr > 0:
+            raise ValueError(f"mask_lr must be > 0 or None, got {mask_lr!r}")
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        if beta_ref_epochs is not None:
+            beta *= max(1.0, _int_at_least("beta_ref_epochs", beta_ref_epochs, 1) / self.epochs)
+        self.beta = beta
+        self.mask_lr, self.mask_lr_mode, self.selection = mask_lr, mask_lr_mode, selection
+        self.scores: list[torch.Tensor] = []
+        self._fmasks: list[torch.Tensor] = []
+        self._dense: list[bool] = []
+        self._groups = (0, 0)  # (weight group, score group) indices in optimizer.param_groups
+        self._lr0 = 0.0
+
+    def ramp(self, epoch: int) -> float:
+        """r(e) = σ(β(e − E/2)), or 1 in the last ``final_epochs_at_target`` epochs."""
+        if epoch >= self.epochs - self.final_epochs_at_target:
+            return 1.0
+        return _sigmoid(self.beta * (epoch - self.epochs / 2))
+
+    def sparsity_at(self, step: int) -> float:
+        last = max(min(step, (self.total_steps or 1) - 1), 0)  # no selection at the last step
+        return self.sparsity * self.ramp(
+            last // self.interval * self.interval // self.steps_per_epoch
+        )
+
+    def update_steps(self, total_steps: int) -> list[int]:
+        return list(range(self.interval, total_steps, self.interval))
+
+    def score_lr_factor(self, epoch: int) -> float:
+        """lr_S / lr_w in ``epoch``: r(e), times mask_lr/lr0 when ``mask_lr`` is honoured."""
+        honoured = self.mask_lr_mode == "corrected" and self.mask_lr is not None
+        return self.ramp(epoch) * (self.mask_lr / self._lr0 if honoured else 1.0)  # type: ignore[operator]
+
+    def _validate(self, targets: Any, optimizer: torch.optim.Optimizer | None) -> None:
+        if optimizer is None:
+            raise ValueError("optg trains its scores: attach(model, optimizer) needs an optimizer")
+
+    def _on_attach(self) -> None:
+        opt: Any = self.optimizer  # not None: checked by _validate
+        self.scores = [torch.zeros_like(t.param).requires_grad_() for t in self.targets]
+        self._fmasks = [torch.ones_like(t.param) for t in self.targets]
+        super()._on_attach()  # raw-weight buffers, then refresh(0) and publish()
+        pid = id(self.targets[0].param)  # the weight group: the one holding the first target
+        wg = next(i for i, g in enumerate(opt.param_groups) if pid in map(id, g["params"]))
+        self._lr0 = float(opt.param_groups[wg].get("initial_lr", opt.param_groups[wg]["lr"]))
+        opt.add_param_group({"params": self.scores, "lr": 0.0, "weight_decay": 0.0})
+        self._groups = (wg, len(opt.param_groups) - 1)
+        self._set_score_lr(1)
+
+    def _on_detach(self) -> None:
+        if self.optimizer is not None:
+            ids = {id(s) for s in self.scores}
+            groups = self.optimizer.param_groups
+            groups[:] = [g for g in groups if not any(id(p) in ids for p in g["params"])]
+            for s in self.scores:
+                self.optimizer.state.pop(s, None)
+        super()._on_detach()
+
+    def _set_score_lr(self, step: int) -> None:
+        wg, sg = self._groups
+        groups = self.optimizer.param_groups  # type: ignore[union-attr]
+        groups[sg]["lr"] = groups[wg]["lr"] * self.score_lr_factor(
+            (step - 1) // self.steps_per_epoch
+        )
+
+    def _before_step(self, step: int) -> None:
+        self._set_score_lr(step)
+        super()._before_step(step)  # grad_transform(), then W back into the parameters
+
+    @torch.no_grad()
+    def grad_transform(self) -> None:
+        """Dense g (∂L/∂W_eff) → S.grad = g ⊙ W on every entry and W.grad = g ⊙ M.
+
+        S.grad is overwritten, not accumulated: g already sums every backward since the last
+        step, and W does not change in between (so ``model.zero_grad()`` loops work too).
+        """
+        for i, t in enumerate(self.targets):
+            g = t.param.grad
+            self.scores[i].grad = None if g is None else g * self.raw_weight(i)
+            if g is not None and not self._dense[i]:
+                g.mul_(self._fmasks[i])
+
+    def refresh(self, step: int) -> None:
+        if step == 0 or (step % self.interval == 0 and step < (self.total_steps or 0)):
+            self.reselect(step)
+
+    def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:
+        if self._dense[index]:
+            return False  # W_eff = W: nothing to swap
+        torch.mul(raw, self._fmasks[index], out=out)
+        return True
+
+    @torch.no_grad()
+    def reselect(self, step: int) -> None:
+        """Select the masks of the epoch of ``step`` from the scores (called automatically)."""
+        epoch = step // self.steps_per_epoch
+        s = self.sparsity * self.ramp(epoch)
+        k = round((1.0 - s) * sum(t.numel for t in self.targets))
+        weights = [t.param for t in self.targets]  # the raw weights W here
+        masks = select_global(self.scores, weights, k, exact=self.selection == "exact")
+        before, grown = sum(t.nnz for t in self.targets), 0
+        for t, m in zip(self.targets, masks, strict=True):
+            grown += int((m.view(t.shape) & ~t.mask).sum())
+            t.mask.copy_(m.view(t.shape))
+        self._sync_masks()
+        self.history.append(
+            {"step": step, "epoch": epoch, "sparsity": round(s, 6), "active": k}
+            | ({"churn": round(grown / before, 6)} if step and before else {})
+        )
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"scores": [s.detach().clone() for s in self.scores], "lr0": self._lr0}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for s, saved in zip(self.scores, state["scores"], strict=True):
+                s.copy_(saved)
+        self._lr0 = float(state["lr0"])
+        self._sync_masks()
+        self.republish()
+
+    def _sync_masks(self) -> None:
+        self._fmasks = [t.mask.to(t.param.dtype) for t in self.targets]
+        self._dense = [t.nnz == t.numel for t in self.targets]
+
+
+register_method(
+    "optg",
+    description="OptG: global top-k of trainable scores (supermask), sigmoid ramp per epoch",
+    paper="Zhang et al. 2022, arXiv 2201.12826",
+    dense_grad="always",
+)(OptG)

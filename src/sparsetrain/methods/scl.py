@@ -1,0 +1,305 @@
+"""SCL: learned binary masks M = step(m̂) with an STE, normalised mask gradients and a λ penalty.
+
+Spec §4.2. Mask variables m̂ (init +c: dense start) are trained by the user's optimizer in their
+own group: lr ``mask_lr``, weight decay 0, ``mask_momentum`` if the optimizer is SGD (others use
+their own rule; an LR scheduler built after ``attach`` also schedules the group). Forward Ŵ ⊙ M;
+backward Ŵ.grad = g ⊙ M, m̂.grad = (N_o(g ⊙ Ŵ) + λ·a_l)·ste'(m̂) with N_o the per-feature
+normalisation (feature = row of a Linear, filter of a Conv) and a_l = dR/dM of layer l. Between
+steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see :mod:`~sparsetrain.methods._inplace`).
+[PROJECT CHOICE] conventions:
+
+- λ is **not** divided by N: the penalty gradient of each mask variable is λ·a_l, on the scale
+  of the normalised task gradient (O(1) per entry), so one λ suits any architecture.
+- ste' multiplies the whole mask gradient (chain rule through M, penalty included), so the
+  task/penalty balance point does not depend on the STE.
+- ``regularizer="flops"``: a_l = output spatial size of layer l (forward hooks on the first
+  forward; 1 for a Linear on 2-D input) over its mean across mask variables (mean a_l = 1).
+- ``masked_weight_decay=True``: param groups stay as they are; the decay the optimizer is about
+  to apply to pruned Ŵ is cancelled (L2-style: ``grad -= wd·Ŵ`` there before the step; AdamW's
+  decoupled decay: added back after it).
+- ``lambda_mode="adaptive"`` (an extension) steers λ to ``target_sparsity`` s* by PD control of
+  log λ after every step: λ ← λ·exp(gain·((s* − s_t) − damping·(s_t − s_{t−1}))); the damping
+  (in steps) anticipates masks in flight and stops overshoot (tuned on tiny MLPs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sparsetrain.distributions import check_sparsity
+from sparsetrain.methods._inplace import InPlaceMethod
+from sparsetrain.methods.registry import register_method
+
+STES = ("identity", "leaky_relu", "softplus", "relu")
+NORMS = ("rms", "mean_abs", "max_abs", "l2", "none")
+REGULARIZERS = ("count", "flops")
+LAMBDA_MODES = ("fixed", "adaptive")
+
+
+def _one_of(valid: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(valid)
+
+
+def ste_grad(
+    ste: str, m_hat: torch.Tensor, slope: float = 0.1, mask: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The STE proxy derivative of step(m̂), or ``None`` for identity (1 everywhere).
+
+    ``leaky_relu``: 1 if m̂ > 0 else ``slope``; ``softplus``: σ(m̂); ``relu``: 1 if m̂ > 0 else 0.
+    ``mask`` is 1[m̂ > 0] as a float tensor, if already at hand.
+    """
+    if ste not in STES:
+        raise ValueError(f"ste must be {_one_of(STES)}, got {ste!r}")
+    if ste == "identity":
+        return None
+    if ste == "softplus":
+        return torch.sigmoid(m_hat)
+    pos = torch.gt(m_hat, 0).to(m_hat.dtype) if mask is None else mask
+    return pos if ste == "relu" else pos * (1.0 - slope) + slope
+
+
+def normalize_per_feature(
+    g: torch.Tensor, kind: str = "rms", eps: float = 1e-12, *, inplace: bool = False
+) -> torch.Tensor:
+    """Divide each output feature g[o] by its RMS, mean |·|, max |·|, L2 norm (or by 1)."""
+    if kind == "none":
+        return g
+    rows = g.reshape(g.shape[0], -1)  # (C_out, fan_in)
+    order = math.inf if kind == "max_abs" else 1 if kind == "mean_abs" else 2
+    scale = torch.linalg.vector_norm(rows, order, dim=1, keepdim=True)  # (C_out, 1)
+    if kind in ("rms", "mean_abs"):
+        scale.mul_(rows.shape[1] ** (-0.5 if kind == "rms" else -1.0))
+    scale.add_(eps)
+    return (rows.div_(scale) if inplace else rows / scale).view_as(g)
+
+
+class SCL(InPlaceMethod):
+    """Sparse connectivity learning: binary masks learned by STE against a connection penalty.
+
+    References:
+        Tang et al., "Automatic Sparse Connectivity Learning for Neural Networks", IEEE TNNLS
+        2022, arXiv 2201.05020 (no official code; options per spec §4.2).
+
+    Args:
+        lam: λ ≥ 0, the penalty weight (the sparsity knob; the initial λ in adaptive mode).
+        lambda_mode: ``fixed`` (emergent sparsity) or ``adaptive`` (λ tracks target_sparsity).
+        target_sparsity: Sparsity the adaptive mode steers to (alias: ``sparsity``).
+        lambda_gain: Adaptive mode: change of log λ per step per unit of sparsity error.
+        lambda_damping: Adaptive mode: weight (in steps) of the sparsity change per step.
+        ste: ``identity`` (default), ``leaky_relu``, ``softplus`` or ``relu``.
+        ste_slope: Slope α of the leaky-ReLU STE for m̂ ≤ 0.
+        normalization: ``rms`` (default), ``mean_abs``, ``max_abs``, ``l2`` or ``none``.
+        regularizer: ``count`` (dR/dM = 1) or ``flops`` (output-size weighted).
+        mask_init: c > 0, the initial value of every m̂ (dense start).
+        mask_lr: Learning rate of the m̂ group.
+        mask_momentum: Momentum of the m̂ group (SGD optimizers only).
+        masked_weight_decay: Apply the optimizer's weight decay to active Ŵ only.
+        freeze_step: After this step the mask is fixed (fine-tuning of Ŵ only).
+        **kwargs: Common options of :class:`SparsityMethod`.
+    """
+
+    name = "scl"
+    sparsity_mode = "emergent"
+
+    def __init__(
+        self,
+        *,
+        lam: float = 0.1,
+        lambda_mode: str = "fixed",
+        target_sparsity: float | None = None,
+        lambda_gain: float = 0.2,
+        lambda_damping: float = 30.0,
+        ste: str = "identity",
+        ste_slope: float = 0.1,
+        normalization: str = "rms",
+        regularizer: str = "count",
+        mask_init: float = 1.0,
+        mask_lr: float = 0.01,
+        mask_momentum: float = 0.9,
+        masked_weight_decay: bool = True,
+        freeze_step: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        target = kwargs.pop("sparsity", None) if target_sparsity is None else target_sparsity
+        step_ok = freeze_step is None or (type(freeze_step) is int and freeze_step >= 0)
+        for opt, val, ok, rule in (
+            ("lambda_mode", lambda_mode, lambda_mode in LAMBDA_MODES, _one_of(LAMBDA_MODES)),
+            ("ste", ste, ste in STES, _one_of(STES)),
+            ("normalization", normalization, normalization in NORMS, _one_of(NORMS)),
+            ("regularizer", regularizer, regularizer in REGULARIZERS, _one_of(REGULARIZERS)),
+            ("lam", lam, lam >= 0 if lambda_mode == "fixed" else lam > 0, ">= 0 (> 0 adaptive)"),
+            ("lambda_gain", lambda_gain, lambda_gain >= 0, ">= 0"),
+            ("lambda_damping", lambda_damping, lambda_damping >= 0, ">= 0"),
+            ("ste_slope", ste_slope, 0 < ste_slope <= 1, "in (0, 1]"),
+            ("mask_init", mask_init, mask_init > 0, "> 0"),
+            ("mask_lr", mask_lr, mask_lr > 0, "> 0"),
+            ("mask_momentum", mask_momentum, 0 <= mask_momentum < 1, "in [0, 1)"),
+            ("freeze_step", freeze_step, step_ok, "an int >= 0 or None"),
+        ):
+            if not ok:
+                raise ValueError(f"{opt} must be {rule}, got {val!r}")
+        if (lambda_mode == "fixed") == (target is not None):
+            raise ValueError(
+                f"scl target_sparsity={target!r} with lambda_mode={lambda_mode!r}: a target is "
+                "needed by lambda_mode='adaptive' and refused by 'fixed' (emergent sparsity)"
+            )
+        super().__init__(sparsity=check_sparsity(target or 0.0, "target_sparsity"), **kwargs)
+        self.lam, self.lambda_mode, self.lambda_gain = float(lam), lambda_mode, lambda_gain
+        self.lambda_damping, self._last_sparsity = lambda_damping, 0.0
+        self.ste, self.ste_slope, self.normalization = ste, ste_slope, normalization
+        self.regularizer, self.mask_init, self.mask_lr = regularizer, mask_init, mask_lr
+        self.mask_momentum, self.masked_weight_decay = mask_momentum, masked_weight_decay
+        self.freeze_step, self.frozen = freeze_step, False
+        self.mask_vars: list[torch.Tensor] = []
+        self.costs: list[float] = []
+        self._fmasks: list[torch.Tensor] = []
+        self._decoupled: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+        self._probes: list[Any] = []
+        self._spatial: dict[int, int] = {}
+        self._groups_key: list[int] = []
+        self._groups_map: dict[int, dict[str, Any]] = {}
+
+    def mask_grad(self, index: int, grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """dm̂ = (normalize_per_feature(g ⊙ Ŵ) + λ·a_l) · ste'(m̂) for target ``index``."""
+        out = normalize_per_feature(grad * weight, self.normalization, inplace=True)
+        out.add_(self.lam * self.costs[index])  # out is a fresh tensor
+        d = ste_grad(self.ste, self.mask_vars[index].detach(), self.ste_slope, self._fmasks[index])
+        return out if d is None else out.mul_(d)
+
+    def _validate(self, targets: Any, optimizer: torch.optim.Optimizer | None) -> None:
+        if optimizer is None:
+            raise ValueError("scl trains its masks: attach(model, optimizer) needs an optimizer")
+
+    def _on_attach(self) -> None:
+        opt = self.optimizer
+        self.mask_vars = [
+            torch.full_like(t.param, self.mask_init).requires_grad_() for t in self.targets
+        ]
+        self.costs = [1.0] * len(self.targets)
+        self._fmasks = [torch.ones_like(t.param) for t in self.targets]
+        super()._on_attach()  # raw-weight buffers, then refresh(0) and publish()
+        group: dict[str, Any] = {"params": self.mask_vars, "lr": self.mask_lr, "weight_decay": 0.0}
+        if isinstance(opt, torch.optim.SGD):
+            group["momentum"] = self.mask_momentum
+        opt.add_param_group(group)  # type: ignore[union-attr]
+        if self.regularizer == "flops":
+            self._probes = [
+                t.module.register_forward_hook(self._probe(i)) for i, t in enumerate(self.targets)
+            ]
+
+    def _probe(self, index: int) -> Any:
+        def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+            conv = isinstance(module, torch.nn.modules.conv._ConvNd)
+            self._spatial[index] = math.prod(out.shape[2:] if conv else out.shape[1:-1])
+            if len(self._spatial) == len(self.targets):  # all measured: a_l = size / mean size
+                self._set_costs([self._spatial[i] for i in range(len(self.targets))])
+
+        return hook
+
+    def _set_costs(self, spatial: list[int]) -> None:
+        for h in self._probes:
+            h.remove()
+        self._probes = []
+        n = [t.numel for t in self.targets]
+        mean = sum(a * k for a, k in zip(spatial, n, strict=True)) / sum(n)
+        self.costs = [a / mean for a in spatial]
+
+    def _on_detach(self) -> None:
+        for h in self._probes:
+            h.remove()
+        if self.optimizer is not None:
+            ids = {id(m) for m in self.mask_vars}
+            groups = self.optimizer.param_groups
+            groups[:] = [g for g in groups if not any(id(p) in ids for p in g["params"])]
+            for m in self.mask_vars:
+                self.optimizer.state.pop(m, None)
+        super()._on_detach()
+
+    @torch.no_grad()
+    def grad_transform(self) -> None:
+        """Dense g → m̂.grad (unless frozen), Ŵ.grad = g ⊙ M, decay kept off pruned Ŵ."""
+        group_of = self._group_of() if self.masked_weight_decay else {}
+        for i, t in enumerate(self.targets):
+            g, w, q = t.param.grad, self.raw_weight(i), t.param.data  # Ŵ and W_eff = Ŵ ⊙ M
+            # overwritten, not accumulated: g sums every backward since the last step
+            self.mask_vars[i].grad = None if g is None or self.frozen else self.mask_grad(i, g, w)
+            if g is None:
+                continue
+            g.mul_(self._fmasks[i])
+            group = group_of.get(id(t.param), {})
+            wd = float(group.get("weight_decay", 0.0)) if self.masked_weight_decay else 0.0
+            if wd and group.get("decoupled_weight_decay", False):
+                self._decoupled.append((t.param, w - q, float(group["lr"]) * wd))
+            elif wd:  # the optimizer adds wd·Ŵ: cancel it at pruned entries, grad -= wd·(Ŵ − W_eff)
+                g.sub_(w, alpha=wd).add_(q, alpha=wd)
+
+    def _group_of(self) -> dict[int, dict[str, Any]]:
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        key = [id(g) for g in groups]  # rebuilt when groups change (e.g. optimizer reload)
+        if key != self._groups_key:
+            self._groups_key = key
+            self._groups_map = {id(p): g for g in groups for p in g["params"]}
+        return self._groups_map
+
+    @torch.no_grad()
+    def _after_step(self, step: int) -> None:
+        for p, pruned_w, lr_wd in self._decoupled:  # undo AdamW's decay of pruned Ŵ
+            p.add_(pruned_w, alpha=lr_wd)
+        self._decoupled = []
+        super()._after_step(step)  # refresh(step), then publish()
+
+    @torch.no_grad()
+    def refresh(self, step: int) -> None:
+        if self.frozen:
+            return
+        for t, m_hat, fm in zip(self.targets, self.mask_vars, self._fmasks, strict=True):
+            torch.gt(m_hat, 0, out=fm)
+            t.mask.copy_(fm)
+        if self.lambda_mode == "adaptive" and step > 0:
+            active = sum(float(fm.sum()) for fm in self._fmasks)
+            now = 1.0 - active / sum(t.numel for t in self.targets)
+            change, self._last_sparsity = now - self._last_sparsity, now
+            self.lam *= math.exp(
+                self.lambda_gain * (self.sparsity - now - self.lambda_damping * change)
+            )
+        if self.freeze_step is not None and step >= self.freeze_step:
+            self.frozen = True
+            self.history.append({"step": step, "event": "freeze", "lam": self.lam})
+
+    def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:
+        torch.mul(raw, self._fmasks[index], out=out)
+        return True
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "mask_vars": [m.detach().clone() for m in self.mask_vars],
+            "lam": self.lam,
+            "last_sparsity": self._last_sparsity,
+            "frozen": self.frozen,
+            "costs": None if self._probes else list(self.costs),  # None: not measured yet
+        }
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.mask_vars, state["mask_vars"], strict=True):
+                m.copy_(saved)
+            for t, fm in zip(self.targets, self._fmasks, strict=True):
+                fm.copy_(t.mask)
+        self.lam, self.frozen = float(state["lam"]), bool(state["frozen"])
+        self._last_sparsity = float(state["last_sparsity"])
+        if state["costs"] is not None:
+            self._set_costs([1] * len(self.targets))  # removes the probes
+            self.costs = [float(c) for c in state["costs"]]
+        self.republish()
+
+
+register_method(
+    "scl",
+    description="SCL: learned binary masks (STE) with normalised mask gradients and a λ penalty",
+    paper="Tang et al., IEEE TNNLS 2022, arXiv 2201.05020",
+    sparsity_mode="emergent",
+    dense_grad="always",
+)(SCL)

@@ -1,0 +1,254 @@
+"""ST-3 and ST-3σ: straight-through gradients, soft thresholding and a cubic sparsity ramp.
+
+In optimizer steps: dense until ``ramp_begin_step``; the target rises as s·(1 − (1 − t/T)³)
+until ``ramp_end_step``, then stays at s; threshold, mask and rescale are recomputed after every
+step (spec §3.2; step t + 1's forward uses the weights after step t, §3.6 item 5). After
+``fix_step`` they are recomputed at s once more, baked into the raw weights and frozen for the
+fine-tune. From the official epochs: ``ramp_begin_step = start_epoch · steps_per_epoch``,
+``ramp_end_step = end_epoch · steps_per_epoch``, ``fix_step = fix_from · steps_per_epoch + 1``
+(it fixes after the first batch of that epoch), ``total_steps = (n_epochs + n_ft_epochs) ·
+steps_per_epoch``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsetrain.methods._inplace import InPlaceMethod
+from sparsetrain.methods._st3_parts import (
+    BN_MODES,
+    SIGMAS,
+    WD_SCOPES,
+    OrderStatistics,
+    abs_buffer,
+    check_choice,
+    check_interval,
+    decay_only_weights,
+    exact_mask,
+    flat_layout,
+    quantile,
+    resolve_schedule,
+    set_bn_momentum,
+    sigma_of,
+)
+from sparsetrain.methods.registry import preset, register_method
+from sparsetrain.schedules import cubic
+
+
+class ST3(InPlaceMethod):
+    """ST-3 / ST-3σ: magnitude mask, soft threshold, per-channel rescale, identity STE.
+
+    Forward Q = c ⊙ (W − sign(W)·τ_l) ⊙ M, M = 1[|W| > τ_l], per output channel
+    c_o = 1.01/(ρ_o + 0.01), ρ_o = (mean_i |W|·M + 1e-6)/(mean_i |W| + 1e-6); backward the
+    identity (every raw weight, pruned or not, gets g). τ is the s-quantile of |W| over all
+    targets (linear interpolation as ``torch.quantile``, exact at any size); ST-3σ takes τ* of
+    |W_l|/σ_l and τ_l = τ*·σ_l. During the ramp M is the ``>`` threshold (within a weight of the
+    target, plus ties at τ); the fix uses an exact global top-k: exactly round((1 − s)·N) weights,
+    then W_eff = W ⊙ M with masked gradients, pruned weights and optimizer state zero. Between
+    steps ``weight`` holds Q and ``weight_raw`` W (:mod:`~sparsetrain.methods._inplace`).
+
+    References:
+        Vanderschueren & De Vleeschouwer, "Are Straight-Through gradients and Soft-Thresholding
+        all you need for Sparse Training?", WACV 2023, arXiv 2212.01076.
+
+    Args:
+        ramp_begin_step: Last dense step; default round(5/170 · total_steps).
+        ramp_end_step: End of the ramp; default round(80/170 · total_steps).
+        fix_step: Bake and freeze after this step; default ``total_steps - finetune_steps``;
+            ``None`` without ``total_steps`` (call :meth:`fix` yourself).
+        finetune_steps: Fixed-mask steps at the end; default round(10/170 · total_steps).
+        sigma: ``None`` (ST-3), ``"dims"`` (ST-3σ, the code's 1/√(Σ dims)) or ``"glorot"``
+            (1/√(fan_in + fan_out), spec §3.6 item 2).
+        soft: Soft threshold (``False``: hard threshold, still with the STE).
+        rescale: Per-output-channel rescale c (``False``: c = 1).
+        bn_momentum: ``"corrected"`` (default: PyTorch's 0.1 kept) or ``"as_released"`` (every
+            BatchNorm gets momentum 0.99 at attach, restored at detach; spec §3.6 item 4).
+        weight_decay_scope: ``"weights"`` (default, as the official config; see
+            :func:`~sparsetrain.methods._st3_parts.decay_only_weights` for what it changes in
+            the optimizer; create LR schedulers after ``attach``) or ``"as_given"``.
+        update_interval: Recompute τ and c every this many steps (default 1, the official
+            ``update_frequency``); more is a speed option: the last τ_l, c apply in between.
+        **kwargs: Common options of :class:`~sparsetrain.methods.base.SparsityMethod`.
+
+    >>> ST3(sparsity=0.9, total_steps=1700).fix_step
+    1600
+    """
+
+    name = "st3"
+
+    def __init__(
+        self,
+        *,
+        ramp_begin_step: int | None = None,
+        ramp_end_step: int | None = None,
+        fix_step: int | None = None,
+        finetune_steps: int | None = None,
+        sigma: str | None = None,
+        soft: bool = True,
+        rescale: bool = True,
+        bn_momentum: str = "corrected",
+        weight_decay_scope: str = "weights",
+        update_interval: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_choice("sigma formula", sigma, (None, *SIGMAS))
+        check_choice("bn_momentum", bn_momentum, BN_MODES)
+        check_choice("weight_decay_scope", weight_decay_scope, WD_SCOPES)
+        self.ramp_begin_step, self.ramp_end_step, self.fix_step = resolve_schedule(
+            self.total_steps, ramp_begin_step, ramp_end_step, fix_step, finetune_steps
+        )
+        self.update_interval = check_interval(update_interval)
+        self.sigma, self.soft, self.rescale = sigma, bool(soft), bool(rescale)
+        self.bn_momentum, self.weight_decay_scope = bn_momentum, weight_decay_scope
+        self._tau: list[float] | None = None  # per-target τ_l; None: dense phase
+        self._scale: list[torch.Tensor | None] = []
+        self._fixed, self._select = False, OrderStatistics()
+        self._masks_f: list[torch.Tensor] = []
+        self._sigmas: list[float] = []
+        self._buf: list[torch.Tensor] = []  # |W_l|/σ_l of all targets, flat
+        self._spans: list[slice] = []  # each target's entries in it
+        self._row_k = torch.empty(0)  # per output row: σ_l / fan_in (row sum → row mean of |W|)
+        self._undo: list[Callable[[], None]] = []
+
+    def _on_attach(self) -> None:
+        sig = self.sigma
+        self._sigmas = [1.0 if sig is None else sigma_of(t.shape, sig) for t in self.targets]
+        self._scale = [None] * len(self.targets)
+        self._spans, self._row_k = flat_layout(self.targets, self._sigmas)
+        super()._on_attach()  # raw-weight buffers, refresh(0), publish(): may raise, so first
+        model, opt = self._require_attached(), self.optimizer
+        if opt is not None and self.weight_decay_scope == "weights":
+            self._undo.append(decay_only_weights(model, opt))
+        if self.bn_momentum == "as_released":  # the official 0.99, in PyTorch's convention
+            self._undo.append(set_bn_momentum(model, 0.99))
+
+    def _on_detach(self) -> None:
+        super()._on_detach()
+        while self._undo:
+            self._undo.pop()()
+
+    def refresh(self, step: int) -> None:
+        if self._fixed:
+            return
+        if step == self.fix_step:
+            self._fix()
+        elif step % self.update_interval == 0 or step <= self.ramp_begin_step + 1:
+            self._update(self.sparsity_at(step))  # otherwise τ_l and c stay, applied to new W
+
+    def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:
+        if self._fixed or self._tau is None:
+            return False  # dense phase, or baked: W_eff = W (pruned W are zero)
+        self._shrink(index, raw, out, self.targets[index].mask)
+        return True
+
+    def _shrink(self, i: int, raw: torch.Tensor, out: torch.Tensor, mask: Tensor | None) -> None:
+        """Write c ⊙ shrink(W, τ_i) into ``out``; ``mask`` (if given) gets out ≠ 0: |W| > τ_i."""
+        shrink = torch._C._nn.softshrink if self.soft else torch.hardshrink
+        shrink(raw, self._tau[i], out=out)  # soft: W − sign(W)·τ where |W| > τ
+        if mask is not None:
+            mask.copy_(out)
+        scale = self._scale[i]
+        if scale is not None:
+            out.mul_(scale)
+
+    def grad_transform(self) -> None:
+        if self._fixed:  # ordinary masked gradient; before the fix: the identity STE
+            for t, m in zip(self.targets, self._masks_f, strict=True):
+                if t.param.grad is not None:
+                    t.param.grad.mul_(m)
+
+    @torch.no_grad()
+    def _update(self, s: float, exact: bool = False) -> None:
+        """Recompute τ_l and c from W at sparsity ``s`` (the mask follows as Q ≠ 0, or here)."""
+        if s <= 0.0:
+            self._tau = None
+            self._scale = [None] * len(self.targets)
+            for t in self.targets:
+                t.mask.fill_(True)
+            return
+        buf = abs_buffer(self.targets, self._buf, [1.0 / g for g in self._sigmas])
+        tau = quantile(buf, s, self._select)
+        if not math.isfinite(tau):
+            raise FloatingPointError(f"{self.name}: threshold {tau} (non-finite weights)")
+        self._tau = [tau * g for g in self._sigmas]
+        views = list(zip(self._spans, self.targets, strict=True))
+        full = torch.cat([buf[v].view(t.shape[0], -1).sum(1) for v, t in views])
+        if exact:  # the fix: exactly round((1 - s)·N) weights, ties at τ broken by top-k
+            mf = exact_mask(buf, tau, round((1.0 - s) * buf.numel()))
+            self._masks_f = [mf[v].view(t.shape).to(t.param.dtype, copy=True) for v, t in views]
+            for t, m in zip(self.targets, self._masks_f, strict=True):
+                t.mask.copy_(m)
+            kept_buf = mf.mul_(buf)
+        else:
+            kept_buf = torch.nn.functional.threshold_(buf, tau, 0.0)  # |W|·M in place, one pass
+        if self.rescale:  # c_o = 1.01/(ρ_o + 0.01), all rows of all layers at once
+            kept = torch.cat([kept_buf[v].view(t.shape[0], -1).sum(1) for v, t in views])
+            k = self._row_k
+            c = 1.01 / ((kept * k + 1e-6) / (full * k + 1e-6) + 0.01)
+            rows = [t.shape[0] for t in self.targets]
+            for i, (part, t) in enumerate(zip(c.split(rows), self.targets, strict=True)):
+                self._scale[i] = part.to(t.param.dtype).view(-1, *([1] * (len(t.shape) - 1)))
+
+    @torch.no_grad()
+    def _fix(self) -> None:
+        """Recompute at full sparsity, bake W ← Q ⊙ M, freeze M (the raw weights are in place)."""
+        self._masks_f = []
+        if self.sparsity > 0.0:
+            self._update(self.sparsity, exact=True)
+            for i, t in enumerate(self.targets):
+                q = torch.empty_like(t.param)
+                self._shrink(i, t.param.data, q, None)
+                t.param.copy_(q.mul_(self._masks_f[i]))
+        else:
+            self._masks_f = [torch.ones_like(t.param) for t in self.targets]
+        self._fixed, self._tau = True, None
+        self.apply_masks()  # optimizer state at pruned positions restarts from zero
+        nnz = sum(t.nnz for t in self.targets)
+        self.history.append({"step": self.step, "event": "fix", "nnz": nnz})
+
+    def fix(self) -> None:
+        """Bake and freeze now (done automatically after ``fix_step``)."""
+        self._require_attached()
+        self.unpublish()
+        self._fix()
+        self.publish()
+
+    def sparsity_at(self, step: int) -> float:
+        return cubic(step, final=self.sparsity, start=self.ramp_begin_step, end=self.ramp_end_step)
+
+    def update_steps(self, total_steps: int) -> list[int]:
+        last = total_steps if self.fix_step is None else min(self.fix_step, total_steps)
+        first, k = self.ramp_begin_step + 1, self.update_interval
+        return [s for s in range(first, last + 1) if s % k == 0 or s in (first, self.fix_step)]
+
+    def _extra_state(self) -> dict[str, Any]:
+        scale = [None if c is None else c.clone() for c in self._scale]
+        return {"tau": self._tau, "scale": scale, "fixed": self._fixed}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._tau, self._fixed = state["tau"], bool(state["fixed"])
+        dev = self.targets[0].param.device
+        self._scale = [None if c is None else c.to(dev) for c in state["scale"]]
+        self._masks_f = [t.mask.to(t.param.dtype) for t in self.targets] if self._fixed else []
+        self.republish()
+
+
+_PAPER = "Vanderschueren & De Vleeschouwer, WACV 2023, arXiv 2212.01076"
+register_method(
+    "st3",
+    description="ST-3: soft threshold + rescale, identity STE, global cubic ramp, fixed fine-tune",
+    paper=_PAPER,
+    dense_grad="always",
+)(ST3)
+register_method(
+    "st3_sigma",
+    description="ST-3σ: ST-3 with the global threshold on |W|/σ_l (more uniform layers)",
+    paper=_PAPER,
+    dense_grad="always",
+)(preset(ST3, "st3_sigma", sigma="dims"))
