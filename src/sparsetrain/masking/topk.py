@@ -42,7 +42,8 @@ def _threshold_topk(flat: torch.Tensor, k: int, cand: torch.Tensor | None) -> to
         q = 1.0 - min(excess, 1.0)
         if q <= 0.0:
             return None
-        thr = torch.quantile(sample.float(), q).to(flat.dtype)
+        rank = min(max(int(q * sample.numel()), 1), sample.numel())
+        thr = torch.kthvalue(sample, rank).values  # O(n) selection, no sort
         above = flat > thr
         if cand is not None:
             above &= cand

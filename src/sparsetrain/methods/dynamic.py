@@ -7,6 +7,7 @@ Weights study (spec §5); ``set``, ``rigl``, ``mest`` and ``dst`` are presets of
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -196,10 +197,16 @@ class DynamicSparse(SparsityMethod):
             active = sum(t.nnz for t in self.targets)
             pruned, grown, new = self._update_global(step, zeta, grads)
         else:
-            active = pruned = grown = new = 0
-            for i, t in enumerate(self.targets):
-                a, p, g, n = self._update_layer(step, i, t, zeta, self._grad(t, grads))
-                active, pruned, grown, new = active + a, pruned + p, grown + g, new + n
+            # Layers are independent (own generator, mask, state), and most selection ops run
+            # single-threaded, so a thread per core overlaps them; results do not depend on it.
+            jobs = [(step, i, t, zeta, self._grad(t, grads)) for i, t in enumerate(self.targets)]
+            workers = min(torch.get_num_threads(), len(jobs))
+            if workers > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    counts = list(pool.map(lambda job: self._update_layer(*job), jobs))
+            else:
+                counts = [self._update_layer(*job) for job in jobs]
+            active, pruned, grown, new = (sum(c) for c in zip(*counts, strict=True))
         self.history.append(
             {
                 "step": step,
