@@ -14,8 +14,9 @@ A suite file::
     out: runs/mnist1d_grid           # optional; --out wins
 
 Each run lives in ``<out>/<method>-s<sparsity>-seed<seed>``; a variant's runs use its name and
-report under it (``train.label``). ``dense`` runs once per seed (sparsity 0); methods without a
-``sparsity`` option get no ``method.sparsity``: their variants set the knob. The base config's
+report under it (``train.label``); a variant value ``"{sparsity}"`` is replaced by the grid's
+sparsity. ``dense`` runs once per seed (sparsity 0); emergent-sparsity methods (SCL, STR) get no
+``method.sparsity``: their variants set the knob. The base config's
 method options that a suite method does not take are dropped for that method (with a note);
 ``overrides``, ``variants`` and ``method_overrides`` are always validated strictly. Finished
 runs (``summary.json``) are skipped and never touched; runs with a checkpoint resume; every
@@ -156,6 +157,10 @@ def load_suite(path: str | Path, out: str | Path | None = None) -> list[SuiteRun
                 if label != method:
                     set_dotted(cfg_raw, "train.label", label)
                 for key, value in variant.items():
+                    if (
+                        value == "{sparsity}"
+                    ):  # the grid's sparsity, e.g. an emergent method's target
+                        value = sparsity
                     set_dotted(cfg_raw, key, value)
                 for key, value in _pairs(per_method.get(label), f"method_overrides.{label}"):
                     set_dotted(cfg_raw, key, value)
@@ -175,7 +180,8 @@ def _takes_sparsity(method: str) -> bool:
     from sparsetrain.methods import get_method_info, method_options
 
     try:
-        return "sparsity" in method_options(get_method_info(method).factory)
+        info = get_method_info(method)
+        return info.sparsity_mode == "target" and "sparsity" in method_options(info.factory)
     except (ValueError, TypeError):
         return True  # unknown names are reported by the config check, with close matches
 
@@ -196,7 +202,11 @@ def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ..
         valid = method_options(get_method_info(method).factory)
     except (ValueError, TypeError):
         return ()  # an unknown method is reported by the config check, with close matches
-    dropped = tuple(k for k in section if k != "name" and k not in valid)
+    dropped = tuple(
+        k
+        for k in section
+        if k != "name" and (k not in valid or (k == "sparsity" and not _takes_sparsity(method)))
+    )
     for k in dropped:
         del section[k]
     return dropped
