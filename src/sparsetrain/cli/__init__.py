@@ -5,13 +5,16 @@
     sparsetrain report RUN_DIR... [--out DIR]
     sparsetrain list [methods|criteria|models|datasets]
     sparsetrain plan CONFIG [section.key=value ...]
+    sparsetrain export RUN_DIR --format {compressed,dense,sparse-inference} [--out PATH]
 
 Exit codes: 0 success; 1 a sparsity target was missed or a suite run failed (everything is
 saved first); 2 a usage or config error (one line on stderr naming the key and valid options);
 128 + signal number when training was stopped by SIGINT/SIGTERM (resumable with ``--resume``).
 
-Masked-dense training (what every method runs) is not faster than dense training: sparsity
-saves theoretical FLOPs (reported in ``summary.json``), not wall time.
+Masked-dense training (the default execution) is not faster than dense training: sparsity
+saves theoretical FLOPs (reported in ``summary.json``), not wall time. ``method.execution=sparse``
+(or ``auto``: per layer, where measured faster) trains Linear layers on CSR kernels (static and
+the DST family).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sparsetrain.cli import compare, listing, plan, report, train
+from sparsetrain.cli import compare, export, listing, plan, report, train
 from sparsetrain.cli._common import ArgumentParser
 
-SUBCOMMANDS = (train, compare, report, listing, plan)
+SUBCOMMANDS = (train, compare, report, listing, plan, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

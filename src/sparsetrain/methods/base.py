@@ -27,6 +27,27 @@ that bypasses ``step()`` hooks). A step skipped by ``GradScaler`` runs no hook a
 
 The step counter (``method.step``: optimizer steps completed) lives in the method because the
 schedules count optimizer steps and must survive a resume; it is saved by ``state_dict()``.
+
+Execution (``execution="dense" | "sparse" | "auto"``)
+-----------------------------------------------------
+``"dense"`` (the default) is masked-dense execution and adds no per-step work. ``"sparse"``
+swaps every eligible target ``nn.Linear`` for a :class:`~sparsetrain.sparse.SparseLinear` at
+attach (CSR values + structure, optimizer state sized to the live values); ``"auto"`` first
+times each layer dense vs sparse at ``execution_batch_size`` (``plan_layers``) and swaps only
+the layers measured faster. Conv and other non-Linear targets stay dense (reported).
+
+For a sparse target, ``Target.mask`` stays the one home of the mask and the layer's structure is
+kept equal to it. ``Target.param`` and ``Target.module`` keep naming the original dense
+``Parameter`` and ``nn.Linear``, now outside the model: the parameter holds a zero-memory
+placeholder of the weight's shape, and holds the dense weight view (``layer.to_dense()``, with
+the captured dense gradient in ``.grad``) only while the method's hooks run on an update step,
+so every criterion reads weights exactly as in dense mode. A mask change calls
+``layer.set_structure``: kept weights keep their value and optimizer state, dropped ones vanish,
+grown ones start at zero. The post-step hook of step ``t - 1`` arms ``capture_dense_grad`` when
+step ``t`` needs the dense gradient (RigL growth, SNIP), so it is computed for that step only.
+Only methods with ``supports_sparse_execution`` (static, the DST family) accept it; the others
+need dense gradients every step and keep the dense path. ``detach``/``squash`` put the original
+``nn.Linear`` modules back (original names, zeros at pruned positions).
 """
 
 from __future__ import annotations
@@ -36,18 +57,25 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from sparsetrain.distributions import check_sparsity
 from sparsetrain.masking.targets import Target, select_targets
-from sparsetrain.optim import check_state, param_ids, zero_preserving, zero_state
+from sparsetrain.optim import check_state, momentum_of, param_ids, zero_preserving, zero_state
 from sparsetrain.report import LayerRow, SparsityReport
 
+if TYPE_CHECKING:
+    from sparsetrain.sparse.layers import SparseLinear
+
 FORMAT_VERSION = 1
+
+EXECUTIONS = ("dense", "sparse", "auto")
+"""Values of the common ``execution`` option."""
 
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, SparsityMethod] = weakref.WeakKeyDictionary()
 
@@ -98,11 +126,20 @@ class SparsityMethod:
         seed: Seed of every random mask decision; decisions are a function of
             (seed, step, tensor index), so they agree across processes.
         state_skip_keys: Optimizer state keys never masked.
+        execution: ``"dense"`` (masked-dense, the default), ``"sparse"`` (every eligible Linear
+            target on CSR kernels) or ``"auto"`` (sparse only where measured faster at
+            ``execution_batch_size``); see the module docstring.
+        execution_batch_size: Batch size to measure at for ``execution="auto"``.
     """
 
     name: ClassVar[str] = "base"
     hard_mask: ClassVar[bool] = True
     sparsity_mode: ClassVar[str] = "target"
+    supports_sparse_execution: ClassVar[bool] = False
+    """Whether the method can run on sparse kernels (dense gradients on update steps at most)."""
+    sparse_execution_note: ClassVar[str] = (
+        "needs dense gradients or dense weights every step, so it keeps the dense path"
+    )
 
     def __init__(
         self,
@@ -115,8 +152,22 @@ class SparsityMethod:
         total_steps: int | None = None,
         seed: int = 0,
         state_skip_keys: Sequence[str] = (),
+        execution: str = "dense",
+        execution_batch_size: int | None = None,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
+        if not isinstance(execution, str) or execution not in EXECUTIONS:
+            raise ValueError(f"unknown execution {execution!r}; valid: {', '.join(EXECUTIONS)}")
+        if execution_batch_size is not None and (
+            isinstance(execution_batch_size, bool)
+            or not isinstance(execution_batch_size, int)
+            or execution_batch_size < 1
+        ):
+            raise ValueError(
+                f"execution_batch_size must be a positive int or None, got {execution_batch_size!r}"
+            )
+        self.execution = execution
+        self.execution_batch_size = execution_batch_size
         if total_steps is not None and (isinstance(total_steps, bool) or total_steps <= 0):
             raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
         self.include, self.exclude = include, exclude
@@ -132,6 +183,12 @@ class SparsityMethod:
         self._hooks: list[Any] = []
         self._grads: dict[str, torch.Tensor] | None = None
         self._rezero = False
+        # execution state: target name -> sparse layer; targets still masked densely
+        self._sparse: dict[str, SparseLinear] = {}
+        self._masked_targets: list[Target] = []
+        self._in_backward = False
+        self.execution_decisions: list[dict[str, Any]] = []
+        self._dense_layers: dict[str, tuple[nn.Module, str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,13 +242,18 @@ class SparsityMethod:
                 )
             for t in targets:
                 check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
+        self._check_execution()
         self._validate(targets, optimizer)
         self.model, self.optimizer, self.targets = model, optimizer, targets
+        self._masked_targets = targets
         self._rezero = optimizer is not None and not zero_preserving(optimizer)
         try:
             self._on_attach()
+            if self.execution != "dense":
+                self._setup_execution()
         except Exception:
             self.model, self.optimizer, self.targets = None, None, []
+            self._masked_targets = []
             raise
         _ATTACHED[model] = self
         if hook and optimizer is not None:
@@ -207,6 +269,7 @@ class SparsityMethod:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._restore_dense_layers()
         self._on_detach()
         _ATTACHED.pop(model, None)
         self.model = None
@@ -225,9 +288,12 @@ class SparsityMethod:
         """Hook between ``loss.backward()`` and the optimizer's update (see module docstring)."""
         self._require_attached()
         upcoming = self.step + 1
-        self._before_step(upcoming)
+        if self._sparse:
+            self._sparse_hook(upcoming, backward=True)
+        else:
+            self._before_step(upcoming)
         if self.hard_mask:
-            for t in self.targets:
+            for t in self._masked_targets:
                 if t.param.grad is not None:
                     t.param.grad.mul_(t.mask.view(torch.uint8))
 
@@ -235,11 +301,14 @@ class SparsityMethod:
         """Hook right after the optimizer's update (see module docstring)."""
         self._require_attached()
         self.step += 1
-        self._after_step(self.step)
+        if self._sparse:
+            self._sparse_hook(self.step, backward=False)
+        else:
+            self._after_step(self.step)
         self._grads = None
         if self.hard_mask and self._rezero:
             with torch.no_grad():
-                for t in self.targets:
+                for t in self._masked_targets:
                     t.param.mul_(t.mask.view(torch.uint8))
         if self.total_steps is not None and self.step == self.total_steps:
             missed = self.report().misses() if self.sparsity_mode == "target" else []
@@ -279,6 +348,14 @@ class SparsityMethod:
         """Steps at whose end the topology changes."""
         return []
 
+    def is_update_step(self, step: int) -> bool:
+        """Whether the hooks of optimizer step ``step`` (1-based) may change a mask."""
+        return step in self.update_steps(step)
+
+    def needs_dense_grad(self, step: int) -> bool:
+        """Whether the hooks of step ``step`` read the dense gradient (sparse execution arms it)."""
+        return False
+
     def target_counts(self) -> dict[str, int] | None:
         """Per-tensor active counts the method must end at (``None``: no per-tensor target)."""
         return None
@@ -306,7 +383,7 @@ class SparsityMethod:
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero pruned weights and their optimizer state (hard-mask methods)."""
-        for t in self.targets:
+        for t in self._masked_targets:
             if self.hard_mask:
                 t.param.mul_(t.mask.view(torch.uint8))
             if self.optimizer is not None:
@@ -321,6 +398,10 @@ class SparsityMethod:
         Zeroes the weight (hard-mask methods) and every parameter-shaped optimizer state entry at
         positions that are inactive in ``new`` or listed in ``grown``.
         """
+        if target.name in self._sparse:
+            target.mask.copy_(new)
+            self._restructure(target, grown)
+            return
         reset = ~new if grown is None else (~new | grown)
         if self.optimizer is not None:  # fail before anything changes
             check_state(self.optimizer, target.param, skip_keys=self.state_skip_keys)
@@ -329,6 +410,223 @@ class SparsityMethod:
         if self.optimizer is not None:
             zero_state(self.optimizer, target.param, reset, skip_keys=self.state_skip_keys)
         target.mask.copy_(new)
+
+    # ------------------------------------------------------------------ sparse execution
+
+    def _check_execution(self) -> None:
+        """Raise before attach if this method cannot run with its ``execution`` option."""
+        if self.execution == "dense":
+            return
+        if not self.supports_sparse_execution:
+            raise ValueError(
+                f"method {self.name!r} {self.sparse_execution_note}; execution="
+                f"{self.execution!r} is not available for it (use execution='dense')"
+            )
+        if self.execution == "auto" and self.execution_batch_size is None:
+            raise ValueError(
+                "execution='auto' measures each layer at the run's batch size; set "
+                "execution_batch_size (or use execution='sparse' or 'dense')"
+            )
+
+    def _setup_execution(self) -> None:
+        """Choose dense or sparse per target and swap the sparse Linear layers in (attach)."""
+        from sparsetrain.sparse.bench import plan_layers
+        from sparsetrain.sparse.convert import swap_to_sparse
+
+        model = self._require_attached()
+        names = {id(m): n for n, m in model.named_modules()}
+        batch = self.execution_batch_size
+        rows: dict[str, dict[str, Any]] = {}
+        eligible: list[tuple[Target, str]] = []
+        for t in self.targets:
+            mod_name = names.get(id(t.module), "")
+            density = t.nnz / t.numel if t.numel else 0.0
+            row = {
+                "layer": t.name,
+                "shape": t.shape,
+                "density": density,
+                "batch": batch,
+                "dense_ms": math.nan,
+                "sparse_ms": math.nan,
+                "decision": "dense",
+                "note": "",
+            }
+            rows[t.name] = row
+            if type(t.module) is not nn.Linear or t.param_name != "weight":
+                row["note"] = f"{type(t.module).__name__}: no sparse training kernel"
+            elif parametrize.is_parametrized(t.module) or not mod_name:
+                row["note"] = "parametrized or root module"
+            else:
+                eligible.append((t, mod_name))
+        chosen: list[tuple[Target, str]] = []
+        if self.execution == "sparse":
+            chosen = eligible
+            for t, _ in eligible:
+                rows[t.name].update(decision="sparse", note="forced (execution='sparse')")
+        elif eligible:
+            sub = nn.ModuleDict({mn.replace(".", "/"): t.module for t, mn in eligible})
+            masks = {f"{mn.replace('.', '/')}.weight": t.mask for t, mn in eligible}
+            decisions = plan_layers(sub, batch or 1, mode="train", masks=masks, repeats=10)
+            for (t, mn), d in zip(eligible, decisions, strict=True):
+                rows[t.name].update(
+                    dense_ms=d.dense_ms, sparse_ms=d.sparse_ms, decision=d.choice, note="measured"
+                )
+                if d.choice == "sparse":
+                    chosen.append((t, mn))
+        for t, mod_name in chosen:
+            layer = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
+            self._sparse[t.name] = layer
+            self._dense_layers[t.name] = (t.module, mod_name)
+            t.param.data = _placeholder(t.param)
+        self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+        self.execution_decisions = [rows[t.name] for t in self.targets]
+        self._arm(self.step + 1)
+
+    def _sparse_hook(self, step: int, *, backward: bool) -> None:
+        """The subclass hook of ``step``, with dense views of sparse targets on update steps."""
+        update = self.is_update_step(step)
+        if update:
+            self._materialize(grads=backward)
+        self._in_backward = backward
+        try:
+            if backward:
+                self._before_step(step)
+            else:
+                self._after_step(step)
+        finally:
+            self._in_backward = False
+            if update:
+                self._release()
+            if backward:
+                for layer in self._sparse.values():
+                    layer.dense_grad = None
+                    layer.capture_dense_grad = False
+            else:
+                self._arm(step + 1)
+
+    def _arm(self, step: int) -> None:
+        """Let sparse layers compute the dense gradient in step ``step`` iff the method reads it."""
+        need = self.needs_dense_grad(step)
+        for layer in self._sparse.values():
+            layer.capture_dense_grad = need
+            layer.dense_grad = None
+
+    @torch.no_grad()
+    def _materialize(self, *, grads: bool) -> None:
+        for t in self.targets:
+            layer = self._sparse.get(t.name)
+            if layer is not None:
+                t.param.data = layer.to_dense()
+                g = layer.dense_grad if grads else None
+                t.param.grad = None if g is None else g.detach()
+
+    def _release(self) -> None:
+        for t in self.targets:
+            if t.name in self._sparse:
+                t.param.grad = None
+                t.param.data = _placeholder(t.param)
+
+    @torch.no_grad()
+    def _restructure(self, target: Target, grown: torch.Tensor | None) -> None:
+        """Make the sparse layer of ``target`` follow ``target.mask`` (grown entries at zero)."""
+        layer = self._sparse[target.name]
+        dense_grad = layer.dense_grad if self._in_backward else None
+        layer.set_structure(target.mask, self.optimizer, reset=grown)
+        if dense_grad is not None:  # this step's update still applies to the new structure
+            layer.values.grad = dense_grad.reshape(-1)[layer.flat_indices()].clone()
+            layer.dense_grad = dense_grad
+
+    def dense_momentum(self, target: Target) -> torch.Tensor | None:
+        """The momentum signal of ``target`` as a dense tensor (see ``optim.momentum_of``)."""
+        if self.optimizer is None:
+            return None
+        layer = self._sparse.get(target.name)
+        if layer is None:
+            return momentum_of(self.optimizer, target.param)
+        mom = momentum_of(self.optimizer, layer.values)
+        if mom is None:
+            return None
+        full = mom.new_zeros(target.numel)
+        full[layer.flat_indices()] = mom
+        return full.view(target.shape)
+
+    def sparse_layers(self) -> dict[str, SparseLinear]:
+        """The sparse layers in use, by target name (empty in dense execution)."""
+        return dict(self._sparse)
+
+    def execution_report(self) -> str:
+        """A Markdown table of the per-layer execution decisions (and their measurements)."""
+        lines = [
+            f"execution={self.execution!r} for {self.name!r}",
+            "| layer | shape | density | batch | dense ms | sparse ms | decision | note |",
+            "|---|---|---:|---:|---:|---:|---|---|",
+        ]
+        for r in self.execution_decisions:
+            shape = "x".join(map(str, r["shape"]))
+            batch = "-" if r["batch"] is None else r["batch"]
+            dense_ms = "-" if math.isnan(r["dense_ms"]) else f"{r['dense_ms']:.3f}"
+            sparse_ms = "-" if math.isnan(r["sparse_ms"]) else f"{r['sparse_ms']:.3f}"
+            lines.append(
+                f"| {r['layer']} | {shape} | {r['density']:.4f} | {batch} | {dense_ms} | "
+                f"{sparse_ms} | {r['decision']} | {r['note']} |"
+            )
+        return "\n".join(lines)
+
+    def adopt_execution(self, state: dict[str, Any]) -> None:
+        """Give each target the execution recorded in a method ``state_dict``.
+
+        Call it before loading a model checkpoint taken with ``execution="auto"``: the layer
+        choices measured now may differ from the checkpoint's.
+        """
+        from sparsetrain.sparse.convert import swap_to_sparse
+
+        model = self._require_attached()
+        layout = state.get("execution") if isinstance(state, dict) else None
+        if not layout or self.execution == "dense":
+            return
+        for t in self.targets:
+            want, has = layout.get(t.name, "dense"), t.name in self._sparse
+            if want == "sparse" and not has:
+                names = {id(m): n for n, m in model.named_modules()}
+                mod_name = names.get(id(t.module), "")
+                if type(t.module) is not nn.Linear or not mod_name:
+                    raise ValueError(f"{t.name!r} cannot run sparse in this model")
+                mask = state["masks"][t.name].to(device=t.mask.device, dtype=torch.bool)
+                t.mask.copy_(mask)
+                self._sparse[t.name] = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
+                self._dense_layers[t.name] = (t.module, mod_name)
+                t.param.data = _placeholder(t.param)
+            elif want == "dense" and has:
+                self._restore_dense_layers([t.name])
+            row = next((r for r in self.execution_decisions if r["layer"] == t.name), None)
+            if row is not None and row["decision"] != want:
+                row.update(decision=want, note="from checkpoint")
+        self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+
+    def _restore_dense_layers(self, names: Sequence[str] | None = None) -> None:
+        """Put the original ``nn.Linear`` back for sparse targets (all, or ``names``)."""
+        from sparsetrain.sparse.convert import replace_param, scatter_state
+
+        if not self._sparse:
+            return
+        model = self._require_attached()
+        for t in self.targets:
+            if t.name not in self._sparse or (names is not None and t.name not in names):
+                continue
+            layer = self._sparse.pop(t.name)
+            linear, mod_name = self._dense_layers.pop(t.name)
+            with torch.no_grad():
+                t.param.data = layer.to_dense().clone()
+            t.param.grad = None
+            t.param.requires_grad_(layer.values.requires_grad)
+            if self.optimizer is not None:
+                replace_param(self.optimizer, layer.values, t.param)
+                scatter_state(self.optimizer, layer.values, t.param, layer.flat_indices())
+            linear.train(layer.training)
+            parent_name, _, attr = mod_name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, linear)
+        self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
 
     def _require_attached(self) -> nn.Module:
         if self.model is None:
@@ -342,7 +640,7 @@ class SparsityMethod:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue: step, masks, history and method-specific state."""
         self._require_attached()
-        return {
+        state = {
             "format_version": FORMAT_VERSION,
             "method": self.name,
             "step": self.step,
@@ -350,6 +648,11 @@ class SparsityMethod:
             "history": list(self.history),
             "extra": self._extra_state(),
         }
+        if self.execution != "dense":
+            state["execution"] = {
+                t.name: "sparse" if t.name in self._sparse else "dense" for t in self.targets
+            }
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; strict about method, tensor names and shapes."""
@@ -374,8 +677,14 @@ class SparsityMethod:
         self._load_extra_state(state.get("extra", {}))
         if self.hard_mask:
             with torch.no_grad():
-                for t in self.targets:
+                for t in self._masked_targets:
                     t.param.mul_(t.mask.view(torch.uint8))
+        if self._sparse:
+            for t in self.targets:
+                layer = self._sparse.get(t.name)
+                if layer is not None and not torch.equal(layer.mask(), t.mask):
+                    layer.set_structure(t.mask, self.optimizer)
+            self._arm(self.step + 1)
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -417,3 +726,8 @@ class SparsityMethod:
     def __repr__(self) -> str:
         where = "attached" if self.model is not None else "unattached"
         return f"<{type(self).__name__} {self.name!r} sparsity={self.sparsity} {where}>"
+
+
+def _placeholder(param: torch.Tensor) -> torch.Tensor:
+    """A zero-memory stand-in of ``param``'s shape (a sparse target's dense weight is not kept)."""
+    return torch.zeros((), dtype=param.dtype, device=param.device).expand(param.shape)

@@ -23,7 +23,7 @@ from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import global_topk_masks, random_mask, topk_indices
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.registry import preset, register_method
-from sparsetrain.optim import check_state, fill_at, momentum_of, zero_state_at
+from sparsetrain.optim import check_state, fill_at, zero_state_at
 from sparsetrain.schedules import UpdateSchedule, cosine_decay
 
 ORDERS = ("auto", "before", "after")
@@ -70,6 +70,7 @@ class DynamicSparse(SparsityMethod):
     """
 
     name = "dst"
+    supports_sparse_execution = True
 
     def __init__(
         self,
@@ -166,6 +167,12 @@ class DynamicSparse(SparsityMethod):
     def update_steps(self, total_steps: int) -> list[int]:
         return self.schedule.steps(total_steps)
 
+    def is_update_step(self, step: int) -> bool:
+        return self.schedule.is_update(step)
+
+    def needs_dense_grad(self, step: int) -> bool:
+        return self.needs_grad and self.schedule.is_update(step)
+
     # ------------------------------------------------------------------ hooks
 
     def _before_step(self, step: int) -> None:
@@ -234,7 +241,7 @@ class DynamicSparse(SparsityMethod):
                 p = n / max(int(inactive.sum()), 1)
                 return ((torch.rand(t.numel, generator=gen) < p) & inactive).nonzero().squeeze(1)
             return topk_indices(torch.rand(t.numel, generator=gen), n, inactive)
-        mom = momentum_of(self.optimizer, t.param) if self.optimizer is not None else None
+        mom = self.dense_momentum(t)
         if self.grow.name == "momentum" and mom is None:
             mom = torch.zeros_like(t.param)
         return topk_indices(growth_scores(self.grow.name, grad, mom).reshape(-1), n, inactive)
@@ -257,11 +264,15 @@ class DynamicSparse(SparsityMethod):
         flat_mask[drop] = False
         grow = self._grow_indices(step, index, t, drop.numel(), grad)
         flat_mask[grow] = True
-        reset = torch.cat([drop, grow])  # dropped, and grown (new weights start at zero)
-        if self.hard_mask:
-            fill_at(t.param.data, reset)
-        if self.optimizer is not None:
-            zero_state_at(self.optimizer, t.param, reset, skip_keys=self.state_skip_keys)
+        if t.name in self._sparse:  # the CSR structure follows the mask; grown entries start at 0
+            grown = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
+            self._restructure(t, grown.index_fill_(0, grow, True).view(t.shape))
+        else:
+            reset = torch.cat([drop, grow])  # dropped, and grown (new weights start at zero)
+            if self.hard_mask:
+                fill_at(t.param.data, reset)
+            if self.optimizer is not None:
+                zero_state_at(self.optimizer, t.param, reset, skip_keys=self.state_skip_keys)
         was_dropped = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
         regrown = int(was_dropped.index_fill_(0, drop, True)[grow].sum())
         return active.numel(), drop.numel(), grow.numel(), grow.numel() - regrown
@@ -286,10 +297,7 @@ class DynamicSparse(SparsityMethod):
                 for i, t in enumerate(self.targets)
             ]
         else:
-            moms = [
-                momentum_of(self.optimizer, t.param) if self.optimizer else None
-                for t in self.targets
-            ]
+            moms = [self.dense_momentum(t) for t in self.targets]
             gscores = [growth_scores(self.grow.name, g, m) for g, m in zip(gs, moms, strict=True)]
         grows = global_topk_masks(gscores, k, [~m for m in kept])
         new = 0

@@ -39,6 +39,10 @@ class GMP(SparsityMethod):
     """
 
     name = "gmp"
+    sparse_execution_note = (
+        "prunes a dense model until its last pruning step; switching its layers to sparse "
+        "kernels after that step is not implemented, so it keeps the dense path"
+    )
 
     def __init__(
         self,
@@ -140,5 +144,5 @@ register_method(
     "gmp",
     description="gradual magnitude pruning, cubic ramp (Zhu & Gupta)",
     paper="Zhu & Gupta 2017, arXiv 1710.01878",
-    sparse_execution=True,
+    sparse_execution=False,
 )(GMP)

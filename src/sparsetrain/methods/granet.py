@@ -177,5 +177,5 @@ register_method(
     description="GraNet: global GMP (cubic) + gradient neuroregeneration with cosine-decaying ζ",
     paper="Liu et al., NeurIPS 2021, arXiv 2106.10404",
     dense_grad="update",
-    sparse_execution=True,
+    sparse_execution=False,
 )(GraNet)

@@ -38,6 +38,7 @@ class Static(SparsityMethod):
     """
 
     name = "static"
+    supports_sparse_execution = True
 
     def __init__(
         self,
@@ -103,6 +104,12 @@ class Static(SparsityMethod):
 
     def update_steps(self, total_steps: int) -> list[int]:
         return [1] if self.init == "snip" else []
+
+    def is_update_step(self, step: int) -> bool:
+        return self.init == "snip" and step == 1
+
+    def needs_dense_grad(self, step: int) -> bool:
+        return self.is_update_step(step)
 
     def target_counts(self) -> dict[str, int] | None:
         return self._counts

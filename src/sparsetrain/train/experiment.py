@@ -51,7 +51,7 @@ from sparsetrain.train.recorder import (
 # Keys that may differ between a run and its resumption without changing any number.
 RESUME_FREE_KEYS = ("data.data_dir", "train.plots", "train.device")
 
-__all__ = ["Experiment", "RunOptions", "RunResult", "prepare", "run_experiment"]
+__all__ = ["Experiment", "RunOptions", "RunResult", "load_run", "prepare", "run_experiment"]
 
 
 def run_experiment(
@@ -161,6 +161,43 @@ def plan_experiment(cfg: ExperimentConfig, data_dir: str | None = None, points: 
     return f"{head}\n{run.method.plan(run.total_steps, points=points)}"
 
 
+def load_run(run_dir: str | Path, data_dir: str | None = None) -> Run:
+    """Rebuild a run from its directory: ``config.yaml`` + ``checkpoint.pt``, method attached.
+
+    The model, optimizer and method are built exactly as for training (same execution mode) and
+    the latest checkpoint is loaded into them, as ``--resume`` does.
+
+    Raises:
+        ConfigError: ``run_dir`` is missing or has no ``config.yaml`` / ``checkpoint.pt``.
+        CheckpointError: The checkpoint is unreadable or does not match the config.
+    """
+    from sparsetrain.config import load_config
+    from sparsetrain.data import load_dataset
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist")
+    for name in ("config.yaml", "checkpoint.pt"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir} has no {name}; is it a sparsetrain run directory?")
+    cfg = load_config(run_dir / "config.yaml")
+    check_config(cfg)
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    d = cfg.data
+    splits = load_dataset(
+        d.name,
+        data_dir=data_dir or d.data_dir,
+        val_fraction=d.val_fraction,
+        seed=cfg.train.seed,
+        augment=False,
+        train_size=d.train_size,
+        **d.options,
+    )
+    run = build_run(cfg, splits)
+    restore(run, ckpt)
+    return run
+
+
 def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
     """Seed, then build the model, optimizer and attached method for ``cfg``."""
     from sparsetrain.models import uses_channels_last
@@ -179,6 +216,8 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     spe = steps_per_epoch(len(splits.train), cfg.train.batch_size, cfg.train.grad_accum)
     method = build_method(cfg, spe)
+    if method.execution == "auto" and method.execution_batch_size is None:
+        method.execution_batch_size = cfg.train.batch_size  # measure at the run's batch size
     try:
         method.attach(model, optimizer, hook=False)  # the loop calls the hooks by name
     except (ValueError, TypeError) as exc:

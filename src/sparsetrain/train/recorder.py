@@ -7,6 +7,7 @@ the end of training: ``method.finish()``, ``sparsity.csv``/``.json``, FLOPs, plo
 
 from __future__ import annotations
 
+import copy
 import platform
 import sys
 import time
@@ -142,6 +143,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
             f"{run.steps_per_epoch}: was the dataset changed?"
         )
     try:
+        run.method.adopt_execution(ckpt["method"])  # execution="auto": the checkpoint's choices
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.method.load_state_dict(ckpt["method"])
@@ -356,6 +358,8 @@ class Experiment:
             f"test {len(run.splits.test)}): {c.train.epochs} epochs x {run.steps_per_epoch} "
             f"steps, target sparsity {run.method.sparsity}, device {run.device}"
         )
+        if run.method.execution != "dense":
+            self.log(run.method.execution_report())
 
     def _finish(self) -> RunResult:
         run, d = self.run, self.run_dir
@@ -369,7 +373,7 @@ class Experiment:
         (d / "sparsity.csv").write_text(report.to_csv())
         write_text(d / "sparsity.json", report.to_json() + "\n")
         self.log(str(report))
-        flops = count_flops(run.model, run.splits.input_shape, run.device)
+        flops = count_flops(_flops_view(run.model), run.splits.input_shape, run.device)
         if run.cfg.train.plots:
             from sparsetrain.train.plots import plot_run
 
@@ -389,6 +393,20 @@ class Experiment:
             self.log(f"error: {missed}", always=True)
             return RunResult("target_missed", d, summary, 1, missed)
         return RunResult("finished", d, summary, 0, line)
+
+
+def _flops_view(model: torch.nn.Module) -> torch.nn.Module:
+    """``model``, or a copy with its sparse layers as ``nn.Linear`` (for FLOP counting)."""
+    from sparsetrain.sparse import SparseLinear, to_dense_linear
+
+    if not any(isinstance(m, SparseLinear) for m in model.modules()):
+        return model
+    view = copy.deepcopy(model)
+    for module in list(view.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, SparseLinear):
+                setattr(module, name, to_dense_linear(child))
+    return view
 
 
 def make_summary(

@@ -1,0 +1,107 @@
+"""``sparsetrain export RUN_DIR --format {compressed,dense,sparse-inference} [--out PATH]``.
+
+Rebuilds the run's model from ``config.yaml`` and ``checkpoint.pt`` (as ``--resume`` does,
+dense or sparse execution alike), squashes it to plain ``nn.Linear``/``nn.Conv`` layers with
+the original parameter names and zeros at pruned positions, and writes:
+
+- ``compressed``: a :func:`sparsetrain.export.save_compressed` safetensors file (default
+  ``RUN_DIR/model.compressed.safetensors``); load it with ``load_compressed``.
+- ``dense``: a plain ``state_dict`` saved with ``torch.save`` (default ``RUN_DIR/model.dense.pt``).
+- ``sparse-inference``: Linear layers measured faster on CSR at ``--batch-size`` become
+  ``SparseInferenceLinear``; the per-layer decision table is printed and the model is written
+  as a compressed file (default ``RUN_DIR/model.sparse.safetensors``).
+
+Every file is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sparsetrain.cli._common import USER_ERRORS, fail
+
+FORMATS = ("compressed", "dense", "sparse-inference")
+DEFAULT_NAMES = {
+    "compressed": "model.compressed.safetensors",
+    "dense": "model.dense.pt",
+    "sparse-inference": "model.sparse.safetensors",
+}
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``export`` subcommand."""
+    p = sub.add_parser(
+        "export",
+        help="squash a run's checkpoint and write it compressed, dense or for sparse inference",
+        description="Rebuild the model of RUN_DIR from its config and checkpoint.pt, squash it "
+        "(plain layers, original names) and write it in the chosen format.",
+    )
+    p.add_argument("run_dir", help="a run directory written by `sparsetrain train`")
+    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    p.add_argument("--out", help="output file (default: a file in RUN_DIR named by the format)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="serving batch size to measure at (sparse-inference only; default 1)",
+    )
+    p.add_argument("--data-dir", help="dataset folder (overrides data.data_dir)")
+    p.set_defaults(func=run)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rebuild, squash and write; prints what was written."""
+    from sparsetrain.export import format_decisions, save_compressed, squash, to_sparse_inference
+    from sparsetrain.train.checkpoint import CheckpointError
+    from sparsetrain.train.experiment import load_run
+
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / DEFAULT_NAMES[args.format]
+    try:
+        if not run_dir.is_dir():
+            raise ValueError(f"run directory {run_dir} does not exist")
+        if out.exists() and not args.overwrite:
+            raise ValueError(f"output file {out} exists; pass --overwrite to replace it")
+        if out.exists() and not out.is_file():
+            raise ValueError(f"output path {out} exists and is not a file")
+        if not out.parent.is_dir():
+            raise ValueError(f"output folder {out.parent} does not exist")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        loaded = load_run(run_dir, args.data_dir)
+        model = squash(loaded.method)
+        model.eval()
+        if args.format == "dense":
+            _atomic_torch_save(model.state_dict(), out)
+        elif args.format == "compressed":
+            save_compressed(model, out)
+        else:
+            decisions = to_sparse_inference(model, batch_size=args.batch_size)
+            print(format_decisions(decisions))
+            save_compressed(model, out)
+    except (*USER_ERRORS, CheckpointError) as exc:
+        return fail(exc, "export")
+    print(f"wrote {out} ({args.format})")
+    return 0
