@@ -1,0 +1,250 @@
+"""Sparse execution of a method's Linear targets (``execution="sparse"`` or ``"auto"``).
+
+A mixin of :class:`~sparsetrain.methods.base.SparsityMethod`, kept apart so the base stays
+readable. For a sparse target the ``bool`` mask in ``Target.mask`` stays the one home of the
+mask and the ``SparseLinear`` layer's CSR structure is kept equal to it. Between topology
+updates the layer trains on sparse kernels; on an update step that needs the dense gradient
+(armed by the previous step's post-hook), the dense weight and gradient are materialised into
+the original parameter for the hooks, the structure is rebuilt, and the optimizer state follows
+the weights that stay. Methods needing dense gradients every step keep the dense path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparsetrain.masking.targets import Target
+from sparsetrain.optim import momentum_of
+
+if TYPE_CHECKING:
+    from sparsetrain.sparse.layers import SparseLinear
+
+
+class SparseExecution:
+    """Sparse-execution behaviour mixed into ``SparsityMethod`` (see the module docstring)."""
+
+    def _check_execution(self) -> None:
+        """Raise before attach if this method cannot run with its ``execution`` option."""
+        if self.execution == "dense":
+            return
+        if not self.supports_sparse_execution:
+            raise ValueError(
+                f"method {self.name!r} {self.sparse_execution_note}; execution="
+                f"{self.execution!r} is not available for it (use execution='dense')"
+            )
+        if self.execution == "auto" and self.execution_batch_size is None:
+            raise ValueError(
+                "execution='auto' measures each layer at the run's batch size; set "
+                "execution_batch_size (or use execution='sparse' or 'dense')"
+            )
+
+    def _setup_execution(self) -> None:
+        """Choose dense or sparse per target and swap the sparse Linear layers in (attach)."""
+        from sparsetrain.sparse.bench import plan_layers
+        from sparsetrain.sparse.convert import swap_to_sparse
+
+        model = self._require_attached()
+        names = {id(m): n for n, m in model.named_modules()}
+        batch = self.execution_batch_size
+        rows: dict[str, dict[str, Any]] = {}
+        eligible: list[tuple[Target, str]] = []
+        for t in self.targets:
+            mod_name = names.get(id(t.module), "")
+            density = t.nnz / t.numel if t.numel else 0.0
+            row = {
+                "layer": t.name,
+                "shape": t.shape,
+                "density": density,
+                "batch": batch,
+                "dense_ms": math.nan,
+                "sparse_ms": math.nan,
+                "decision": "dense",
+                "note": "",
+            }
+            rows[t.name] = row
+            if type(t.module) is not nn.Linear or t.param_name != "weight":
+                row["note"] = f"{type(t.module).__name__}: no sparse training kernel"
+            elif parametrize.is_parametrized(t.module) or not mod_name:
+                row["note"] = "parametrized or root module"
+            else:
+                eligible.append((t, mod_name))
+        chosen: list[tuple[Target, str]] = []
+        if self.execution == "sparse":
+            chosen = eligible
+            for t, _ in eligible:
+                rows[t.name].update(decision="sparse", note="forced (execution='sparse')")
+        elif eligible:
+            sub = nn.ModuleDict({mn.replace(".", "/"): t.module for t, mn in eligible})
+            masks = {f"{mn.replace('.', '/')}.weight": t.mask for t, mn in eligible}
+            decisions = plan_layers(sub, batch or 1, mode="train", masks=masks, repeats=10)
+            for (t, mn), d in zip(eligible, decisions, strict=True):
+                rows[t.name].update(
+                    dense_ms=d.dense_ms, sparse_ms=d.sparse_ms, decision=d.choice, note="measured"
+                )
+                if d.choice == "sparse":
+                    chosen.append((t, mn))
+        for t, mod_name in chosen:
+            layer = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
+            self._sparse[t.name] = layer
+            self._dense_layers[t.name] = (t.module, mod_name)
+            t.param.data = _placeholder(t.param)
+        self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+        self.execution_decisions = [rows[t.name] for t in self.targets]
+        self._arm(self.step + 1)
+
+    def _sparse_hook(self, step: int, *, backward: bool) -> None:
+        """The subclass hook of ``step``, with dense views of sparse targets on update steps."""
+        update = self.is_update_step(step)
+        if update:
+            self._materialize(grads=backward)
+        self._in_backward = backward
+        try:
+            if backward:
+                self._before_step(step)
+            else:
+                self._after_step(step)
+        finally:
+            self._in_backward = False
+            if update:
+                self._release()
+            if backward:
+                for layer in self._sparse.values():
+                    layer.dense_grad = None
+                    layer.capture_dense_grad = False
+            else:
+                self._arm(step + 1)
+
+    def _arm(self, step: int) -> None:
+        """Let sparse layers compute the dense gradient in step ``step`` iff the method reads it."""
+        need = self.needs_dense_grad(step)
+        for layer in self._sparse.values():
+            layer.capture_dense_grad = need
+            layer.dense_grad = None
+
+    @torch.no_grad()
+    def _materialize(self, *, grads: bool) -> None:
+        for t in self.targets:
+            layer = self._sparse.get(t.name)
+            if layer is not None:
+                t.param.data = layer.to_dense()
+                g = layer.dense_grad if grads else None
+                t.param.grad = None if g is None else g.detach()
+
+    def _release(self) -> None:
+        for t in self.targets:
+            if t.name in self._sparse:
+                t.param.grad = None
+                t.param.data = _placeholder(t.param)
+
+    @torch.no_grad()
+    def _restructure(self, target: Target, grown: torch.Tensor | None) -> None:
+        """Make the sparse layer of ``target`` follow ``target.mask`` (grown entries at zero)."""
+        layer = self._sparse[target.name]
+        dense_grad = layer.dense_grad if self._in_backward else None
+        layer.set_structure(target.mask, self.optimizer, reset=grown)
+        if dense_grad is not None:  # this step's update still applies to the new structure
+            layer.values.grad = dense_grad.reshape(-1)[layer.flat_indices()].clone()
+            layer.dense_grad = dense_grad
+
+    def dense_momentum(self, target: Target) -> torch.Tensor | None:
+        """The momentum signal of ``target`` as a dense tensor (see ``optim.momentum_of``)."""
+        if self.optimizer is None:
+            return None
+        layer = self._sparse.get(target.name)
+        if layer is None:
+            return momentum_of(self.optimizer, target.param)
+        mom = momentum_of(self.optimizer, layer.values)
+        if mom is None:
+            return None
+        full = mom.new_zeros(target.numel)
+        full[layer.flat_indices()] = mom
+        return full.view(target.shape)
+
+    def sparse_layers(self) -> dict[str, SparseLinear]:
+        """The sparse layers in use, by target name (empty in dense execution)."""
+        return dict(self._sparse)
+
+    def execution_report(self) -> str:
+        """A Markdown table of the per-layer execution decisions (and their measurements)."""
+        lines = [
+            f"execution={self.execution!r} for {self.name!r}",
+            "| layer | shape | density | batch | dense ms | sparse ms | decision | note |",
+            "|---|---|---:|---:|---:|---:|---|---|",
+        ]
+        for r in self.execution_decisions:
+            shape = "x".join(map(str, r["shape"]))
+            batch = "-" if r["batch"] is None else r["batch"]
+            dense_ms = "-" if math.isnan(r["dense_ms"]) else f"{r['dense_ms']:.3f}"
+            sparse_ms = "-" if math.isnan(r["sparse_ms"]) else f"{r['sparse_ms']:.3f}"
+            lines.append(
+                f"| {r['layer']} | {shape} | {r['density']:.4f} | {batch} | {dense_ms} | "
+                f"{sparse_ms} | {r['decision']} | {r['note']} |"
+            )
+        return "\n".join(lines)
+
+    def adopt_execution(self, state: dict[str, Any]) -> None:
+        """Give each target the execution recorded in a method ``state_dict``.
+
+        Call it before loading a model checkpoint taken with ``execution="auto"``: the layer
+        choices measured now may differ from the checkpoint's.
+        """
+        from sparsetrain.sparse.convert import swap_to_sparse
+
+        model = self._require_attached()
+        layout = state.get("execution") if isinstance(state, dict) else None
+        if not layout or self.execution == "dense":
+            return
+        for t in self.targets:
+            want, has = layout.get(t.name, "dense"), t.name in self._sparse
+            if want == "sparse" and not has:
+                names = {id(m): n for n, m in model.named_modules()}
+                mod_name = names.get(id(t.module), "")
+                if type(t.module) is not nn.Linear or not mod_name:
+                    raise ValueError(f"{t.name!r} cannot run sparse in this model")
+                mask = state["masks"][t.name].to(device=t.mask.device, dtype=torch.bool)
+                t.mask.copy_(mask)
+                self._sparse[t.name] = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
+                self._dense_layers[t.name] = (t.module, mod_name)
+                t.param.data = _placeholder(t.param)
+            elif want == "dense" and has:
+                self._restore_dense_layers([t.name])
+            row = next((r for r in self.execution_decisions if r["layer"] == t.name), None)
+            if row is not None and row["decision"] != want:
+                row.update(decision=want, note="from checkpoint")
+        self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+
+    def _restore_dense_layers(self, names: Sequence[str] | None = None) -> None:
+        """Put the original ``nn.Linear`` back for sparse targets (all, or ``names``)."""
+        from sparsetrain.sparse.convert import replace_param, scatter_state
+
+        if not self._sparse:
+            return
+        model = self._require_attached()
+        for t in self.targets:
+            if t.name not in self._sparse or (names is not None and t.name not in names):
+                continue
+            layer = self._sparse.pop(t.name)
+            linear, mod_name = self._dense_layers.pop(t.name)
+            with torch.no_grad():
+                t.param.data = layer.to_dense().clone()
+            t.param.grad = None
+            t.param.requires_grad_(layer.values.requires_grad)
+            if self.optimizer is not None:
+                replace_param(self.optimizer, layer.values, t.param)
+                scatter_state(self.optimizer, layer.values, t.param, layer.flat_indices())
+            linear.train(layer.training)
+            parent_name, _, attr = mod_name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, linear)
+        self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+
+
+def _placeholder(param: torch.Tensor) -> torch.Tensor:
+    """A zero-memory stand-in of ``param``'s shape (a sparse target's dense weight is not kept)."""
+    return torch.zeros((), dtype=param.dtype, device=param.device).expand(param.shape)
