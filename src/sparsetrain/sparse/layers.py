@@ -69,7 +69,27 @@ def remap_values(
     return out
 
 
-class SparseLinear(nn.Module):
+class _CSRModule(nn.Module):
+    """A module whose weight pattern lives in ``crow_indices``/``col_indices`` buffers."""
+
+    _structure: CSRStructure
+
+    def _set_buffers(self, s: CSRStructure) -> None:
+        self._structure = s
+        self.register_buffer("crow_indices", s.crow)
+        self.register_buffer("col_indices", s.col)
+
+    @property
+    def structure(self) -> CSRStructure:
+        """The current CSR pattern (rebuilt if buffers were moved with ``.to()``)."""
+        s = self._structure
+        if s.crow is not self.crow_indices or s.col is not self.col_indices:
+            s = structure_from_csr(self.crow_indices, self.col_indices, s.shape)
+            self._set_buffers(s)
+        return s
+
+
+class SparseLinear(_CSRModule):
     """``nn.Linear`` with a CSR weight trained through sparse kernels.
 
     Forward and both backward products touch only the ``nnz`` live weights (see
@@ -123,20 +143,6 @@ class SparseLinear(nn.Module):
         self.dense_grad: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ structure
-
-    def _set_buffers(self, s: CSRStructure) -> None:
-        self._structure = s
-        self.register_buffer("crow_indices", s.crow)
-        self.register_buffer("col_indices", s.col)
-
-    @property
-    def structure(self) -> CSRStructure:
-        """The current CSR pattern (rebuilt if buffers were moved with ``.to()``)."""
-        s = self._structure
-        if s.crow is not self.crow_indices or s.col is not self.col_indices:
-            s = structure_from_csr(self.crow_indices, self.col_indices, s.shape)
-            self._set_buffers(s)
-        return s
 
     @property
     def nnz(self) -> int:
@@ -243,7 +249,7 @@ class SparseLinear(nn.Module):
         )
 
 
-class SparseInferenceLinear(nn.Module):
+class SparseInferenceLinear(_CSRModule):
     """Inference-only CSR Linear: no autograd, SpMV at batch 1, SpMM otherwise.
 
     All tensors are buffers (``values``, ``crow_indices``, ``col_indices``, ``bias``), so the
@@ -281,20 +287,6 @@ class SparseInferenceLinear(nn.Module):
         state = self.__dict__.copy()
         state["_csr_cache"] = None  # a CSR tensor has no storage to copy or pickle
         return state
-
-    def _set_buffers(self, s: CSRStructure) -> None:
-        self._structure = s
-        self.register_buffer("crow_indices", s.crow)
-        self.register_buffer("col_indices", s.col)
-
-    @property
-    def structure(self) -> CSRStructure:
-        """The CSR pattern (rebuilt if buffers were moved with ``.to()``)."""
-        s = self._structure
-        if s.crow is not self.crow_indices or s.col is not self.col_indices:
-            s = structure_from_csr(self.crow_indices, self.col_indices, s.shape)
-            self._set_buffers(s)
-        return s
 
     def to_dense(self) -> torch.Tensor:
         """The dense ``(out, in)`` weight."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,9 @@ from sparsetrain.train.build import (
     steps_per_epoch,
 )
 from sparsetrain.train.checkpoint import load_checkpoint, seed_everything
+
+if TYPE_CHECKING:
+    from sparsetrain.data import DatasetSplits
 from sparsetrain.train.loop import Run
 from sparsetrain.train.recorder import (
     HARNESS_DIRS,
@@ -111,20 +114,9 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
     if ckpt is not None:
         _check_same_run(cfg, ckpt, run_dir)
 
-    from sparsetrain.data import load_dataset
-
-    d = cfg.data
-    splits = load_dataset(
-        d.name,
-        data_dir=opts.data_dir or d.data_dir,
-        val_fraction=d.val_fraction,
-        seed=cfg.train.seed,
-        augment=d.augment,
-        train_size=d.train_size,
-        **d.options,
-    )
+    splits = load_splits(cfg, opts.data_dir, augment=cfg.data.augment)
     if len(splits.train) < 2:
-        raise ConfigError(f"dataset {d.name!r} has {len(splits.train)} training examples")
+        raise ConfigError(f"dataset {cfg.data.name!r} has {len(splits.train)} training examples")
     run = build_run(cfg, splits)
     if ckpt is not None:
         restore(run, ckpt)
@@ -133,24 +125,29 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
     return Experiment(run, run_dir, opts, resumed=ckpt is not None)
 
 
+def load_splits(cfg: ExperimentConfig, data_dir: str | None, *, augment: bool) -> DatasetSplits:
+    """The config's dataset splits (``data_dir`` overrides ``data.data_dir``)."""
+    from sparsetrain.data import load_dataset
+
+    d = cfg.data
+    return load_dataset(
+        d.name,
+        data_dir=data_dir or d.data_dir,
+        val_fraction=d.val_fraction,
+        seed=cfg.train.seed,
+        augment=augment,
+        train_size=d.train_size,
+        **d.options,
+    )
+
+
 def plan_experiment(cfg: ExperimentConfig, data_dir: str | None = None, points: int = 11) -> str:
     """Dry run: the method's sparsity curve and topology-update steps, as text.
 
     Loads the data (for the steps per epoch) and builds the model and method; trains nothing.
     """
-    from sparsetrain.data import load_dataset
-
     check_config(cfg)
-    d = cfg.data
-    splits = load_dataset(
-        d.name,
-        data_dir=data_dir or d.data_dir,
-        val_fraction=d.val_fraction,
-        seed=cfg.train.seed,
-        augment=False,
-        train_size=d.train_size,
-        **d.options,
-    )
+    splits = load_splits(cfg, data_dir, augment=False)
     run = build_run(cfg, splits)
     t = cfg.train
     head = (
@@ -172,7 +169,6 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> Run:
         CheckpointError: The checkpoint is unreadable or does not match the config.
     """
     from sparsetrain.config import load_config
-    from sparsetrain.data import load_dataset
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -183,16 +179,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> Run:
     cfg = load_config(run_dir / "config.yaml")
     check_config(cfg)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-    d = cfg.data
-    splits = load_dataset(
-        d.name,
-        data_dir=data_dir or d.data_dir,
-        val_fraction=d.val_fraction,
-        seed=cfg.train.seed,
-        augment=False,
-        train_size=d.train_size,
-        **d.options,
-    )
+    splits = load_splits(cfg, data_dir, augment=False)
     run = build_run(cfg, splits)
     restore(run, ckpt)
     return run
