@@ -223,3 +223,23 @@ def test_needs_an_optimizer(tiny_mlp) -> None:
     with pytest.raises(ValueError, match="optimizer"):
         OptG(sparsity=0.5, total_steps=10, steps_per_epoch=2).attach(tiny_mlp)
     assert not hasattr(tiny_mlp[0], "weight_raw")  # nothing changed
+
+
+def test_short_run_reaches_target_whatever_the_update_interval():
+    # 5 epochs of 29 steps, re-selection every 50 steps: the forced final epoch still selects
+    # at its first step (116), so training ends at the target.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = create_method(
+        "optg", sparsity=0.9, total_steps=145, steps_per_epoch=29, update_interval=50
+    ).attach(model, opt)
+    assert 116 in method.update_steps(145)
+    x, y = torch.randn(32, 12), torch.randint(0, 3, (32,))
+    for _ in range(145):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert method.report().misses() == []
+    assert method.sparsity_at(145) == pytest.approx(0.9)

@@ -159,14 +159,32 @@ class OptG(InPlaceMethod):
             return 1.0
         return _sigmoid(self.beta * (epoch - self.epochs / 2))
 
+    @property
+    def _forced_step(self) -> int | None:
+        """First step of the forced final epochs (always a selection step), if any."""
+        if self.final_epochs_at_target <= 0:
+            return None
+        return max(self.epochs - self.final_epochs_at_target, 0) * self.steps_per_epoch
+
+    def _selects_at(self, step: int) -> bool:
+        if step == 0 or step == self._forced_step:
+            return True
+        return step % self.interval == 0 and step < (self.total_steps or 0)
+
     def sparsity_at(self, step: int) -> float:
         last = max(min(step, (self.total_steps or 1) - 1), 0)  # no selection at the last step
-        return self.sparsity * self.ramp(
-            last // self.interval * self.interval // self.steps_per_epoch
-        )
+        chosen = last // self.interval * self.interval  # the latest selection at or before it
+        forced = self._forced_step
+        if forced is not None and forced <= last:
+            chosen = max(chosen, forced)
+        return self.sparsity * self.ramp(chosen // self.steps_per_epoch)
 
     def update_steps(self, total_steps: int) -> list[int]:
-        return list(range(self.interval, total_steps, self.interval))
+        steps = set(range(self.interval, total_steps, self.interval))
+        forced = self._forced_step
+        if forced is not None and 0 < forced < total_steps:
+            steps.add(forced)
+        return sorted(steps)
 
     def score_lr_factor(self, epoch: int) -> float:
         """lr_S / lr_w in ``epoch``: r(e), times mask_lr/lr0 when ``mask_lr`` is honoured."""
@@ -223,7 +241,7 @@ class OptG(InPlaceMethod):
                 g.mul_(self._fmasks[i])
 
     def refresh(self, step: int) -> None:
-        if step == 0 or (step % self.interval == 0 and step < (self.total_steps or 0)):
+        if self._selects_at(step):
             self.reselect(step)
 
     def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:

@@ -181,7 +181,9 @@ def _takes_sparsity(method: str) -> bool:
 
     try:
         info = get_method_info(method)
-        return info.sparsity_mode == "target" and "sparsity" in method_options(info.factory)
+        if method == "dense" or info.sparsity_mode != "target":
+            return False
+        return "sparsity" in method_options(info.factory)
     except (ValueError, TypeError):
         return True  # unknown names are reported by the config check, with close matches
 
