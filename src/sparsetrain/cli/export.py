@@ -17,11 +17,10 @@ Every file is written atomically (temp file + rename).
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from sparsetrain._io import atomic_path
 from sparsetrain.cli._common import USER_ERRORS, fail
 
 FORMATS = ("compressed", "dense", "sparse-inference")
@@ -57,18 +56,8 @@ def add_parser(sub: Any) -> None:
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def run(args: argparse.Namespace) -> int:

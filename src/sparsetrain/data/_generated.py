@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import random
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparsetrain._io import atomic_path
 from sparsetrain.data._core import RawData, register_dataset
 from sparsetrain.data._formats import default_root
 
@@ -51,11 +50,9 @@ def _mnist1d_arrays(
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        # mode: mkstemp makes files private; the cache is an ordinary file
+        with atomic_path(path, mode=0o644) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is an ordinary file
-        os.replace(tmp, path)
     except OSError as err:
         warnings.warn(f"could not cache mnist1d at {path}: {err}", stacklevel=3)
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from sparsetrain._io import atomic_path
 from sparsetrain.methods.base import attached_method
 from sparsetrain.sparse._csr import flat_indices, structure_from_csr
 from sparsetrain.sparse.layers import SparseInferenceLinear, SparseLinear
@@ -248,18 +248,8 @@ def _method_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------- loading

@@ -20,13 +20,14 @@ ints, Python's to a list).
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from sparsetrain._io import atomic_path
 
 FORMAT = "sparsetrain.checkpoint"
 FORMAT_VERSION = 1
@@ -41,17 +42,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
     A crash during the write leaves the previous checkpoint intact.
     """
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
