@@ -155,7 +155,9 @@ def lr_factor(step: int, o: OptimConfig, steps_per_epoch: int, epochs: int) -> f
     if o.schedule == "constant":
         return 1.0
     if o.schedule == "multistep":
-        milestones = o.milestones if o.milestones is not None else (epochs // 2, 3 * epochs // 4)
+        # default E/2 and 3E/4 (Fantastic Weights); never epoch 0, which would scale the base LR
+        default = (max(epochs // 2, 1), max(3 * epochs // 4, 1))
+        milestones = o.milestones if o.milestones is not None else default
         epoch = step / steps_per_epoch
         return o.gamma ** sum(1 for m in milestones if m <= epoch)
     if o.schedule_unit == "step":
