@@ -18,8 +18,13 @@ def atomic_path(path: str | Path, *, mode: int | None = None) -> Iterator[Path]:
 
     Args:
         path: The final file.
-        mode: Permission bits for the final file (``mkstemp`` makes it private by default).
+        mode: Permission bits of the final file; default: what ``open()`` would give (0o666
+            minus the umask; ``mkstemp`` alone would make it private).
     """
+    if mode is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     target = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -28,8 +33,7 @@ def atomic_path(path: str | Path, *, mode: int | None = None) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

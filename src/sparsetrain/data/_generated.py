@@ -50,8 +50,7 @@ def _mnist1d_arrays(
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # mode: mkstemp makes files private; the cache is an ordinary file
-        with atomic_path(path, mode=0o644) as tmp, open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
     except OSError as err:
         warnings.warn(f"could not cache mnist1d at {path}: {err}", stacklevel=3)
