@@ -424,3 +424,18 @@ def test_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train(write_config(tmp_path), tmp_path / "run", "--dry-run") == 0
     assert "topology updates: 2 at steps 3, 6" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
+
+
+def test_compare_refuses_a_second_compare_on_the_same_folder(tmp_path):
+    import fcntl
+
+    from sparsetrain.config import ConfigError
+    from sparsetrain.train.suite import SuiteRun, run_suite
+
+    root = tmp_path / "grid"
+    root.mkdir()
+    with open(root / ".compare.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        run = SuiteRun("a", "dense", 0.0, 0, None, root / "a")  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="another `sparsetrain compare` is running"):
+            run_suite([run], echo=lambda _: None)

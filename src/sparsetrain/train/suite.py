@@ -26,6 +26,7 @@ other run starts fresh. All configs are validated before anything runs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
@@ -258,6 +259,9 @@ def run_suite(
 ) -> list[SuiteOutcome]:
     """Run (or skip, or resume) every run of a suite, sequentially or in ``jobs`` processes.
 
+    The suite's output folders are locked for the duration (``.compare.lock``, an OS file lock
+    released when the process ends), so two ``compare`` commands never work on the same runs.
+
     Args:
         runs: From :func:`load_suite`.
         jobs: Worker processes (1: in this process). Workers share the CPU cores.
@@ -266,7 +270,26 @@ def run_suite(
 
     Returns:
         One outcome per run, in grid order.
+
+    Raises:
+        ConfigError: Another ``compare`` holds the lock of one of the output folders.
     """
+    with contextlib.ExitStack() as stack:
+        for root in sorted({r.run_dir.parent for r in runs}):
+            root.mkdir(parents=True, exist_ok=True)
+            lock = stack.enter_context(open(root / ".compare.lock", "w"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ConfigError(
+                    f"another `sparsetrain compare` is running on {root}; wait for it to end"
+                ) from None
+        return _run_suite_locked(runs, jobs=jobs, data_dir=data_dir, echo=echo)
+
+
+def _run_suite_locked(
+    runs: list[SuiteRun], *, jobs: int, data_dir: str | None, echo: Callable[[str], None]
+) -> list[SuiteOutcome]:
     from sparsetrain.train.experiment import run_dir_state
 
     outcomes: dict[str, SuiteOutcome] = {}
