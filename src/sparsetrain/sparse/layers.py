@@ -88,6 +88,26 @@ class _CSRModule(nn.Module):
             self._set_buffers(s)
         return s
 
+    def _resize_values(self, nnz: int) -> None:
+        raise NotImplementedError
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # a stored pattern of another nnz: adopt it, and size the values to match
+        if _reload_structure(self, state_dict, prefix, error_msgs):
+            self._resize_values(self.nnz)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
 
 class SparseLinear(_CSRModule):
     """``nn.Linear`` with a CSR weight trained through sparse kernels.
@@ -226,21 +246,8 @@ class SparseLinear(_CSRModule):
 
     # ------------------------------------------------------------------ state dict
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        if _reload_structure(self, state_dict, prefix, error_msgs):
-            self.values.data = self.values.data.new_empty(self.nnz)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def _resize_values(self, nnz: int) -> None:
+        self.values.data = self.values.data.new_empty(nnz)  # same Parameter object
 
     def extra_repr(self) -> str:
         return (
@@ -318,21 +325,8 @@ class SparseInferenceLinear(_CSRModule):
         y = spmm_t(s, self.values, feature_major(x2), self.bias).t()
         return y if x.dim() == 2 else y.reshape(*lead, self.out_features)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        if _reload_structure(self, state_dict, prefix, error_msgs):
-            self.values = self.values.new_empty(self.nnz)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def _resize_values(self, nnz: int) -> None:
+        self.values = self.values.new_empty(nnz)
 
     def extra_repr(self) -> str:
         return (

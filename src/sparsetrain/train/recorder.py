@@ -417,16 +417,7 @@ def make_summary(
     final = st.history[-1]
     best = st.best
     head = best if cfg.train.select == "best_val" and best is not None else final
-    pick = (
-        "epoch",
-        "step",
-        "train_loss",
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "test_loss",
-        "test_acc",
-    )
+    pick = tuple(f for f in EPOCH_FIELDS if f not in ("lr", "sparsity", "time"))
     return {
         "status": "target_missed" if missed else "finished",
         "method": cfg.train.label or cfg.method.name,
