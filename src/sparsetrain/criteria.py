@@ -12,7 +12,6 @@ so every pruning criterion is exposed through one signature::
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from sparsetrain._names import unknown_name
 from sparsetrain.masking.topk import select_bottomk, select_topk, topk_indices
 
 Order = Literal["before", "after"]
@@ -307,9 +307,7 @@ def growth_scores(
 def _lookup(table: dict[str, Any], name: str, kind: str) -> Any:
     if name in table:
         return table[name]
-    close = difflib.get_close_matches(name, list(table), n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(table)}.{hint}")
+    raise unknown_name(kind, name, table)
 
 
 def get_prune_criterion(name: str) -> PruneCriterion:

@@ -8,7 +8,6 @@ dataset gets the same split logic and the same guarantee: validation data is nev
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import warnings
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from sparsetrain._names import unknown_name
 from sparsetrain.data._tensor import BatchTransform, InMemoryDataset
 
 
@@ -115,9 +115,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of a registered dataset (``-`` and ``_`` are interchangeable)."""
     key = _normalise_name(name)
     if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(_REGISTRY))}.{hint}")
+        raise unknown_name("dataset", name, sorted(_REGISTRY))
     return _REGISTRY[key]
 
 

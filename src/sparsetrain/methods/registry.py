@@ -7,7 +7,6 @@ share one entry point.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import warnings
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sparsetrain._names import unknown_name
 from sparsetrain.methods.base import SparsityMethod
 
 
@@ -68,9 +68,7 @@ def register_method(
 
 
 def _unknown(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ValueError(f"unknown method {name!r}; valid: {', '.join(sorted(_REGISTRY))}.{hint}")
+    return unknown_name("method", name, sorted(_REGISTRY))
 
 
 def get_method_info(name: str) -> MethodInfo:

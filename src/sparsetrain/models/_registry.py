@@ -6,7 +6,6 @@ takes ``num_classes`` and the per-example ``input_shape`` plus flat keyword opti
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import warnings
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+
+from sparsetrain._names import unknown_name
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -65,9 +66,7 @@ def get_model_info(name: str) -> ModelInfo:
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
     key = name.strip().lower().replace("-", "_")
     if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(_REGISTRY))}.{hint}")
+        raise unknown_name("model", name, sorted(_REGISTRY))
     return _REGISTRY[key]
 
 
