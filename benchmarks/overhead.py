@@ -58,6 +58,53 @@ def build(model_name: str, method_name: str, sparsity: float):
     return model, opt
 
 
+def measure(
+    models: list[str],
+    methods: list[str],
+    *,
+    sparsity: float = 0.9,
+    batch_size: int = 128,
+    rounds: int = 200,
+    warmup: int = 20,
+) -> list[dict[str, object]]:
+    """Interleaved per-step timings; one row per (model, method) with its ratio to dense."""
+    loss_fn = nn.CrossEntropyLoss()
+    rows: list[dict[str, object]] = []
+    for model_name in models:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch_size, 1, 28, 28, generator=g)
+        if uses_channels_last(model_name):
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch_size,), generator=g)
+        names = ["dense", *methods]
+        runs = {n: build(model_name, n, sparsity) for n in names}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(warmup + rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for n in order:
+                model, opt = runs[n]
+                t0 = time.perf_counter()
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if r >= warmup:
+                    times[n].append(time.perf_counter() - t0)
+        dense = statistics.median(times["dense"])
+        for n in methods:
+            ratio = statistics.median(a / b for a, b in zip(times[n], times["dense"], strict=True))
+            rows.append(
+                {
+                    "model": model_name,
+                    "method": n,
+                    "step_ms": statistics.median(times[n]) * 1e3,
+                    "dense_ms": dense * 1e3,
+                    "ratio": ratio,
+                }
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["static", "gmp", "rigl"])
@@ -70,32 +117,19 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}")
     print("| model | method | median step (ms) | dense (ms) | ratio vs dense |")
     print("|---|---|---|---|---|")
-    loss_fn = nn.CrossEntropyLoss()
-    for model_name in args.models:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(args.batch_size, 1, 28, 28, generator=g)
-        if uses_channels_last(model_name):
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (args.batch_size,), generator=g)
-        names = ["dense", *args.methods]
-        runs = {n: build(model_name, n, args.sparsity) for n in names}
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.warmup + args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for n in order:
-                model, opt = runs[n]
-                t0 = time.perf_counter()
-                loss = loss_fn(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if r >= args.warmup:
-                    times[n].append(time.perf_counter() - t0)
-        dense = statistics.median(times["dense"])
-        for n in args.methods:
-            ratio = statistics.median(a / b for a, b in zip(times[n], times["dense"], strict=True))
-            med = statistics.median(times[n])
-            print(f"| {model_name} | {n} | {med * 1e3:.3f} | {dense * 1e3:.3f} | {ratio:.3f} |")
+    rows = measure(
+        args.models,
+        args.methods,
+        sparsity=args.sparsity,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        warmup=args.warmup,
+    )
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['method']} | {r['step_ms']:.3f} | {r['dense_ms']:.3f} "
+            f"| {r['ratio']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -38,35 +38,49 @@ def resnet50_weight_modules() -> nn.ModuleList:
     return nn.ModuleList(mods)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+def time_update(sparsity: float = 0.9, repeats: int = 5) -> dict[str, float]:
+    """Seconds per RigL update over ResNet-50 shapes (median, min, max) and mask bytes/weight."""
     torch.manual_seed(0)
     model = resnet50_weight_modules()
     n_weights = sum(m.weight.numel() for m in model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     method = sparsetrain.create_method(
-        "rigl", sparsity=args.sparsity, total_steps=10_000, update_interval=100
+        "rigl", sparsity=sparsity, total_steps=10_000, update_interval=100
     )
     method.attach(model, opt)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     opt.step()  # creates momentum buffers, so state surgery is part of the timing
     times = []
-    for r in range(args.repeats):
+    for r in range(repeats):
         grads = {t.name: torch.randn_like(t.param) for t in method.targets}
         t0 = time.perf_counter()
         method.update_topology(100 * (r + 1), grads)
         times.append(time.perf_counter() - t0)
     mask_bytes = sum(t.mask.numel() * t.mask.element_size() for t in method.targets)
-    n_t = len(method.targets)
-    print(f"weights: {n_weights / 1e6:.2f}M in {n_t} tensors, sparsity {args.sparsity}")
+    return {
+        "weights": float(n_weights),
+        "tensors": float(len(method.targets)),
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "mask_bytes_per_weight": mask_bytes / n_weights,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    r = time_update(args.sparsity, args.repeats)
+    n_w, n_t = r["weights"] / 1e6, int(r["tensors"])
+    print(f"weights: {n_w:.2f}M in {n_t} tensors, sparsity {args.sparsity}")
     print(f"threads: {torch.get_num_threads()}")
-    med = statistics.median(times)
-    print(f"rigl update: median {med:.3f} s  (min {min(times):.3f}, max {max(times):.3f})")
-    print(f"mask memory: {mask_bytes / n_weights:.2f} bytes per weight")
+    print(
+        f"rigl update: median {r['median_s']:.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f})"
+    )
+    print(f"mask memory: {r['mask_bytes_per_weight']:.2f} bytes per weight")
 
 
 if __name__ == "__main__":

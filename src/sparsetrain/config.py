@@ -157,6 +157,9 @@ class TrainConfig:
         plots: Write PNG plots at the end (skipped with a note if matplotlib is missing).
         label: Name of the run's method in reports (default: the method's registry name);
             suites set it to their variant name, e.g. ``snip-gradient``.
+        report_sparsity: Sparsity reports group the run under (default: the method's
+            ``sparsity``); suites set it for emergent-sparsity methods tuned per target, e.g.
+            STR with a threshold weight decay chosen to land near 90%.
     """
 
     epochs: int = 10
@@ -171,6 +174,7 @@ class TrainConfig:
     log_every: int = 10
     plots: bool = True
     label: str | None = None
+    report_sparsity: float | None = None
 
 
 SECTIONS: dict[str, type] = {
@@ -219,6 +223,8 @@ class ExperimentConfig:
     def _check(self) -> None:
         o, t = self.optim, self.train
         _positive("train.epochs", t.epochs)
+        if t.report_sparsity is not None and not 0.0 <= t.report_sparsity < 1.0:
+            raise ConfigError(f"train.report_sparsity must be in [0, 1), got {t.report_sparsity}")
         _positive("train.batch_size", t.batch_size)
         _positive("train.eval_batch_size", t.eval_batch_size)
         _positive("train.grad_accum", t.grad_accum)

@@ -439,3 +439,58 @@ def test_compare_refuses_a_second_compare_on_the_same_folder(tmp_path):
         run = SuiteRun("a", "dense", 0.0, 0, None, root / "a")  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="another `sparsetrain compare` is running"):
             run_suite([run], echo=lambda _: None)
+
+
+def test_suite_emergent_methods_run_once_unless_tied_to_the_sparsity(tmp_path: Path) -> None:
+    from sparsetrain.config import ConfigError
+    from sparsetrain.train.suite import load_suite
+
+    write_config(tmp_path)
+    suite = tmp_path / "suite.yaml"
+    grid = {
+        "base": "config.yaml",
+        "methods": ["str", "str-tuned", "scl-adaptive"],
+        "sparsities": [0.8, 0.9],
+        "seeds": [0],
+        "variants": {
+            "str-tuned": {"method.name": "str", "method.threshold_weight_decay": {0.8: 1, 0.9: 3}},
+            "scl-adaptive": {
+                "method.name": "scl",
+                "method.lambda_mode": "adaptive",
+                "method.target_sparsity": "{sparsity}",
+            },
+        },
+    }
+    suite.write_text(yaml.safe_dump(grid))
+    runs = {r.name: r for r in load_suite(suite, tmp_path / "g")}
+    assert sorted(runs) == [
+        "scl-adaptive-s0.8-seed0",
+        "scl-adaptive-s0.9-seed0",
+        "str-s0-seed0",  # emergent, nothing tied to the grid: once per seed
+        "str-tuned-s0.8-seed0",
+        "str-tuned-s0.9-seed0",
+    ]
+    tuned = runs["str-tuned-s0.9-seed0"].cfg
+    assert tuned.method.options["threshold_weight_decay"] == 3
+    assert tuned.train.report_sparsity == 0.9 and tuned.train.label == "str-tuned"
+    assert runs["str-s0-seed0"].cfg.train.report_sparsity is None
+    assert runs["scl-adaptive-s0.8-seed0"].cfg.method.options["target_sparsity"] == 0.8
+
+    grid["variants"]["str-tuned"]["method.threshold_weight_decay"] = {0.8: 1}
+    suite.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ConfigError, match=r"str-tuned.method.threshold_weight_decay has no value"):
+        load_suite(suite, tmp_path / "g")
+
+
+def test_best_val_only_counts_epochs_at_final_sparsity(tmp_path: Path) -> None:
+    """GMP ramps over steps 0-6 (4 per epoch): its half-pruned epoch 1 is never the headline."""
+    run = tmp_path / "run"
+    method = {"name": "gmp", "sparsity": 0.9, "begin_step": 0, "end_step": 6, "interval": 1}
+    cfg = write_config(tmp_path, method=method, train={"epochs": 3})
+    assert train(cfg, run) == 0
+    epochs = rows(run / "metrics.csv")
+    summary = json.loads((run / "summary.json").read_text())
+    eligible = [r for r in epochs if float(r["sparsity"]) >= 0.9 - 1e-3]
+    assert float(epochs[0]["sparsity"]) < 0.9 - 1e-3 and len(eligible) == 2
+    best = max(eligible, key=lambda r: float(r["val_acc"]))  # first of equals wins
+    assert summary["best_val"]["epoch"] == int(best["epoch"])

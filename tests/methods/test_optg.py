@@ -122,7 +122,7 @@ def test_short_run_options() -> None:
 
 def _score_lrs(model, method, opt, sched=None, steps=8):
     seen: list[float] = []
-    opt.register_step_pre_hook(lambda *_: seen.append(opt.param_groups[-1]["lr"]))
+    opt.register_step_pre_hook(lambda *_: seen.append(method.score_group["lr"]))
     x, y = torch.randn(4, 8), torch.randint(0, 4, (4,))
     for i in range(steps):
         nn.functional.cross_entropy(model(x), y).backward()
@@ -133,23 +133,47 @@ def _score_lrs(model, method, opt, sched=None, steps=8):
     return seen
 
 
+@pytest.mark.parametrize("score_opt", ["sgd", "user"])
 @pytest.mark.parametrize(
     ("mode", "mask_lr", "factor"),
     [("corrected", None, 1.0), ("corrected", 0.01, 0.1), ("as_released", 0.01, 1.0)],
 )
-def test_score_lr_follows_ramp_and_weight_lr(tiny_mlp, mode, mask_lr, factor) -> None:
-    opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1, momentum=0.9)
+def test_score_lr_follows_ramp_and_weight_lr(tiny_mlp, mode, mask_lr, factor, score_opt) -> None:
+    opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     m = OptG(
-        sparsity=0.5, total_steps=8, steps_per_epoch=2, mask_lr=mask_lr, mask_lr_mode=mode
+        sparsity=0.5,
+        total_steps=8,
+        steps_per_epoch=2,
+        mask_lr=mask_lr,
+        mask_lr_mode=mode,
+        score_optimizer=score_opt,
     ).attach(tiny_mlp, opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5**e)  # after attach: 2 groups
-    assert opt.param_groups[-1]["params"] == m.scores
-    assert opt.param_groups[-1]["weight_decay"] == 0.0
-    assert opt.param_groups[-1]["momentum"] == 0.9  # from the user's optimizer
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5**e)  # after attach
+    assert len(opt.param_groups) == (2 if score_opt == "user" else 1)
+    assert m.score_group["params"] == m.scores
+    assert m.score_group["weight_decay"] == 0.0
+    assert m.score_group["momentum"] == 0.9
     seen = _score_lrs(tiny_mlp, m, opt, sched)
     r = [_sigmoid(-2.0), _sigmoid(-1.0), _sigmoid(0.0), 1.0]  # E = 4, last epoch forced
     expected = [0.1 * 0.5**e * r[e] * factor for e in range(4) for _ in range(2)]
     assert seen == pytest.approx(expected)
+
+
+def test_dedicated_score_sgd_under_adam(tiny_mlp) -> None:
+    """Default: the scores take SGD-momentum steps of lr_w·r·g⊙W even when the user runs Adam."""
+    opt = torch.optim.Adam(tiny_mlp.parameters(), lr=0.01)
+    m = OptG(sparsity=0.5, total_steps=8, steps_per_epoch=2).attach(tiny_mlp, opt)
+    assert len(opt.param_groups) == 1  # the user's optimizer is left alone
+    x, y = torch.randn(4, 8), torch.randint(0, 4, (4,))
+    nn.functional.cross_entropy(tiny_mlp(x), y).backward()
+    g = [t.param.grad.clone() for t in m.targets]
+    w = [m.raw_weight(i).clone() for i in range(len(m.targets))]
+    opt.step()
+    lr_s = 0.01 * _sigmoid(-2.0)  # epoch 0 of E = 4
+    for s, gi, wi in zip(m.scores, g, w, strict=True):
+        torch.testing.assert_close(s.detach(), -lr_s * gi * wi)  # first momentum step = grad
+    second = m.state_dict()["extra"]["score_optimizer"]["state"]
+    assert len(second) == len(m.scores)  # momentum buffers travel with the method's state
 
 
 def test_reaches_target_exactly_in_50_steps(tiny_mlp, batch) -> None:
@@ -194,6 +218,11 @@ def test_layer_flags_and_detach(tiny_mlp) -> None:
     m = OptG(sparsity=0.5, total_steps=10, steps_per_epoch=2, first_layer_dense=True)
     m.attach(tiny_mlp, opt)
     assert [t.name for t in m.targets] == ["2.weight"]
+    assert len(opt.param_groups) == 1  # the scores have their own SGD by default
+    m.detach()
+    opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
+    m = OptG(sparsity=0.5, total_steps=10, steps_per_epoch=2, score_optimizer="user")
+    m.attach(tiny_mlp, opt)
     assert len(opt.param_groups) == 2
     m.detach()
     assert len(opt.param_groups) == 1 and not hasattr(tiny_mlp[2], "weight_raw")

@@ -1,12 +1,14 @@
 """OptG: supermask training of trainable scores next to the weights (spec §2.3).
 
-Scores S (zeros, one per weight) are trained by the user's optimizer in their own param group
-(weight decay 0, the rest from its defaults). Forward W ⊙ M with M a global top-k of S;
-backward W.grad = g ⊙ M and S.grad = g ⊙ W on every entry (identity STE). M is re-selected every
-``update_interval`` steps (default: per epoch, as released) at s(e) = s_target·σ(β(e − E/2)),
-E = ⌈total_steps / steps_per_epoch⌉. Before each step the score lr is set to lr_w·σ(β(e − E/2)),
-lr_w the weight group's current lr (so the user's LR scheduler drives both, as in the released
-per-epoch schedule). Between steps ``weight`` holds W ⊙ M and ``weight_raw`` W (see
+Scores S (zeros, one per weight) are trained by the supermask optimizer: by default its own SGD
+(momentum 0.9, no weight decay, as released), whatever the user's optimizer is;
+``score_optimizer="user"`` puts them in a param group of the user's optimizer instead (weight decay
+0, the rest from its defaults; identical when that is SGD with momentum 0.9). Forward W ⊙ M with M a
+global top-k of S; backward W.grad = g ⊙ M and S.grad = g ⊙ W on every entry (identity STE). M is
+re-selected every ``update_interval`` steps (default: per epoch, as released) at s(e) =
+s_target·σ(β(e − E/2)), E = ⌈total_steps / steps_per_epoch⌉. Before each step the score lr is set to
+lr_w·σ(β(e − E/2)), lr_w the weight group's current lr (so the user's LR scheduler drives both, as
+in the released per-epoch schedule). Between steps ``weight`` holds W ⊙ M and ``weight_raw`` W (see
 :mod:`~sparsetrain.methods._inplace`). Re-selection leaves optimizer state alone (as released).
 
 Options vs the official code: ``mask_lr_mode`` ``corrected`` (default: lr_S = lr_w·r·mask_lr/lr0)
@@ -32,6 +34,7 @@ from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
 
 MASK_LR_MODES = ("corrected", "as_released")
+SCORE_OPTIMIZERS = ("sgd", "user")
 SELECTIONS = ("exact", "as_released")
 
 
@@ -96,6 +99,11 @@ class OptG(InPlaceMethod):
         mask_lr: Base lr of the scores (``mask_lr_mode="corrected"`` only; default: lr0).
         mask_lr_mode: ``corrected`` (default) or ``as_released`` (``mask_lr`` ignored).
         selection: ``exact`` (default, exactly k kept) or ``as_released`` (ties at τ kept).
+        score_optimizer: ``sgd`` (default): the released supermask optimizer, SGD with
+            momentum 0.9 and no weight decay, stepped with the user's optimizer; ``user``: a
+            param group of the user's optimizer. With Adam-type optimizers ``user`` makes every
+            score move by about lr per step whatever its gradient's size, so the scores stop
+            being an accumulated Taylor saliency (on MNIST-1D with AdamW it collapsed training).
         first_layer_dense: Keep the first layer dense (the official ``--first-layer-dense``).
         last_layer_dense: Keep the last layer dense (the official ``--last-layer-dense``).
         **kwargs: Common options of :class:`SparsityMethod` (``total_steps`` is required).
@@ -114,6 +122,7 @@ class OptG(InPlaceMethod):
         mask_lr: float | None = None,
         mask_lr_mode: str = "corrected",
         selection: str = "exact",
+        score_optimizer: str = "sgd",
         first_layer_dense: bool = False,
         last_layer_dense: bool = False,
         **kwargs: Any,
@@ -135,6 +144,7 @@ class OptG(InPlaceMethod):
         for opt, val, valid in (
             ("mask_lr_mode", mask_lr_mode, MASK_LR_MODES),
             ("selection", selection, SELECTIONS),
+            ("score_optimizer", score_optimizer, SCORE_OPTIMIZERS),
         ):
             if val not in valid:
                 raise ValueError(f"unknown {opt} {val!r}; valid: {', '.join(valid)}")
@@ -147,6 +157,8 @@ class OptG(InPlaceMethod):
             beta *= max(1.0, _int_at_least("beta_ref_epochs", beta_ref_epochs, 1) / self.epochs)
         self.beta = beta
         self.mask_lr, self.mask_lr_mode, self.selection = mask_lr, mask_lr_mode, selection
+        self.score_optimizer = score_optimizer
+        self._score_opt: torch.optim.SGD | None = None  # the dedicated supermask optimizer
         self.scores: list[torch.Tensor] = []
         self._fmasks: list[torch.Tensor] = []
         self._dense: list[bool] = []
@@ -203,11 +215,16 @@ class OptG(InPlaceMethod):
         pid = id(self.targets[0].param)  # the weight group: the one holding the first target
         wg = next(i for i, g in enumerate(opt.param_groups) if pid in map(id, g["params"]))
         self._lr0 = float(opt.param_groups[wg].get("initial_lr", opt.param_groups[wg]["lr"]))
-        opt.add_param_group({"params": self.scores, "lr": 0.0, "weight_decay": 0.0})
-        self._groups = (wg, len(opt.param_groups) - 1)
+        if self.score_optimizer == "sgd":
+            self._score_opt = torch.optim.SGD(self.scores, lr=0.0, momentum=0.9)
+            self._groups = (wg, 0)
+        else:
+            opt.add_param_group({"params": self.scores, "lr": 0.0, "weight_decay": 0.0})
+            self._groups = (wg, len(opt.param_groups) - 1)
         self._set_score_lr(1)
 
     def _on_detach(self) -> None:
+        self._score_opt = None
         if self.optimizer is not None:
             ids = {id(s) for s in self.scores}
             groups = self.optimizer.param_groups
@@ -216,16 +233,22 @@ class OptG(InPlaceMethod):
                 self.optimizer.state.pop(s, None)
         super()._on_detach()
 
+    @property
+    def score_group(self) -> dict[str, Any]:
+        """The param group that trains the scores (in the supermask or the user's optimizer)."""
+        if self._score_opt is not None:
+            return self._score_opt.param_groups[0]
+        return self.optimizer.param_groups[self._groups[1]]  # type: ignore[union-attr]
+
     def _set_score_lr(self, step: int) -> None:
-        wg, sg = self._groups
-        groups = self.optimizer.param_groups  # type: ignore[union-attr]
-        groups[sg]["lr"] = groups[wg]["lr"] * self.score_lr_factor(
-            (step - 1) // self.steps_per_epoch
-        )
+        lr_w = self.optimizer.param_groups[self._groups[0]]["lr"]  # type: ignore[union-attr]
+        self.score_group["lr"] = lr_w * self.score_lr_factor((step - 1) // self.steps_per_epoch)
 
     def _before_step(self, step: int) -> None:
         self._set_score_lr(step)
         super()._before_step(step)  # grad_transform(), then W back into the parameters
+        if self._score_opt is not None:  # the scores' step, next to the user's weight step
+            self._score_opt.step()
 
     @torch.no_grad()
     def grad_transform(self) -> None:
@@ -269,13 +292,18 @@ class OptG(InPlaceMethod):
         )
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"scores": [s.detach().clone() for s in self.scores], "lr0": self._lr0}
+        extra: dict[str, Any] = {"scores": [s.detach().clone() for s in self.scores]}
+        if self._score_opt is not None:
+            extra["score_optimizer"] = self._score_opt.state_dict()
+        return extra | {"lr0": self._lr0}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             for s, saved in zip(self.scores, state["scores"], strict=True):
                 s.copy_(saved)
         self._lr0 = float(state["lr0"])
+        if self._score_opt is not None and "score_optimizer" in state:
+            self._score_opt.load_state_dict(state["score_optimizer"])
         self._sync_masks()
         self.republish()
 

@@ -214,9 +214,24 @@ def mask_sparsity(method: SparsityMethod) -> float:
     return 1.0 - sum(t.nnz for t in method.targets) / numel if numel else 0.0
 
 
+def at_final_sparsity(run: Run, row: dict[str, Any]) -> bool:
+    """Whether the epoch's model is (within 0.001) as sparse as the run is planned to end.
+
+    Only such epochs can be the best-validation epoch, so a gradual method's dense or
+    half-pruned epochs are never its headline. Emergent methods (SCL, STR) have no planned end
+    value: only their last epoch qualifies.
+    """
+    m = run.method
+    if m.sparsity_mode == "target":
+        return row["sparsity"] >= m.sparsity_at(run.total_steps) - 1e-3
+    return run.state.epoch == run.cfg.train.epochs - 1
+
+
 def _update_best(run: Run, row: dict[str, Any]) -> bool:
     best = run.state.best
-    if row["val_acc"] is None or (best is not None and row["val_acc"] <= best["val_acc"]):
+    if row["val_acc"] is None or not at_final_sparsity(run, row):
+        return False
+    if best is not None and row["val_acc"] <= best["val_acc"]:
         return False
     run.state.best = dict(row)
     return True

@@ -432,7 +432,11 @@ def make_summary(
         "best_val": None if best is None else {k: best[k] for k in pick},
         "sparsity": {
             "target": report.target_sparsity,
-            "requested": run.method.sparsity,
+            "requested": (
+                run.method.sparsity
+                if cfg.train.report_sparsity is None
+                else cfg.train.report_sparsity
+            ),
             "actual": report.sparsity,
             "nnz": report.nnz,
             "numel": report.numel,

@@ -15,8 +15,11 @@ A suite file::
 
 Each run lives in ``<out>/<method>-s<sparsity>-seed<seed>``; a variant's runs use its name and
 report under it (``train.label``); a variant value ``"{sparsity}"`` is replaced by the grid's
-sparsity. ``dense`` runs once per seed (sparsity 0); emergent-sparsity methods (SCL, STR) get no
-``method.sparsity``: their variants set the knob. The base config's
+sparsity, and a mapping ``{0.9: a, 0.95: b}`` by the entry for the grid's sparsity (per-target
+knobs such as STR's threshold weight decay). ``dense`` runs once per seed (sparsity 0), and so does
+an emergent-sparsity method (SCL, STR) unless one of its variant values is tied to the sparsity:
+then it runs per grid sparsity, ``train.report_sparsity`` records the sparsity it was tuned for
+(reports group by it) and the sparsity it reached is reported next to it. The base config's
 method options that a suite method does not take are dropped for that method (with a note);
 ``overrides``, ``variants`` and ``method_overrides`` are always validated strictly. Finished
 runs (``summary.json``) are skipped and never touched; runs with a checkpoint resume; every
@@ -145,24 +148,26 @@ def load_suite(path: str | Path, out: str | Path | None = None) -> list[SuiteRun
     for label in methods:
         variant = dict(_pairs(variants.get(label), f"variants.{label}"))
         method = str(variant.pop("method.name", label))
-        for sparsity in [0.0] if method == "dense" else sparsities:
+        takes = method != "dense" and _takes_sparsity(method)
+        # a run per grid sparsity only where something depends on it: a target method, or a
+        # variant value tied to the grid's sparsity; otherwise once per seed at sparsity 0
+        per_sparsity = takes or any(_tied_to_sparsity(v) for v in variant.values())
+        for sparsity in sparsities if per_sparsity else [0.0]:
             for seed in seeds:
                 cfg_raw = _deepcopy(base)
                 dropped = _drop_foreign_options(cfg_raw, method)
                 for key, value in _pairs(raw.get("overrides"), "suite key 'overrides'"):
                     set_dotted(cfg_raw, key, value)
                 set_dotted(cfg_raw, "method.name", method)
-                if method != "dense" and _takes_sparsity(method):
+                if takes:
                     set_dotted(cfg_raw, "method.sparsity", sparsity)
+                elif per_sparsity:  # an emergent method tuned for this sparsity
+                    set_dotted(cfg_raw, "train.report_sparsity", sparsity)
                 set_dotted(cfg_raw, "train.seed", seed)
                 if label != method:
                     set_dotted(cfg_raw, "train.label", label)
                 for key, value in variant.items():
-                    if (
-                        value == "{sparsity}"
-                    ):  # the grid's sparsity, e.g. an emergent method's target
-                        value = sparsity
-                    set_dotted(cfg_raw, key, value)
+                    set_dotted(cfg_raw, key, _at_sparsity(value, sparsity, f"{label}.{key}"))
                 for key, value in _pairs(per_method.get(label), f"method_overrides.{label}"):
                     set_dotted(cfg_raw, key, value)
                 name = f"{label}-s{sparsity:g}-seed{seed}"
@@ -175,6 +180,30 @@ def load_suite(path: str | Path, out: str | Path | None = None) -> list[SuiteRun
                     SuiteRun(name, label, float(sparsity), int(seed), cfg, root / name, dropped)
                 )
     return runs
+
+
+def _tied_to_sparsity(value: Any) -> bool:
+    return value == "{sparsity}" or isinstance(value, Mapping)
+
+
+def _at_sparsity(value: Any, sparsity: float, where: str) -> Any:
+    """A variant value at one grid sparsity: ``"{sparsity}"`` → it, ``{0.9: a, ...}`` → a."""
+    if value == "{sparsity}":
+        return sparsity
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            try:
+                if float(k) == sparsity:
+                    return v
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"variants.{where}: per-sparsity keys must be sparsities, got {k!r}"
+                ) from None
+        raise ConfigError(
+            f"variants.{where} has no value for sparsity {sparsity:g} "
+            f"(it gives {', '.join(str(k) for k in value)})"
+        )
+    return value
 
 
 def _takes_sparsity(method: str) -> bool:
