@@ -151,7 +151,9 @@ class TrainConfig:
         channels_last: ``auto`` (conv models that benefit, see ``uses_channels_last``), ``on``
             or ``off``.
         select: ``best_val``: the headline test accuracy is the one at the best-validation
-            epoch (the Fantastic Weights protocol; needs ``data.val_fraction > 0``); ``final``:
+            epoch (the Fantastic Weights protocol; needs ``data.val_fraction > 0``), counting
+            only epochs whose model is at the run's final sparsity (a gradual method's dense
+            epochs never count; emergent methods: the last epoch only); ``final``:
             the last epoch's. Both are always recorded in ``summary.json``.
         log_every: Optimizer steps between rows of ``steps.csv``.
         plots: Write PNG plots at the end (skipped with a note if matplotlib is missing).
