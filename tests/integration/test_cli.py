@@ -494,3 +494,26 @@ def test_best_val_only_counts_epochs_at_final_sparsity(tmp_path: Path) -> None:
     assert float(epochs[0]["sparsity"]) < 0.9 - 1e-3 and len(eligible) == 2
     best = max(eligible, key=lambda r: float(r["val_acc"]))  # first of equals wins
     assert summary["best_val"]["epoch"] == int(best["epoch"])
+
+
+def test_pivot_table_puts_methods_by_sparsity() -> None:
+    from sparsetrain.train.aggregate import pivot_table
+
+    def row(method: str, sparsity: float, acc: float) -> dict[str, Any]:
+        return {
+            "method": method,
+            "sparsity": sparsity,
+            "acc_mean": acc,
+            "acc_std": 0.01,
+            "actual_sparsity": sparsity,
+            "flops_ratio": 1 - sparsity,
+        }
+
+    rows = [row("dense", 0.0, 0.9), row("rigl", 0.9, 0.8), row("rigl", 0.8, 0.85)]
+    lines = pivot_table([*rows, row("gmp", 0.9, 0.7)]).splitlines()
+    assert lines[0] == "| method | sparsity 0.8 | sparsity 0.9 |"
+    assert lines[2] == "| dense | 90.00 ± 1.00 <sub>0.000 / 1.000</sub> | — |"
+    assert lines[3] == (
+        "| rigl | 85.00 ± 1.00 <sub>0.800 / 0.200</sub> | 80.00 ± 1.00 <sub>0.900 / 0.100</sub> |"
+    )
+    assert lines[4] == "| gmp | — | 70.00 ± 1.00 <sub>0.900 / 0.100</sub> |"

@@ -103,6 +103,36 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + f"\n\nMean ± sample std over seeds; {note}.\n"
 
 
+def pivot_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Methods × sparsities: test acc (%) mean ± std, then actual sparsity / FLOPs ratio.
+
+    Rows at sparsity 0 (dense, emergent methods run once) get a single cell in the first
+    column. Methods keep their order of first appearance in ``rows``.
+    """
+    grid = sorted({float(r["sparsity"]) for r in rows if r["sparsity"] > 0})
+    cols = grid or [0.0]
+    by = {(r["method"], float(r["sparsity"])): r for r in rows}
+    lines = [
+        "| method | " + " | ".join(f"sparsity {s:g}" for s in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for i, s in enumerate(cols):
+            r = by.get((method, s)) or (by.get((method, 0.0)) if i == 0 else None)
+            cells.append(
+                "—"
+                if r is None
+                else f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
+                f"<sub>{r['actual_sparsity']:.3f} / {r['flops_ratio']:.3f}</sub>"
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return (
+        "\n".join(lines) + "\n\nCells: test acc (%) mean ± std, then <sub>actual sparsity / FLOPs "
+        "vs dense</sub> of the final masks. A run at sparsity 0 shows in the first column.\n"
+    )
+
+
 def write_report(
     paths: Sequence[str | Path], out: str | Path
 ) -> tuple[str, list[Path], str | None]:
@@ -120,7 +150,11 @@ def write_report(
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     runs = "\n".join(f"- {p}" for p, _ in summaries)
-    write_text(d / "report.md", f"# sparsetrain report\n\n{table}\nRuns:\n\n{runs}\n")
+    pivot = pivot_table(rows)
+    write_text(
+        d / "report.md",
+        f"# sparsetrain report\n\n{table}\n## By sparsity\n\n{pivot}\nRuns:\n\n{runs}\n",
+    )
     write_json(d / "report.json", rows)
     files = [d / "report.md", d / "report.json"]
     note = plot_accuracy_vs_sparsity(rows, d / "accuracy_vs_sparsity.png")
