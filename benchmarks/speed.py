@@ -31,7 +31,7 @@ RIGL_UPDATE_GOAL_S = 0.3
 
 
 def verdict(value: float, goal: float) -> str:
-    return "met" if value <= goal else f"missed ({value / goal:.2f}× the goal)"
+    return "met" if value <= goal else f"missed by {100 * (value / goal - 1):.1f}%"
 
 
 def main() -> None:
