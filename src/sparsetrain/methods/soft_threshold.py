@@ -56,6 +56,7 @@ class STR(InPlaceMethod):
         threshold_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("sparsity", 0.0)  # no target: reports show it as emergent, not 0.9
         super().__init__(**kwargs)
         if threshold_weight_decay is not None and threshold_weight_decay < 0:
             raise ValueError(f"threshold_weight_decay must be >= 0, got {threshold_weight_decay}")
