@@ -517,3 +517,45 @@ def test_pivot_table_puts_methods_by_sparsity() -> None:
         "| rigl | 85.00 ± 1.00 <sub>0.800 / 0.200</sub> | 80.00 ± 1.00 <sub>0.900 / 0.100</sub> |"
     )
     assert lines[4] == "| gmp | — | 70.00 ± 1.00 <sub>0.900 / 0.100</sub> |"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_sigterm_to_compare_stops_its_workers_resumably(tmp_path: Path) -> None:
+    """`kill <compare pid>` must not leave workers training on without the folder lock."""
+    import contextlib
+    import subprocess
+    import sys
+    import time
+
+    long = {"data": {"name": "synthetic", "n_train": 4000, "n_test": 32}, "train": {"epochs": 50}}
+    write_config(tmp_path, **long)
+    suite = tmp_path / "suite.yaml"
+    grid = {"base": "config.yaml", "methods": ["rigl"], "sparsities": [0.8], "seeds": [0, 1]}
+    suite.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "g"
+    cmd = [sys.executable, "-m", "sparsetrain", "compare", str(suite), "--out", str(out)]
+    parent = subprocess.Popen([*cmd, "--jobs", "2"], stdout=subprocess.PIPE, text=True)
+
+    def children() -> set[int]:
+        pids = set()
+        for status in Path("/proc").glob("[0-9]*/status"):
+            with contextlib.suppress(OSError):
+                cmdline = (status.parent / "cmdline").read_bytes()
+                if f"PPid:\t{parent.pid}\n" in status.read_text() and b"spawn_main" in cmdline:
+                    pids.add(int(status.parent.name))  # the pool's workers
+        return pids
+
+    deadline = time.monotonic() + 120
+    while not all((out / f"rigl-s0.8-seed{s}" / "checkpoint.pt").exists() for s in (0, 1)):
+        assert time.monotonic() < deadline and parent.poll() is None, "runs never started"
+        time.sleep(0.2)
+    workers = children()
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=120) != 0
+    time.sleep(0.5)
+    alive = {p for p in workers if Path(f"/proc/{p}").exists()}
+    assert not alive, f"workers still running after compare ended: {alive}"
+    for s in (0, 1):
+        run = out / f"rigl-s0.8-seed{s}"
+        assert (run / "checkpoint.pt").exists() and not (run / "summary.json").exists()

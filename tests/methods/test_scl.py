@@ -183,8 +183,25 @@ def test_bad_options(kwargs, match) -> None:
 def test_detach_restores_the_model(tiny_mlp) -> None:
     before = [p.detach().clone() for p in tiny_mlp.parameters()]
     opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
-    m = SCL(lam=0.1).attach(tiny_mlp, opt)
+    m = SCL(lam=0.1, mask_optimizer="user").attach(tiny_mlp, opt)
     assert len(opt.param_groups) == 2 and opt.param_groups[1]["momentum"] == 0.9
     m.detach()
     assert len(opt.param_groups) == 1
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_mlp.parameters(), strict=True))
+    SCL(lam=0.1).attach(tiny_mlp, opt).detach()  # default: the masks' own SGD
+    assert len(opt.param_groups) == 1
+
+
+def test_masks_take_their_own_sgd_steps_under_adam(tiny_mlp) -> None:
+    """Default: m̂ moves by −lr_m·m̂.grad on the first step (momentum buffer = grad), with
+    lr_m = mask_lr × (weight lr now / at attach), whatever the user's optimizer is."""
+    opt = torch.optim.Adam(tiny_mlp.parameters(), lr=0.01)
+    m = SCL(lam=0.3, mask_lr=0.2).attach(tiny_mlp, opt)
+    assert len(opt.param_groups) == 1
+    opt.param_groups[0]["lr"] = 0.005  # a schedule halved the weight lr: masks follow
+    x, y = torch.randn(4, 8), torch.randint(0, 4, (4,))
+    nn.functional.cross_entropy(tiny_mlp(x), y).backward()
+    opt.step()
+    for v in m.mask_vars:
+        torch.testing.assert_close(v.detach(), 1.0 - 0.1 * v.grad)
+    assert len(m.state_dict()["extra"]["mask_optimizer"]["state"]) == len(m.mask_vars)

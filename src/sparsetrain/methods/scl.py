@@ -1,11 +1,17 @@
 """SCL: learned binary masks M = step(m̂) with an STE, normalised mask gradients and a λ penalty.
 
-Spec §4.2. Mask variables m̂ (init +c: dense start) are trained by the user's optimizer in their
-own group: lr ``mask_lr``, weight decay 0, ``mask_momentum`` if the optimizer is SGD (others use
-their own rule; an LR scheduler built after ``attach`` also schedules the group). Forward Ŵ ⊙ M;
-backward Ŵ.grad = g ⊙ M, m̂.grad = (N_o(g ⊙ Ŵ) + λ·a_l)·ste'(m̂) with N_o the per-feature
-normalisation (feature = row of a Linear, filter of a Conv) and a_l = dR/dM of layer l. Between
-steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see :mod:`~sparsetrain.methods._inplace`).
+Spec §4.2. Mask variables m̂ (init +c: dense start) are trained by their own SGD (the spec's
+[PROJECT CHOICE]: momentum ``mask_momentum``, no weight decay) at lr ``mask_lr`` × (current /
+initial lr of the weight group, so the user's LR schedule scales it), whatever optimizer trains the
+weights; ``mask_optimizer="user"`` puts them in a group of the user's optimizer instead (lr
+``mask_lr``, weight decay 0, ``mask_momentum`` if it is SGD; an LR scheduler built after ``attach``
+also schedules the group). With Adam-type optimizers that makes every m̂ move by about lr per step
+whatever its gradient, so the masks switch off together (MNIST-1D CNN with AdamW: adaptive λ aimed
+at 90% overshot to 97%, at 95% to 99.9%). Forward Ŵ ⊙ M; backward Ŵ.grad = g ⊙ M, m̂.grad = (N_o(g ⊙
+Ŵ) + λ·a_l)·ste'(m̂) with N_o the per-feature normalisation (feature = row of a Linear, filter of a
+Conv) and a_l = dR/dM of layer l. Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see
+:mod:`~sparsetrain.methods._inplace`).
+
 [PROJECT CHOICE] conventions:
 
 - λ is **not** divided by N: the penalty gradient of each mask variable is λ·a_l, on the scale
@@ -37,6 +43,7 @@ STES = ("identity", "leaky_relu", "softplus", "relu")
 NORMS = ("rms", "mean_abs", "max_abs", "l2", "none")
 REGULARIZERS = ("count", "flops")
 LAMBDA_MODES = ("fixed", "adaptive")
+MASK_OPTIMIZERS = ("sgd", "user")
 
 
 def _one_of(valid: tuple[str, ...]) -> str:
@@ -95,7 +102,9 @@ class SCL(InPlaceMethod):
         regularizer: ``count`` (dR/dM = 1) or ``flops`` (output-size weighted).
         mask_init: c > 0, the initial value of every m̂ (dense start).
         mask_lr: Learning rate of the m̂ group.
-        mask_momentum: Momentum of the m̂ group (SGD optimizers only).
+        mask_momentum: Momentum of the m̂ SGD (with ``mask_optimizer="user"``: SGD only).
+        mask_optimizer: ``sgd`` (default: the masks' own SGD) or ``user`` (a param group of the
+            user's optimizer).
         masked_weight_decay: Apply the optimizer's weight decay to active Ŵ only.
         freeze_step: After this step the mask is fixed (fine-tuning of Ŵ only).
         **kwargs: Common options of :class:`SparsityMethod`.
@@ -119,6 +128,7 @@ class SCL(InPlaceMethod):
         mask_init: float = 1.0,
         mask_lr: float = 0.01,
         mask_momentum: float = 0.9,
+        mask_optimizer: str = "sgd",
         masked_weight_decay: bool = True,
         freeze_step: int | None = None,
         **kwargs: Any,
@@ -128,6 +138,12 @@ class SCL(InPlaceMethod):
         for opt, val, ok, rule in (
             ("lambda_mode", lambda_mode, lambda_mode in LAMBDA_MODES, _one_of(LAMBDA_MODES)),
             ("ste", ste, ste in STES, _one_of(STES)),
+            (
+                "mask_optimizer",
+                mask_optimizer,
+                mask_optimizer in MASK_OPTIMIZERS,
+                _one_of(MASK_OPTIMIZERS),
+            ),
             ("normalization", normalization, normalization in NORMS, _one_of(NORMS)),
             ("regularizer", regularizer, regularizer in REGULARIZERS, _one_of(REGULARIZERS)),
             ("lam", lam, lam >= 0 if lambda_mode == "fixed" else lam > 0, ">= 0 (> 0 adaptive)"),
@@ -153,6 +169,9 @@ class SCL(InPlaceMethod):
         self.regularizer, self.mask_init, self.mask_lr = regularizer, mask_init, mask_lr
         self.mask_momentum, self.masked_weight_decay = mask_momentum, masked_weight_decay
         self.freeze_step, self.frozen = freeze_step, False
+        self.mask_optimizer = mask_optimizer
+        self._mask_opt: torch.optim.SGD | None = None  # the masks' own SGD (mask_optimizer="sgd")
+        self._lr_w0 = 0.0
         self.mask_vars: list[torch.Tensor] = []
         self.costs: list[float] = []
         self._fmasks: list[torch.Tensor] = []
@@ -181,10 +200,21 @@ class SCL(InPlaceMethod):
         self.costs = [1.0] * len(self.targets)
         self._fmasks = [torch.ones_like(t.param) for t in self.targets]
         super()._on_attach()  # raw-weight buffers, then refresh(0) and publish()
-        group: dict[str, Any] = {"params": self.mask_vars, "lr": self.mask_lr, "weight_decay": 0.0}
-        if isinstance(opt, torch.optim.SGD):
-            group["momentum"] = self.mask_momentum
-        opt.add_param_group(group)  # type: ignore[union-attr]
+        if self.mask_optimizer == "sgd":
+            self._mask_opt = torch.optim.SGD(
+                self.mask_vars, lr=self.mask_lr, momentum=self.mask_momentum
+            )
+            wg = self._weight_group()
+            self._lr_w0 = float(wg.get("initial_lr", wg["lr"]))
+        else:
+            group: dict[str, Any] = {
+                "params": self.mask_vars,
+                "lr": self.mask_lr,
+                "weight_decay": 0.0,
+            }
+            if isinstance(opt, torch.optim.SGD):
+                group["momentum"] = self.mask_momentum
+            opt.add_param_group(group)  # type: ignore[union-attr]
         if self.regularizer == "flops":
             self._probes = [
                 t.module.register_forward_hook(self._probe(i)) for i, t in enumerate(self.targets)
@@ -207,7 +237,22 @@ class SCL(InPlaceMethod):
         mean = sum(a * k for a, k in zip(spatial, n, strict=True)) / sum(n)
         self.costs = [a / mean for a in spatial]
 
+    def _weight_group(self) -> dict[str, Any]:
+        """The user's param group holding the first target (its lr scales the masks' SGD)."""
+        pid = id(self.targets[0].param)
+        groups = self.optimizer.param_groups  # type: ignore[union-attr]
+        return next(g for g in groups if any(id(p) == pid for p in g["params"]))
+
+    def _before_step(self, step: int) -> None:
+        super()._before_step(step)  # grad_transform(), then Ŵ back into the parameters
+        if self._mask_opt is not None and not self.frozen:
+            lr_w = float(self._weight_group()["lr"])
+            scale = lr_w / self._lr_w0 if self._lr_w0 > 0 else 1.0
+            self._mask_opt.param_groups[0]["lr"] = self.mask_lr * scale
+            self._mask_opt.step()
+
     def _on_detach(self) -> None:
+        self._mask_opt = None
         for h in self._probes:
             h.remove()
         if self.optimizer is not None:
@@ -280,7 +325,7 @@ class SCL(InPlaceMethod):
             "last_sparsity": self._last_sparsity,
             "frozen": self.frozen,
             "costs": None if self._probes else list(self.costs),  # None: not measured yet
-        }
+        } | ({} if self._mask_opt is None else {"mask_optimizer": self._mask_opt.state_dict()})
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -290,6 +335,8 @@ class SCL(InPlaceMethod):
                 fm.copy_(t.mask)
         self.lam, self.frozen = float(state["lam"]), bool(state["frozen"])
         self._last_sparsity = float(state["last_sparsity"])
+        if self._mask_opt is not None and "mask_optimizer" in state:
+            self._mask_opt.load_state_dict(state["mask_optimizer"])
         if state["costs"] is not None:
             self._set_costs([1] * len(self.targets))  # removes the probes
             self.costs = [float(c) for c in state["costs"]]

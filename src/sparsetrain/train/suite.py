@@ -32,7 +32,9 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,6 +318,27 @@ def run_suite(
         return _run_suite_locked(runs, jobs=jobs, data_dir=data_dir, echo=echo)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM received by the ``compare`` process."""
+
+
+@contextlib.contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """While open (main thread only), SIGTERM raises :class:`_Terminated`, a KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise _Terminated
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _run_suite_locked(
     runs: list[SuiteRun], *, jobs: int, data_dir: str | None, echo: Callable[[str], None]
 ) -> list[SuiteOutcome]:
@@ -353,7 +376,7 @@ def _run_suite_locked(
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, _term_as_interrupt():
             futures = {}
             for r in todo:
                 state = run_dir_state(r.run_dir)
@@ -366,7 +389,14 @@ def _run_suite_locked(
             try:
                 for r, fut in futures.values():
                     done(r, *fut.result())
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
+                if isinstance(exc, _Terminated):
+                    # a SIGTERM to this process alone (kill, a job scheduler) must not leave
+                    # workers training on without the lock: ask each to stop at its next step
+                    # (it saves a resumable checkpoint). Ctrl-C already reached them all.
+                    for proc in list(getattr(pool, "_processes", {}).values()):
+                        with contextlib.suppress(OSError):
+                            os.kill(proc.pid, signal.SIGTERM)
                 pool.shutdown(wait=True, cancel_futures=True)
                 for r, fut in futures.values():
                     if r.name not in outcomes:
