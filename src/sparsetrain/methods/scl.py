@@ -1,15 +1,15 @@
 """SCL: learned binary masks M = step(m̂) with an STE, normalised mask gradients and a λ penalty.
 
 Spec §4.2. Mask variables m̂ (init +c: dense start) are trained by their own SGD (the spec's
-[PROJECT CHOICE]: momentum ``mask_momentum``, no weight decay) at lr ``mask_lr`` × (current /
-initial lr of the weight group, so the user's LR schedule scales it), whatever optimizer trains the
-weights; ``mask_optimizer="user"`` puts them in a group of the user's optimizer instead (lr
-``mask_lr``, weight decay 0, ``mask_momentum`` if it is SGD; an LR scheduler built after ``attach``
-also schedules the group). With Adam-type optimizers that makes every m̂ move by about lr per step
-whatever its gradient, so the masks switch off together (MNIST-1D CNN with AdamW: adaptive λ aimed
-at 90% overshot to 97%, at 95% to 99.9%). Forward Ŵ ⊙ M; backward Ŵ.grad = g ⊙ M, m̂.grad = (N_o(g ⊙
-Ŵ) + λ·a_l)·ste'(m̂) with N_o the per-feature normalisation (feature = row of a Linear, filter of a
-Conv) and a_l = dR/dM of layer l. Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see
+[PROJECT CHOICE]: constant lr ``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever
+optimizer trains the weights and whatever its LR schedule; ``mask_optimizer="user"`` puts them in a
+group of the user's optimizer instead (lr ``mask_lr``, weight decay 0, ``mask_momentum`` if it is
+SGD; an LR scheduler built after ``attach`` also schedules the group). With Adam-type optimizers
+that makes every m̂ move by about lr per step whatever its gradient, so the masks switch off
+together (MNIST-1D CNN with AdamW: adaptive λ aimed at 90% overshot to 97%, at 95% to 99.9%).
+Forward Ŵ ⊙ M; backward Ŵ.grad = g ⊙ M, m̂.grad = (N_o(g ⊙ Ŵ) + λ·a_l)·ste'(m̂) with N_o the
+per-feature normalisation (feature = row of a Linear, filter of a Conv) and a_l = dR/dM of layer l.
+Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see
 :mod:`~sparsetrain.methods._inplace`).
 
 [PROJECT CHOICE] conventions:
@@ -171,7 +171,6 @@ class SCL(InPlaceMethod):
         self.freeze_step, self.frozen = freeze_step, False
         self.mask_optimizer = mask_optimizer
         self._mask_opt: torch.optim.SGD | None = None  # the masks' own SGD (mask_optimizer="sgd")
-        self._lr_w0 = 0.0
         self.mask_vars: list[torch.Tensor] = []
         self.costs: list[float] = []
         self._fmasks: list[torch.Tensor] = []
@@ -204,8 +203,6 @@ class SCL(InPlaceMethod):
             self._mask_opt = torch.optim.SGD(
                 self.mask_vars, lr=self.mask_lr, momentum=self.mask_momentum
             )
-            wg = self._weight_group()
-            self._lr_w0 = float(wg.get("initial_lr", wg["lr"]))
         else:
             group: dict[str, Any] = {
                 "params": self.mask_vars,
@@ -237,18 +234,9 @@ class SCL(InPlaceMethod):
         mean = sum(a * k for a, k in zip(spatial, n, strict=True)) / sum(n)
         self.costs = [a / mean for a in spatial]
 
-    def _weight_group(self) -> dict[str, Any]:
-        """The user's param group holding the first target (its lr scales the masks' SGD)."""
-        pid = id(self.targets[0].param)
-        groups = self.optimizer.param_groups  # type: ignore[union-attr]
-        return next(g for g in groups if any(id(p) == pid for p in g["params"]))
-
     def _before_step(self, step: int) -> None:
         super()._before_step(step)  # grad_transform(), then Ŵ back into the parameters
         if self._mask_opt is not None and not self.frozen:
-            lr_w = float(self._weight_group()["lr"])
-            scale = lr_w / self._lr_w0 if self._lr_w0 > 0 else 1.0
-            self._mask_opt.param_groups[0]["lr"] = self.mask_lr * scale
             self._mask_opt.step()
 
     def _on_detach(self) -> None:

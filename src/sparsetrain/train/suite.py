@@ -259,6 +259,14 @@ def _options(run_dir: Path, data_dir: str | None) -> dict[str, Any]:
     }
 
 
+_STOP: Any = None  # in pool workers: the compare's stop event
+
+
+def _init_worker(stop: Any) -> None:
+    global _STOP
+    _STOP = stop
+
+
 def _run_one(
     cfg_raw: dict[str, Any], run_dir: str, opts: dict[str, Any], threads: int
 ) -> tuple[str, str]:
@@ -267,6 +275,8 @@ def _run_one(
 
     from sparsetrain.train.experiment import RunOptions, run_experiment
 
+    if _STOP is not None and _STOP.is_set():  # compare was told to stop: start nothing new
+        return "interrupted", "not started (compare stopped)"
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -376,7 +386,13 @@ def _run_suite_locked(
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, _term_as_interrupt():
+        stop = ctx.Event()
+        with (
+            ProcessPoolExecutor(
+                max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(stop,)
+            ) as pool,
+            _term_as_interrupt(),
+        ):
             futures = {}
             for r in todo:
                 state = run_dir_state(r.run_dir)
@@ -390,6 +406,7 @@ def _run_suite_locked(
                 for r, fut in futures.values():
                     done(r, *fut.result())
             except KeyboardInterrupt as exc:
+                stop.set()  # queued runs return at once instead of starting
                 if isinstance(exc, _Terminated):
                     # a SIGTERM to this process alone (kill, a job scheduler) must not leave
                     # workers training on without the lock: ask each to stop at its next step
@@ -400,6 +417,8 @@ def _run_suite_locked(
                 pool.shutdown(wait=True, cancel_futures=True)
                 for r, fut in futures.values():
                     if r.name not in outcomes:
-                        res = fut.result() if fut.done() and not fut.cancelled() else None
+                        res = None
+                        if fut.done() and not fut.cancelled() and fut.exception() is None:
+                            res = fut.result()  # a worker stopped between runs: no result
                         done(r, *(res or ("interrupted", "interrupted")))
     return [outcomes[r.name] for r in runs if r.name in outcomes]
