@@ -112,12 +112,12 @@ def plot_accuracy_vs_sparsity(groups: Sequence[Mapping[str, Any]], path: str | P
             capsize=3,
             label=method,
         )
-    ax.set_xscale("log")
     ticks = sorted({1.0 - g["sparsity"] for g in groups if g["sparsity"] > 0})
-    ax.set_xticks(ticks, [f"{d:.3g}\n({1 - d:.3g})" for d in ticks])
-    ax.minorticks_off()
     if len(ticks) == 1:  # one grid point: give the log axis some room
         ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{d:.3g}\n({1 - d:.3g})" for d in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("density (sparsity), log scale")
     ax.set_ylabel("test accuracy")
     ax.grid(True, which="both", alpha=0.3)
