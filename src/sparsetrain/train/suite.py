@@ -361,13 +361,16 @@ def _run_suite_locked(
             noted.add(r.method)
             keys = ", ".join(f"method.{k}" for k in r.dropped)
             echo(f"note: {r.method} does not take the base config's {keys}; dropped for it")
-    todo = []
+    todo, skipped = [], []
     for r in runs:
         if run_dir_state(r.run_dir) == "finished":
             outcomes[r.name] = SuiteOutcome(r, "skipped", "already finished")
-            echo(f"[skip]   {r.name}: already finished")
+            skipped.append(r.name)
         else:
             todo.append(r)
+    if skipped:  # one line, not one per run: a re-run of a big grid skips most of it
+        more = f", ... (+{len(skipped) - 3})" if len(skipped) > 3 else ""
+        echo(f"[skip]   {len(skipped)} already finished: {', '.join(skipped[:3])}{more}")
 
     def done(r: SuiteRun, status: str, message: str) -> None:
         outcomes[r.name] = SuiteOutcome(r, status, message)
