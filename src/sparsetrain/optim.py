@@ -113,3 +113,17 @@ def zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
     hard-mask methods re-apply the mask to the weights after each of their steps.
     """
     return type(optimizer).__module__.startswith("torch.optim")
+
+
+def remove_params(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> None:
+    """Take ``params`` out of ``optimizer``: out of every group, groups left empty, their state.
+
+    Undoes what a method added at ``attach`` (scores, mask variables, thresholds), whether it
+    joined an existing group or got its own.
+    """
+    ids = {id(p) for p in params}
+    for group in optimizer.param_groups:
+        group["params"][:] = [p for p in group["params"] if id(p) not in ids]
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    for p in [p for p in optimizer.state if id(p) in ids]:
+        del optimizer.state[p]

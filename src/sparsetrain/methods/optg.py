@@ -32,6 +32,7 @@ import torch
 from sparsetrain.masking.topk import select_topk
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
+from sparsetrain.optim import remove_params
 
 MASK_LR_MODES = ("corrected", "as_released")
 SCORE_OPTIMIZERS = ("sgd", "user")
@@ -226,11 +227,7 @@ class OptG(InPlaceMethod):
     def _on_detach(self) -> None:
         self._score_opt = None
         if self.optimizer is not None:
-            ids = {id(s) for s in self.scores}
-            groups = self.optimizer.param_groups
-            groups[:] = [g for g in groups if not any(id(p) in ids for p in g["params"])]
-            for s in self.scores:
-                self.optimizer.state.pop(s, None)
+            remove_params(self.optimizer, self.scores)
         super()._on_detach()
 
     @property

@@ -38,6 +38,7 @@ import torch
 from sparsetrain.distributions import check_sparsity
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
+from sparsetrain.optim import remove_params
 
 STES = ("identity", "leaky_relu", "softplus", "relu")
 NORMS = ("rms", "mean_abs", "max_abs", "l2", "none")
@@ -244,11 +245,7 @@ class SCL(InPlaceMethod):
         for h in self._probes:
             h.remove()
         if self.optimizer is not None:
-            ids = {id(m) for m in self.mask_vars}
-            groups = self.optimizer.param_groups
-            groups[:] = [g for g in groups if not any(id(p) in ids for p in g["params"])]
-            for m in self.mask_vars:
-                self.optimizer.state.pop(m, None)
+            remove_params(self.optimizer, self.mask_vars)
         super()._on_detach()
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from torch import nn
 from sparsetrain.masking.targets import Target
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
+from sparsetrain.optim import remove_params
 
 
 class STR(InPlaceMethod):
@@ -127,10 +128,7 @@ class STR(InPlaceMethod):
         super()._on_detach()
         opt, s = self.optimizer, self.threshold
         if opt is not None and s is not None:
-            for g in opt.param_groups:
-                g["params"][:] = [p for p in g["params"] if p is not s]
-            opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
-            opt.state.pop(s, None)
+            remove_params(opt, [s])
 
     def threshold_values(self) -> dict[str, float]:
         """The current threshold sigmoid(s_l) of every target."""
