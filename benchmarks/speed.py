@@ -1,7 +1,7 @@
 """Speed table: per-step overhead of every method and one RigL update, with their goals.
 
-    .venv/bin/python benchmarks/speed.py              # full (~10 min on 2 cores)
-    .venv/bin/python benchmarks/speed.py --quick      # smoke run (~1 min)
+    .venv/bin/python benchmarks/speed.py              # full (1.5 min measured on 2 cores)
+    .venv/bin/python benchmarks/speed.py --quick      # smoke run (25 s measured)
 
 Runs the two measurements of ``overhead.py`` (interleaved per-step timings vs dense, LeNet-300-100
 and LeNet-5-Caffe, batch 128, SGD momentum 0.9, topology updates pushed past the benchmark) and
