@@ -77,6 +77,11 @@ FORMAT_VERSION = 1
 EXECUTIONS = ("dense", "sparse", "auto")
 """Values of the common ``execution`` option."""
 
+WEIGHT_INITS = ("default", "kaiming_normal", "sparse_layer_scaled", "sparse_unit_scaled")
+"""Values of the common ``weight_init`` option (see :meth:`SparsityMethod.init_weights`)."""
+
+_INIT_STREAM = 1 << 40  # generator "step" of weight_init draws, beyond any training step
+
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, SparsityMethod] = weakref.WeakKeyDictionary()
 
 
@@ -130,6 +135,14 @@ class SparsityMethod(SparseExecution):
             target on CSR kernels) or ``"auto"`` (sparse only where measured faster at
             ``execution_batch_size``); see the module docstring.
         execution_batch_size: Batch size to measure at for ``execution="auto"``.
+        weight_init: Re-initialise the target weights at attach: ``"default"`` keeps the
+            model's own init; ``"kaiming_normal"`` draws N(0, 2/fan_in) (fan_in mode, ReLU
+            gain), as the OptG, ST-3 and STR code do; ``"sparse_layer_scaled"`` draws that and
+            divides each tensor by √(its density at the first mask); ``"sparse_unit_scaled"``
+            draws each live weight from N(0, 2/fan) with fan the live inputs of its output unit
+            (the two sparsity-aware inits of RigL's code, Evci et al., "Gradient Flow in Sparse
+            Neural Networks and How Lottery Tickets Win", AAAI 2022). Draws come from the
+            method's ``seed``, so they agree across processes.
     """
 
     name: ClassVar[str] = "base"
@@ -154,8 +167,19 @@ class SparsityMethod(SparseExecution):
         state_skip_keys: Sequence[str] = (),
         execution: str = "dense",
         execution_batch_size: int | None = None,
+        weight_init: str = "default",
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
+        if not isinstance(weight_init, str) or weight_init not in WEIGHT_INITS:
+            raise ValueError(
+                f"unknown weight_init {weight_init!r}; valid: {', '.join(WEIGHT_INITS)}"
+            )
+        if weight_init.startswith("sparse_") and not self.hard_mask:
+            raise ValueError(
+                f"weight_init={weight_init!r} scales by the mask's density, which {self.name!r} "
+                "does not fix at attach; use 'kaiming_normal'"
+            )
+        self.weight_init = weight_init
         if not isinstance(execution, str) or execution not in EXECUTIONS:
             raise ValueError(f"unknown execution {execution!r}; valid: {', '.join(EXECUTIONS)}")
         if execution_batch_size is not None and (
@@ -248,7 +272,11 @@ class SparsityMethod(SparseExecution):
         self._masked_targets = targets
         self._rezero = optimizer is not None and not zero_preserving(optimizer)
         try:
+            if self.weight_init != "default":
+                self._draw_kaiming()
             self._on_attach()
+            if self.init_masks_ready():
+                self.init_weights()
             if self.execution != "dense":
                 self._setup_execution()
         except Exception:
@@ -379,6 +407,42 @@ class SparsityMethod(SparseExecution):
         """A generator seeded from (seed, step, tensor index): same decisions on every rank."""
         seed = int(np.random.SeedSequence([self.seed, step, index]).generate_state(1)[0])
         return torch.Generator().manual_seed(seed)
+
+    def init_masks_ready(self) -> bool:
+        """Whether the masks set at attach are the first real ones (static SNIP: not yet)."""
+        return True
+
+    @torch.no_grad()
+    def _draw_kaiming(self) -> None:
+        for i, t in enumerate(self.targets):
+            draw = torch.empty(t.shape, dtype=t.param.dtype)  # on the CPU: one stream anywhere
+            nn.init.kaiming_normal_(
+                draw, mode="fan_in", nonlinearity="relu", generator=self.generator(_INIT_STREAM, i)
+            )
+            t.param.copy_(draw)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Apply the sparsity-aware part of ``weight_init`` once the first masks exist.
+
+        ``sparse_layer_scaled`` divides each target by √(its density); ``sparse_unit_scaled``
+        redraws each live weight from N(0, 2/fan) with fan the live entries of its output unit
+        (row of the weight viewed as (shape[0], -1)). Pruned weights stay zero.
+        """
+        if not self.weight_init.startswith("sparse_"):
+            return
+        for i, t in enumerate(self.targets):
+            live = t.mask.reshape(t.shape[0], -1)
+            if self.weight_init == "sparse_layer_scaled":
+                density = max(int(live.sum()), 1) / t.numel
+                t.param.mul_(1.0 / math.sqrt(density))
+            else:
+                fan = live.sum(dim=1, keepdim=True).clamp_min(1).to(t.param.dtype)
+                draw = torch.randn(
+                    live.shape, generator=self.generator(_INIT_STREAM + 1, i), dtype=t.param.dtype
+                )
+                t.param.copy_((draw * (2.0 / fan).sqrt()).reshape(t.shape).to(t.param.device))
+            t.param.mul_(t.mask.view(torch.uint8))
 
     @torch.no_grad()
     def apply_masks(self) -> None:

@@ -74,6 +74,9 @@ class Static(SparsityMethod):
                     t.mask.copy_(random_mask(t.shape, self._counts[t.name], self.generator(0, i)))
         self.apply_masks()
 
+    def init_masks_ready(self) -> bool:
+        return self.init != "snip"
+
     def _global_random(self) -> None:
         scores = [
             torch.rand(t.shape, generator=self.generator(0, i)) for i, t in enumerate(self.targets)
@@ -85,6 +88,7 @@ class Static(SparsityMethod):
     def _before_step(self, step: int) -> None:
         if self.init == "snip" and step == 1:
             self.prune_snip(self.targets)
+            self.init_weights()
 
     def prune_snip(self, targets: list[Target]) -> None:
         """Keep the global top-k of |w·g| (gradients of the current batch)."""
