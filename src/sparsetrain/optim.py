@@ -11,6 +11,7 @@ the key is listed in ``skip_keys``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -127,3 +128,141 @@ def remove_params(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tenso
     optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
     for p in [p for p in optimizer.state if id(p) in ids]:
         del optimizer.state[p]
+
+
+def group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, Any]:
+    """The parameter group of ``optimizer`` that holds ``param``.
+
+    Raises:
+        ValueError: ``param`` is in no group.
+    """
+    for group in optimizer.param_groups:
+        if any(p is param for p in group["params"]):
+            return group
+    raise ValueError("the optimizer does not hold this parameter")
+
+
+_CTOR_SKIP = {"params", "initial_lr", "lr_scale"}
+
+
+class Companion:
+    """The optimizer a method keeps for its own parameters, following the user's LR schedule.
+
+    Why: a method that adds parameters (OptG's scores, SCL's mask variables, STR's thresholds)
+    or needs other hyper-parameters for some of the model's (ST-3: no weight decay on biases and
+    normalisation) never adds a parameter group to the user's optimizer. A group added at
+    ``attach`` would surprise every LR scheduler built before it (PyTorch's schedulers zip their
+    ``base_lrs`` with the groups, strictly) and would be missed by any code that captured the
+    groups' LRs. Instead, each companion group is *linked* to a parameter of the user's
+    optimizer (its anchor): before every companion step its LR is set to the anchor group's
+    current LR times the group's ``scale``. Whatever drives the user's LR (the harness, a
+    ``torch.optim.lr_scheduler`` built before or after ``attach``, Lightning, the Hugging Face
+    Trainer) therefore drives these groups too, with nothing to register.
+
+    The companion is either plain SGD (``kind="sgd"``: OptG's released supermask optimizer,
+    SCL's mask SGD) or an optimizer of the user's class built from the anchor group's
+    hyper-parameters (``kind="like"``), so a group in it updates exactly as the same group inside
+    the user's optimizer would. Its state is saved by the method's ``state_dict``.
+
+    Args:
+        user: The user's optimizer (holds the anchors).
+        kind: ``"sgd"`` or ``"like"``.
+    """
+
+    def __init__(self, user: torch.optim.Optimizer, kind: str = "like") -> None:
+        if kind not in ("sgd", "like"):
+            raise ValueError(f"unknown companion kind {kind!r}; valid: sgd, like")
+        self.user, self.kind = user, kind
+        self.opt: torch.optim.Optimizer | None = None
+        self._anchors: list[torch.Tensor] = []
+        self._taken: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # (anchor, moved params)
+
+    def add(
+        self,
+        params: list[torch.Tensor],
+        anchor: torch.Tensor,
+        *,
+        scale: float = 1.0,
+        take: bool = False,
+        **overrides: Any,
+    ) -> int:
+        """Add a group over ``params`` following ``anchor``'s group; returns its index.
+
+        Args:
+            params: The parameters to train.
+            anchor: A parameter of the user's optimizer whose group's LR this group follows
+                (and, for ``kind="like"``, whose hyper-parameters it copies).
+            scale: LR of this group / LR of the anchor's group (change with :meth:`set_scale`).
+            take: Move ``params`` (and their optimizer state) out of the user's optimizer;
+                :meth:`release` puts them back.
+            **overrides: Hyper-parameters that differ from the anchor group's (or SGD's).
+        """
+        home = group_of(self.user, anchor)
+        hp = {k: v for k, v in home.items() if k not in _CTOR_SKIP} if self.kind == "like" else {}
+        hp = hp | overrides | {"lr": float(home["lr"]) * scale}
+        if take:
+            moved = {id(p) for p in params}
+            state = {p: self.user.state.pop(p) for p in params if p in self.user.state}
+            home["params"][:] = [p for p in home["params"] if id(p) not in moved]
+            self._taken.append((anchor, list(params)))
+        group = {"params": list(params), **hp, "lr_scale": scale}
+        if self.opt is None:
+            cls = torch.optim.SGD if self.kind == "sgd" else type(self.user)
+            try:
+                self.opt = cls([group])
+            except TypeError as exc:
+                raise TypeError(
+                    f"cannot build a {cls.__name__} for the method's own parameters ({exc}); "
+                    "use the method's 'sgd' optimizer option"
+                ) from None
+        else:
+            self.opt.add_param_group(group)
+        if take:
+            self.opt.state.update(state)
+        self._anchors.append(anchor)
+        return len(self._anchors) - 1
+
+    @property
+    def groups(self) -> list[dict[str, Any]]:
+        """The companion's parameter groups (``[]`` before the first :meth:`add`)."""
+        return [] if self.opt is None else self.opt.param_groups
+
+    def set_scale(self, index: int, scale: float) -> None:
+        """Set group ``index``'s LR / anchor LR ratio (from the next :meth:`sync_lr` on)."""
+        self.groups[index]["lr_scale"] = float(scale)
+
+    def sync_lr(self) -> None:
+        """Set every group's LR to its anchor group's current LR times its scale."""
+        for group, anchor in zip(self.groups, self._anchors, strict=True):
+            group["lr"] = float(group_of(self.user, anchor)["lr"]) * group["lr_scale"]
+
+    def step(self) -> None:
+        """:meth:`sync_lr`, then one update of every group with a gradient."""
+        if self.opt is None:
+            return
+        self.sync_lr()
+        self.opt.step()
+
+    def zero_grad(self) -> None:
+        """Drop the gradients of the companion's parameters (``set_to_none``)."""
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
+
+    def release(self) -> None:
+        """Give moved parameters and their state back to the anchors' groups; drop the rest."""
+        opt = self.opt
+        for anchor, params in self._taken:
+            home = group_of(self.user, anchor)
+            home["params"].extend(params)
+            if opt is not None:
+                for p in params:
+                    if p in opt.state:
+                        self.user.state[p] = opt.state.pop(p)
+        self._taken, self._anchors, self.opt = [], [], None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.opt is None else self.opt.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.opt is not None and state:
+            self.opt.load_state_dict(state)

@@ -154,23 +154,34 @@ def test_str_gradients_match_plain_autograd() -> None:
     torch.testing.assert_close(-2.5 - method.threshold.detach()[0], s.grad)
 
 
-def test_str_optimizer_groups_and_detach() -> None:
+def test_str_thresholds_train_beside_the_users_optimizer() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)
     method = STR().attach(model, opt)
-    assert len(opt.param_groups) == 1  # same lr and wd as the weights: the s_l join their group
-    assert opt.param_groups[0]["params"][-1] is method.threshold
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 6
+    (group,) = method._threshold_opt.groups  # same lr and wd as the weights' group
+    assert group["params"] == [method.threshold] and group["weight_decay"] == 5e-4
     assert method.threshold.tolist() == [-10.0] * 3
     method.detach()
     assert len(opt.param_groups[0]["params"]) == 6
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)
     method = STR(threshold_weight_decay=0.0, threshold_lr=0.01).attach(model, opt)
-    group = opt.param_groups[-1]
-    assert len(opt.param_groups) == 2 and group["weight_decay"] == 0.0 and group["lr"] == 0.01
-    assert group["params"] == [method.threshold]
-    method.detach()
-    assert len(opt.param_groups) == 1
+    (group,) = method._threshold_opt.groups
+    assert len(opt.param_groups) == 1 and group["weight_decay"] == 0.0 and group["lr"] == 0.01
+
+
+def test_str_threshold_learns_again_after_reattach() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.01)
+    STR(s_init=-3.0).attach(model, opt).detach()
+    method = STR(s_init=-3.0).attach(model, opt)
+    x = torch.randn(8, 8)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    assert (method.threshold.detach() != -3.0).all()
 
 
 def test_str_sparsity_is_emergent() -> None:

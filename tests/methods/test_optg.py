@@ -133,13 +133,18 @@ def _score_lrs(model, method, opt, sched=None, steps=8):
     return seen
 
 
+@pytest.mark.parametrize("sched_first", [False, True])
 @pytest.mark.parametrize("score_opt", ["sgd", "user"])
 @pytest.mark.parametrize(
     ("mode", "mask_lr", "factor"),
     [("corrected", None, 1.0), ("corrected", 0.01, 0.1), ("as_released", 0.01, 1.0)],
 )
-def test_score_lr_follows_ramp_and_weight_lr(tiny_mlp, mode, mask_lr, factor, score_opt) -> None:
+def test_score_lr_follows_ramp_and_weight_lr(
+    tiny_mlp, mode, mask_lr, factor, score_opt, sched_first
+) -> None:
     opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    if sched_first:  # a scheduler built before attach drives the scores too
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5**e)
     m = OptG(
         sparsity=0.5,
         total_steps=8,
@@ -148,8 +153,9 @@ def test_score_lr_follows_ramp_and_weight_lr(tiny_mlp, mode, mask_lr, factor, sc
         mask_lr_mode=mode,
         score_optimizer=score_opt,
     ).attach(tiny_mlp, opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5**e)  # after attach
-    assert len(opt.param_groups) == (2 if score_opt == "user" else 1)
+    if not sched_first:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5**e)  # after attach
+    assert len(opt.param_groups) == 1  # the scores never join the user's optimizer
     assert m.score_group["params"] == m.scores
     assert m.score_group["weight_decay"] == 0.0
     assert m.score_group["momentum"] == 0.9
@@ -223,7 +229,8 @@ def test_layer_flags_and_detach(tiny_mlp) -> None:
     opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
     m = OptG(sparsity=0.5, total_steps=10, steps_per_epoch=2, score_optimizer="user")
     m.attach(tiny_mlp, opt)
-    assert len(opt.param_groups) == 2
+    assert len(opt.param_groups) == 1
+    assert isinstance(m._scores_opt.opt, torch.optim.SGD) and m.score_group["weight_decay"] == 0
     m.detach()
     assert len(opt.param_groups) == 1 and not hasattr(tiny_mlp[2], "weight_raw")
 

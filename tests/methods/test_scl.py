@@ -184,7 +184,8 @@ def test_detach_restores_the_model(tiny_mlp) -> None:
     before = [p.detach().clone() for p in tiny_mlp.parameters()]
     opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
     m = SCL(lam=0.1, mask_optimizer="user").attach(tiny_mlp, opt)
-    assert len(opt.param_groups) == 2 and opt.param_groups[1]["momentum"] == 0.9
+    assert len(opt.param_groups) == 1  # the masks never join the user's optimizer
+    assert m._mask_opt.groups[0]["momentum"] == 0.9
     m.detach()
     assert len(opt.param_groups) == 1
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_mlp.parameters(), strict=True))
@@ -193,15 +194,15 @@ def test_detach_restores_the_model(tiny_mlp) -> None:
 
 
 def test_masks_take_their_own_sgd_steps_under_adam(tiny_mlp) -> None:
-    """Default: m̂ moves by −mask_lr·m̂.grad on the first step (momentum buffer = grad),
-    whatever the user's optimizer and its current lr are."""
+    """Default: m̂ moves by −mask_lr·(lr/lr0)·m̂.grad on the first step (momentum buffer =
+    grad), whatever the user's optimizer: the mask LR follows the weights' LR schedule."""
     opt = torch.optim.Adam(tiny_mlp.parameters(), lr=0.01)
     m = SCL(lam=0.3, mask_lr=0.1).attach(tiny_mlp, opt)
     assert len(opt.param_groups) == 1
-    opt.param_groups[0]["lr"] = 0.005  # a weight-LR schedule does not touch the masks' lr
+    opt.param_groups[0]["lr"] = 0.005  # a weight-LR schedule at half the base LR
     x, y = torch.randn(4, 8), torch.randint(0, 4, (4,))
     nn.functional.cross_entropy(tiny_mlp(x), y).backward()
     opt.step()
     for v in m.mask_vars:
-        torch.testing.assert_close(v.detach(), 1.0 - 0.1 * v.grad)
+        torch.testing.assert_close(v.detach(), 1.0 - 0.05 * v.grad)
     assert len(m.state_dict()["extra"]["mask_optimizer"]["state"]) == len(m.mask_vars)

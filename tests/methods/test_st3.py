@@ -232,7 +232,8 @@ def test_weight_decay_only_on_weights() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     method = ST3(sparsity=0.5, ramp_end_step=1).attach(model, opt)
-    decayed, free = opt.param_groups
+    (decayed,) = opt.param_groups  # the user's groups stay: schedulers built before keep working
+    (free,) = method._free.groups
     assert [id(p) for p in decayed["params"]] == [id(t.param) for t in method.targets]
     assert decayed["weight_decay"] == 1e-4 and free["weight_decay"] == 0.0
     assert {id(p) for p in free["params"]} == {

@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from sparsetrain.masking.targets import SUPPORTED_MODULES, Target
 from sparsetrain.masking.topk import select_topk
+from sparsetrain.optim import Companion
 
 BN_MODES = ("corrected", "as_released")
 WD_SCOPES = ("weights", "as_given")
@@ -242,18 +243,22 @@ def resolve_schedule(
     return begin, end, fix
 
 
-def decay_only_weights(model: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+def decay_only_weights(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[Companion | None, Callable[[], None]]:
     """Make weight decay apply only to Conv/Linear weights (ST-3's ``configure_optimizers``).
 
-    Each parameter group with non-zero ``weight_decay`` keeps its Conv/Linear weights; the other
-    parameters of ``model`` in it (biases, normalisation parameters, ...) move to a new group
-    appended after the existing ones, with the same options and ``weight_decay=0`` (a group left
-    without any Conv/Linear weight just gets ``weight_decay=0``). Parameters that are not the
-    model's, and groups without weight decay, are untouched; so is the optimizer state. LR
-    schedulers created before this call do not see the new groups: create them afterwards.
+    The user's optimizer keeps its parameter groups (so LR schedulers built before ``attach``
+    keep working): from each group with non-zero ``weight_decay`` that holds Conv/Linear weights,
+    the other parameters of ``model`` (biases, normalisation parameters, ...) move, with their
+    optimizer state, into a :class:`~sparsetrain.optim.Companion` group with the same options,
+    ``weight_decay=0`` and the LR of the group they came from at every step. A group holding no
+    Conv/Linear weight just gets ``weight_decay=0``. Parameters that are not the model's, and
+    groups without weight decay, are untouched.
 
     Returns:
-        A function undoing the change.
+        The companion (``None`` if nothing moved; step it after the user's update) and a
+        function undoing the change.
     """
     decayed: set[int] = set()
     for module in model.modules():
@@ -265,29 +270,25 @@ def decay_only_weights(model: nn.Module, optimizer: torch.optim.Optimizer) -> Ca
             )
             decayed.add(id(w))
     exempt = {id(p) for p in model.parameters()} - decayed
-    old: list[tuple[dict, list[torch.Tensor], float]] = []
-    added: list[dict] = []
-    for group in list(optimizer.param_groups):
+    zeroed: list[tuple[dict, float]] = []
+    companion = Companion(optimizer, "like")
+    for group in optimizer.param_groups:
         if not group.get("weight_decay") or not any(id(p) in exempt for p in group["params"]):
             continue
-        old.append((group, list(group["params"]), group["weight_decay"]))
         keep = [p for p in group["params"] if id(p) not in exempt]
         if not keep:
+            zeroed.append((group, group["weight_decay"]))
             group["weight_decay"] = 0.0
             continue
-        group["params"] = keep
-        rest = [p for p in old[-1][1] if id(p) in exempt]
-        optimizer.add_param_group({**group, "params": rest, "weight_decay": 0.0})
-        added.append(optimizer.param_groups[-1])
+        rest = [p for p in group["params"] if id(p) in exempt]
+        companion.add(rest, keep[0], take=True, weight_decay=0.0)
 
     def undo() -> None:
-        optimizer.param_groups[:] = [
-            g for g in optimizer.param_groups if all(g is not a for a in added)
-        ]
-        for group, params, wd in old:
-            group["params"], group["weight_decay"] = params, wd
+        companion.release()
+        for group, wd in zeroed:
+            group["weight_decay"] = wd
 
-    return undo
+    return (companion if companion.groups else None), undo
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> Callable[[], None]:

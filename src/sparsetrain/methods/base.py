@@ -25,6 +25,15 @@ training loop drives the method through its own ``optimizer.step()`` calls::
 Pass ``hook=False`` to ``attach`` to call the two hooks yourself (e.g. around a fused optimizer
 that bypasses ``step()`` hooks). A step skipped by ``GradScaler`` runs no hook and counts no step.
 
+Parameters a method trains itself
+----------------------------------
+A method never adds a parameter group to the user's optimizer: OptG's scores, SCL's mask
+variables and STR's thresholds, and the biases/normalisation parameters ST-3 keeps free of weight
+decay, are stepped by the method's own :class:`~sparsetrain.optim.Companion`, whose groups take
+the LR of a user group (times a ratio) at every step. So any LR schedule, a
+``torch.optim.lr_scheduler`` built before or after ``attach`` included, reaches every parameter
+with nothing to register, and the user's optimizer state dict keeps its layout.
+
 The step counter (``method.step``: optimizer steps completed) lives in the method because the
 schedules count optimizer steps and must survive a resume; it is saved by ``state_dict()``.
 
@@ -229,8 +238,9 @@ class SparsityMethod(SparseExecution):
 
         Args:
             model: The model to sparsify.
-            optimizer: The optimizer holding the model's parameters; methods that add their
-                own parameters (scores, thresholds) add a parameter group to it.
+            optimizer: The optimizer holding the model's parameters. Its parameter groups keep
+                their number and order: parameters a method adds (scores, thresholds) are
+                trained by a :class:`~sparsetrain.optim.Companion` following its LRs.
             hook: Register ``after_backward``/``after_optimizer_step`` as optimizer step hooks.
 
         Returns:

@@ -1,9 +1,10 @@
-"""OptG: supermask training of trainable scores next to the weights (spec §2.3).
+"""OptG: supermask training of trainable scores next to the weights.
 
 Scores S (zeros, one per weight) are trained by the supermask optimizer: by default its own SGD
 (momentum 0.9, no weight decay, as released), whatever the user's optimizer is;
-``score_optimizer="user"`` puts them in a param group of the user's optimizer instead (weight decay
-0, the rest from its defaults; identical when that is SGD with momentum 0.9). Forward W ⊙ M with M a
+``score_optimizer="user"`` trains them with an optimizer of the user's class and hyper-parameters
+(weight decay 0; identical when that is SGD with momentum 0.9). Either way the scores never join
+the user's optimizer (see :class:`~sparsetrain.optim.Companion`). Forward W ⊙ M with M a
 global top-k of S; backward W.grad = g ⊙ M and S.grad = g ⊙ W on every entry (identity STE). M is
 re-selected every ``update_interval`` steps (default: per epoch, as released) at s(e) =
 s_target·σ(β(e − E/2)), E = ⌈total_steps / steps_per_epoch⌉. Before each step the score lr is set to
@@ -32,7 +33,7 @@ import torch
 from sparsetrain.masking.topk import select_topk
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
-from sparsetrain.optim import remove_params
+from sparsetrain.optim import Companion, group_of
 
 MASK_LR_MODES = ("corrected", "as_released")
 SCORE_OPTIMIZERS = ("sgd", "user")
@@ -101,10 +102,11 @@ class OptG(InPlaceMethod):
         mask_lr_mode: ``corrected`` (default) or ``as_released`` (``mask_lr`` ignored).
         selection: ``exact`` (default, exactly k kept) or ``as_released`` (ties at τ kept).
         score_optimizer: ``sgd`` (default): the released supermask optimizer, SGD with
-            momentum 0.9 and no weight decay, stepped with the user's optimizer; ``user``: a
-            param group of the user's optimizer. With Adam-type optimizers ``user`` makes every
-            score move by about lr per step whatever its gradient's size, so the scores stop
-            being an accumulated Taylor saliency (on MNIST-1D with AdamW it collapsed training).
+            momentum 0.9 and no weight decay, stepped with the user's optimizer; ``user``: an
+            optimizer of the user's class with its hyper-parameters (weight decay 0). With
+            Adam-type optimizers ``user`` makes every score move by about lr per step whatever
+            its gradient's size, so the scores stop being an accumulated Taylor saliency (on
+            MNIST-1D with AdamW it collapsed training).
         first_layer_dense: Keep the first layer dense (the official ``--first-layer-dense``).
         last_layer_dense: Keep the last layer dense (the official ``--last-layer-dense``).
         **kwargs: Common options of :class:`SparsityMethod` (``total_steps`` is required).
@@ -159,11 +161,10 @@ class OptG(InPlaceMethod):
         self.beta = beta
         self.mask_lr, self.mask_lr_mode, self.selection = mask_lr, mask_lr_mode, selection
         self.score_optimizer = score_optimizer
-        self._score_opt: torch.optim.SGD | None = None  # the dedicated supermask optimizer
+        self._scores_opt: Companion | None = None  # the supermask optimizer (see optim.Companion)
         self.scores: list[torch.Tensor] = []
         self._fmasks: list[torch.Tensor] = []
         self._dense: list[bool] = []
-        self._groups = (0, 0)  # (weight group, score group) indices in optimizer.param_groups
         self._lr0 = 0.0
 
     def ramp(self, epoch: int) -> float:
@@ -213,39 +214,38 @@ class OptG(InPlaceMethod):
         self.scores = [torch.zeros_like(t.param).requires_grad_() for t in self.targets]
         self._fmasks = [torch.ones_like(t.param) for t in self.targets]
         super()._on_attach()  # raw-weight buffers, then refresh(0) and publish()
-        pid = id(self.targets[0].param)  # the weight group: the one holding the first target
-        wg = next(i for i, g in enumerate(opt.param_groups) if pid in map(id, g["params"]))
-        self._lr0 = float(opt.param_groups[wg].get("initial_lr", opt.param_groups[wg]["lr"]))
+        anchor = self.targets[0].param  # the score LR follows this weight's group
+        home = group_of(opt, anchor)
+        self._lr0 = float(home.get("initial_lr", home["lr"]))
         if self.score_optimizer == "sgd":
-            self._score_opt = torch.optim.SGD(self.scores, lr=0.0, momentum=0.9)
-            self._groups = (wg, 0)
+            self._scores_opt = Companion(opt, "sgd")
+            self._scores_opt.add(self.scores, anchor, scale=0.0, momentum=0.9)
         else:
-            opt.add_param_group({"params": self.scores, "lr": 0.0, "weight_decay": 0.0})
-            self._groups = (wg, len(opt.param_groups) - 1)
+            self._scores_opt = Companion(opt, "like")
+            self._scores_opt.add(self.scores, anchor, scale=0.0, weight_decay=0.0)
         self._set_score_lr(1)
 
     def _on_detach(self) -> None:
-        self._score_opt = None
-        if self.optimizer is not None:
-            remove_params(self.optimizer, self.scores)
+        if self._scores_opt is not None:
+            self._scores_opt.release()
+        self._scores_opt = None
         super()._on_detach()
 
     @property
     def score_group(self) -> dict[str, Any]:
-        """The param group that trains the scores (in the supermask or the user's optimizer)."""
-        if self._score_opt is not None:
-            return self._score_opt.param_groups[0]
-        return self.optimizer.param_groups[self._groups[1]]  # type: ignore[union-attr]
+        """The param group that trains the scores (in the method's own optimizer)."""
+        return self._scores_opt.groups[0]  # type: ignore[union-attr]
 
     def _set_score_lr(self, step: int) -> None:
-        lr_w = self.optimizer.param_groups[self._groups[0]]["lr"]  # type: ignore[union-attr]
-        self.score_group["lr"] = lr_w * self.score_lr_factor((step - 1) // self.steps_per_epoch)
+        assert self._scores_opt is not None  # attached (internal invariant)
+        self._scores_opt.set_scale(0, self.score_lr_factor((step - 1) // self.steps_per_epoch))
+        self._scores_opt.sync_lr()
 
     def _before_step(self, step: int) -> None:
         self._set_score_lr(step)
         super()._before_step(step)  # grad_transform(), then W back into the parameters
-        if self._score_opt is not None:  # the scores' step, next to the user's weight step
-            self._score_opt.step()
+        if self._scores_opt is not None:  # the scores' step, next to the user's weight step
+            self._scores_opt.step()
 
     @torch.no_grad()
     def grad_transform(self) -> None:
@@ -290,8 +290,8 @@ class OptG(InPlaceMethod):
 
     def _extra_state(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"scores": [s.detach().clone() for s in self.scores]}
-        if self._score_opt is not None:
-            extra["score_optimizer"] = self._score_opt.state_dict()
+        if self._scores_opt is not None:
+            extra["score_optimizer"] = self._scores_opt.state_dict()
         return extra | {"lr0": self._lr0}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -299,8 +299,8 @@ class OptG(InPlaceMethod):
             for s, saved in zip(self.scores, state["scores"], strict=True):
                 s.copy_(saved)
         self._lr0 = float(state["lr0"])
-        if self._score_opt is not None and "score_optimizer" in state:
-            self._score_opt.load_state_dict(state["score_optimizer"])
+        if self._scores_opt is not None and "score_optimizer" in state:
+            self._scores_opt.load_state_dict(state["score_optimizer"])
         self._sync_masks()
         self.republish()
 

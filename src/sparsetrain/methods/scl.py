@@ -1,10 +1,12 @@
 """SCL: learned binary masks M = step(m̂) with an STE, normalised mask gradients and a λ penalty.
 
-Spec §4.2. Mask variables m̂ (init +c: dense start) are trained by their own SGD (the spec's
-[PROJECT CHOICE]: constant lr ``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever
-optimizer trains the weights and whatever its LR schedule; ``mask_optimizer="user"`` puts them in a
-group of the user's optimizer instead (lr ``mask_lr``, weight decay 0, ``mask_momentum`` if it is
-SGD; an LR scheduler built after ``attach`` also schedules the group). With Adam-type optimizers
+Mask variables m̂ (init +c: dense start) are trained by their own SGD (our choice: base lr
+``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever optimizer trains the weights;
+the mask LR is ``mask_lr`` times the weights' current LR over their base LR, so it follows the
+weights' schedule (and the masks settle as it anneals). ``mask_optimizer="user"`` trains them with
+an optimizer of the user's class and hyper-parameters instead (weight decay 0, ``mask_momentum`` if
+it is SGD). Neither joins the user's optimizer (see :class:`~sparsetrain.optim.Companion`).
+With Adam-type optimizers
 that makes every m̂ move by about lr per step whatever its gradient, so the masks switch off
 together (MNIST-1D CNN with AdamW: adaptive λ aimed at 90% overshot to 97%, at 95% to 99.9%).
 Forward Ŵ ⊙ M; backward Ŵ.grad = g ⊙ M, m̂.grad = (N_o(g ⊙ Ŵ) + λ·a_l)·ste'(m̂) with N_o the
@@ -38,7 +40,7 @@ import torch
 from sparsetrain.distributions import check_sparsity
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
-from sparsetrain.optim import remove_params
+from sparsetrain.optim import Companion, group_of
 
 STES = ("identity", "leaky_relu", "softplus", "relu")
 NORMS = ("rms", "mean_abs", "max_abs", "l2", "none")
@@ -102,10 +104,10 @@ class SCL(InPlaceMethod):
         normalization: ``rms`` (default), ``mean_abs``, ``max_abs``, ``l2`` or ``none``.
         regularizer: ``count`` (dR/dM = 1) or ``flops`` (output-size weighted).
         mask_init: c > 0, the initial value of every m̂ (dense start).
-        mask_lr: Learning rate of the m̂ group.
+        mask_lr: Base learning rate of the m̂ (scaled by the weights' LR schedule).
         mask_momentum: Momentum of the m̂ SGD (with ``mask_optimizer="user"``: SGD only).
-        mask_optimizer: ``sgd`` (default: the masks' own SGD) or ``user`` (a param group of the
-            user's optimizer).
+        mask_optimizer: ``sgd`` (default: the masks' own SGD) or ``user`` (an optimizer of the
+            user's class and hyper-parameters).
         masked_weight_decay: Apply the optimizer's weight decay to active Ŵ only.
         freeze_step: After this step the mask is fixed (fine-tuning of Ŵ only).
         **kwargs: Common options of :class:`SparsityMethod`.
@@ -171,7 +173,8 @@ class SCL(InPlaceMethod):
         self.mask_momentum, self.masked_weight_decay = mask_momentum, masked_weight_decay
         self.freeze_step, self.frozen = freeze_step, False
         self.mask_optimizer = mask_optimizer
-        self._mask_opt: torch.optim.SGD | None = None  # the masks' own SGD (mask_optimizer="sgd")
+        self._mask_opt: Companion | None = None  # the masks' optimizer (see optim.Companion)
+        self._lr0 = 0.0  # the anchor group's base LR at attach: mask LR = mask_lr · lr / lr0
         self.mask_vars: list[torch.Tensor] = []
         self.costs: list[float] = []
         self._fmasks: list[torch.Tensor] = []
@@ -200,19 +203,19 @@ class SCL(InPlaceMethod):
         self.costs = [1.0] * len(self.targets)
         self._fmasks = [torch.ones_like(t.param) for t in self.targets]
         super()._on_attach()  # raw-weight buffers, then refresh(0) and publish()
+        anchor = self.targets[0].param  # the mask LR follows this weight's group
+        home = group_of(opt, anchor)  # type: ignore[arg-type]
+        self._lr0 = float(home.get("initial_lr", home["lr"]))
+        scale = self.mask_lr / self._lr0 if self._lr0 > 0 else 0.0
         if self.mask_optimizer == "sgd":
-            self._mask_opt = torch.optim.SGD(
-                self.mask_vars, lr=self.mask_lr, momentum=self.mask_momentum
-            )
+            self._mask_opt = Companion(opt, "sgd")  # type: ignore[arg-type]
+            self._mask_opt.add(self.mask_vars, anchor, scale=scale, momentum=self.mask_momentum)
         else:
-            group: dict[str, Any] = {
-                "params": self.mask_vars,
-                "lr": self.mask_lr,
-                "weight_decay": 0.0,
-            }
+            hp: dict[str, Any] = {"weight_decay": 0.0}
             if isinstance(opt, torch.optim.SGD):
-                group["momentum"] = self.mask_momentum
-            opt.add_param_group(group)  # type: ignore[union-attr]
+                hp["momentum"] = self.mask_momentum
+            self._mask_opt = Companion(opt, "like")  # type: ignore[arg-type]
+            self._mask_opt.add(self.mask_vars, anchor, scale=scale, **hp)
         if self.regularizer == "flops":
             self._probes = [
                 t.module.register_forward_hook(self._probe(i)) for i, t in enumerate(self.targets)
@@ -241,11 +244,11 @@ class SCL(InPlaceMethod):
             self._mask_opt.step()
 
     def _on_detach(self) -> None:
+        if self._mask_opt is not None:
+            self._mask_opt.release()
         self._mask_opt = None
         for h in self._probes:
             h.remove()
-        if self.optimizer is not None:
-            remove_params(self.optimizer, self.mask_vars)
         super()._on_detach()
 
     @torch.no_grad()
@@ -310,6 +313,7 @@ class SCL(InPlaceMethod):
             "last_sparsity": self._last_sparsity,
             "frozen": self.frozen,
             "costs": None if self._probes else list(self.costs),  # None: not measured yet
+            "lr0": self._lr0,
         } | ({} if self._mask_opt is None else {"mask_optimizer": self._mask_opt.state_dict()})
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -320,6 +324,7 @@ class SCL(InPlaceMethod):
                 fm.copy_(t.mask)
         self.lam, self.frozen = float(state["lam"]), bool(state["frozen"])
         self._last_sparsity = float(state["last_sparsity"])
+        self._lr0 = float(state.get("lr0", self._lr0))
         if self._mask_opt is not None and "mask_optimizer" in state:
             self._mask_opt.load_state_dict(state["mask_optimizer"])
         if state["costs"] is not None:

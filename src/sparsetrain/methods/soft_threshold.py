@@ -10,14 +10,16 @@ from torch import nn
 from sparsetrain.masking.targets import Target
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
-from sparsetrain.optim import remove_params
+from sparsetrain.optim import Companion, group_of
 
 
 class STR(InPlaceMethod):
     """Soft Threshold Reparameterization: w_eff = sign(w)·ReLU(|w| − sigmoid(s_l)).
 
     Each target layer l has one learnable scalar s_l (entry l of the parameter ``threshold``),
-    trained by the user's optimizer. The gradient flows through the soft threshold (the true
+    trained by an optimizer of the user's class with the hyper-parameters of the weights' group
+    (see :class:`~sparsetrain.optim.Companion`: the s_l follow that group's LR schedule and never
+    join the user's optimizer). The gradient flows through the soft threshold (the true
     gradient, not an STE): ∂L/∂w = g·1[|w| > t_l] and ∂L/∂s_l = σ'(s_l)·Σ −g·sign(w_eff), the
     values plain autograd through the formula gives (formed from g = ∂L/∂w_eff in the step
     pre-hook; between steps ``weight`` holds w_eff and ``weight_raw`` holds w, see
@@ -40,9 +42,9 @@ class STR(InPlaceMethod):
         s_init: Initial value of every s_l.
         threshold_weight_decay: Weight decay of the s_l; ``None`` (default, as STR's
             ``st_decay``): that of the parameter group holding the first target.
-        threshold_lr: Learning rate of the s_l; ``None``: that of the same group. When both
-            match that group, the s_l join it; otherwise they get their own group (as STR's
-            code); either way they are removed from the optimizer at ``detach``.
+        threshold_lr: Base learning rate of the s_l; ``None``: that of the same group. The s_l
+            LR is ``threshold_lr`` times the group's current LR over its base LR, so it follows
+            the group's schedule either way.
         **kwargs: Common options of :class:`~sparsetrain.methods.base.SparsityMethod`.
     """
 
@@ -66,6 +68,7 @@ class STR(InPlaceMethod):
         self.s_init = float(s_init)
         self.threshold_weight_decay, self.threshold_lr = threshold_weight_decay, threshold_lr
         self.threshold: nn.Parameter | None = None  # s, one entry per target (s_l = s[l])
+        self._threshold_opt: Companion | None = None
         self._lam: list[float] = []
         self._dsig = torch.empty(0)
         self._tmp: torch.Tensor | None = None
@@ -74,11 +77,28 @@ class STR(InPlaceMethod):
         if optimizer is None:
             raise ValueError("str trains one threshold per layer: attach(model, optimizer)")
 
+    def _on_attach(self) -> None:
+        first, opt = self.targets[0].param, self.optimizer
+        dtype = torch.promote_types(first.dtype, torch.float32)  # float64 models: float64 s_l
+        self.threshold = nn.Parameter(
+            torch.full((len(self.targets),), self.s_init, dtype=dtype, device=first.device)
+        )
+        home = group_of(opt, first)  # type: ignore[arg-type]
+        lr0 = float(home.get("initial_lr", home["lr"]))
+        scale = 1.0 if self.threshold_lr is None or lr0 <= 0 else self.threshold_lr / lr0
+        wd = self.threshold_weight_decay
+        self._threshold_opt = Companion(opt, "like")  # type: ignore[arg-type]
+        self._threshold_opt.add(
+            [self.threshold], first, scale=scale, **({} if wd is None else {"weight_decay": wd})
+        )
+        super()._on_attach()
+
+    def _before_step(self, step: int) -> None:
+        super()._before_step(step)  # grad_transform(), then W back into the parameters
+        if self._threshold_opt is not None:
+            self._threshold_opt.step()
+
     def refresh(self, step: int) -> None:
-        if self.threshold is None:  # at attach; trained by the user's optimizer
-            dev = self.targets[0].param.device
-            self.threshold = nn.Parameter(torch.full((len(self.targets),), self.s_init, device=dev))
-            self._join_optimizer(self.threshold)
         with torch.no_grad():
             sig = torch.sigmoid(self.threshold)
             self._lam, self._dsig = sig.tolist(), sig * (1.0 - sig)
@@ -102,45 +122,36 @@ class STR(InPlaceMethod):
             g.mul_(sign.abs_())  # ∂L/∂w = g·1[|w| > t]
         if s is not None and s.requires_grad:  # ∂L/∂s_l = σ'(s_l) · Σ −g·sign(w_eff)
             d = torch.stack(dots).mul_(self._dsig).neg_()
-            s.grad = d if s.grad is None else s.grad.add_(d)
+            s.grad = d  # g already sums every backward since the last step
 
     def _sign(self, q: torch.Tensor) -> torch.Tensor:
         if self._tmp is None or self._tmp.numel() < q.numel() or self._tmp.device != q.device:
             self._tmp = torch.empty(max(t.numel for t in self.targets), device=q.device)
         return torch.sign(q, out=self._tmp[: q.numel()].view(q.shape))
 
-    def _join_optimizer(self, s: nn.Parameter) -> None:
-        """Put s in the weights' group if the options agree (saves a group), else in its own."""
-        opt = self.optimizer
-        if opt is None:
-            raise ValueError("str trains one threshold per layer: attach(model, optimizer)")
-        first = self.targets[0].param
-        home = next(g for g in opt.param_groups if any(p is first for p in g["params"]))
-        wd = home.get("weight_decay", 0.0)
-        wd = wd if self.threshold_weight_decay is None else self.threshold_weight_decay
-        lr = home.get("lr") if self.threshold_lr is None else self.threshold_lr
-        if wd == home.get("weight_decay", 0.0) and lr == home.get("lr"):
-            home["params"].append(s)
-        else:
-            opt.add_param_group({"params": [s], "weight_decay": wd, "lr": lr})
-
     def _on_detach(self) -> None:
         super()._on_detach()
-        opt, s = self.optimizer, self.threshold
-        if opt is not None and s is not None:
-            remove_params(opt, [s])
+        if self._threshold_opt is not None:
+            self._threshold_opt.release()
+        self._threshold_opt = None
 
     def threshold_values(self) -> dict[str, float]:
         """The current threshold sigmoid(s_l) of every target."""
         return {t.name: lam for t, lam in zip(self.targets, self._lam, strict=True)}
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"s": None if self.threshold is None else self.threshold.detach().clone()}
+        opt = self._threshold_opt
+        return {
+            "s": None if self.threshold is None else self.threshold.detach().clone(),
+            "threshold_optimizer": {} if opt is None else opt.state_dict(),
+        }
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if self.threshold is not None:
             with torch.no_grad():
                 self.threshold.copy_(state["s"])
+        if self._threshold_opt is not None:
+            self._threshold_opt.load_state_dict(state.get("threshold_optimizer", {}))
         self.unpublish()
         self.refresh(self.step)
         self.publish()

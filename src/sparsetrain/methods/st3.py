@@ -37,6 +37,7 @@ from sparsetrain.methods._st3_parts import (
     sigma_of,
 )
 from sparsetrain.methods.registry import preset, register_method
+from sparsetrain.optim import Companion
 from sparsetrain.schedules import cubic
 
 
@@ -69,8 +70,9 @@ class ST3(InPlaceMethod):
         bn_momentum: ``"corrected"`` (default: PyTorch's 0.1 kept) or ``"as_released"`` (every
             BatchNorm gets momentum 0.99 at attach, restored at detach; spec §3.6 item 4).
         weight_decay_scope: ``"weights"`` (default, as the official config; see
-            :func:`~sparsetrain.methods._st3_parts.decay_only_weights` for what it changes in
-            the optimizer; create LR schedulers after ``attach``) or ``"as_given"``.
+            :func:`~sparsetrain.methods._st3_parts.decay_only_weights`: biases and
+            normalisation parameters are trained without decay by the method's companion
+            optimizer, at the LR of their group) or ``"as_given"``.
         update_interval: Recompute τ and c every this many steps (default 1, the official
             ``update_frequency``); more is a speed option: the last τ_l, c apply in between.
         **kwargs: Common options of :class:`~sparsetrain.methods.base.SparsityMethod`.
@@ -115,6 +117,7 @@ class ST3(InPlaceMethod):
         self._spans: list[slice] = []  # each target's entries in it
         self._row_k = torch.empty(0)  # per output row: σ_l / fan_in (row sum → row mean of |W|)
         self._undo: list[Callable[[], None]] = []
+        self._free: Companion | None = None  # trains biases/normalisation without decay
 
     def _on_attach(self) -> None:
         sig = self.sigma
@@ -124,7 +127,8 @@ class ST3(InPlaceMethod):
         super()._on_attach()  # raw-weight buffers, refresh(0), publish(): may raise, so first
         model, opt = self._require_attached(), self.optimizer
         if opt is not None and self.weight_decay_scope == "weights":
-            self._undo.append(decay_only_weights(model, opt))
+            self._free, undo = decay_only_weights(model, opt)
+            self._undo.append(undo)
         if self.bn_momentum == "as_released":  # the official 0.99, in PyTorch's convention
             self._undo.append(set_bn_momentum(model, 0.99))
 
@@ -132,6 +136,13 @@ class ST3(InPlaceMethod):
         super()._on_detach()
         while self._undo:
             self._undo.pop()()
+        self._free = None
+
+    def _after_step(self, step: int) -> None:
+        if self._free is not None:  # biases/normalisation: their update, after clipping
+            self._free.step()
+            self._free.zero_grad()  # the user's zero_grad() no longer reaches them
+        super()._after_step(step)
 
     def refresh(self, step: int) -> None:
         if self._fixed:
@@ -229,10 +240,13 @@ class ST3(InPlaceMethod):
 
     def _extra_state(self) -> dict[str, Any]:
         scale = [None if c is None else c.clone() for c in self._scale]
-        return {"tau": self._tau, "scale": scale, "fixed": self._fixed}
+        free = {} if self._free is None else self._free.state_dict()
+        return {"tau": self._tau, "scale": scale, "fixed": self._fixed, "free_optimizer": free}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._tau, self._fixed = state["tau"], bool(state["fixed"])
+        if self._free is not None:
+            self._free.load_state_dict(state.get("free_optimizer", {}))
         dev = self.targets[0].param.device
         self._scale = [None if c is None else c.to(dev) for c in state["scale"]]
         self._masks_f = [t.mask.to(t.param.dtype) for t in self.targets] if self._fixed else []

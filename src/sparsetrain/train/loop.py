@@ -72,7 +72,7 @@ class Run:
     device: torch.device
     channels_last: bool
     steps_per_epoch: int
-    base_lrs: list[float]  # the groups the LR schedule drives (not the method's own groups)
+    base_lrs: list[float]  # base LR of each group of the optimizer (the schedule scales them)
     state: TrainState = field(default_factory=TrainState)
 
     @property
@@ -161,7 +161,9 @@ def update(run: Run) -> None:
     """Steps 3-5: method hooks around the optimizer step, at this step's learning rate."""
     opt, method, o = run.optimizer, run.method, run.cfg.optim
     factor = lr_factor(run.state.step, o, run.steps_per_epoch, run.cfg.train.epochs)
-    for group, base in zip(opt.param_groups, run.base_lrs, strict=False):
+    # methods never add groups (their own parameters follow these groups' LRs through a
+    # sparsetrain.optim.Companion), so the groups are exactly those the harness built
+    for group, base in zip(opt.param_groups, run.base_lrs, strict=True):
         group["lr"] = base * factor
     method.after_backward()
     if o.grad_clip is not None:
