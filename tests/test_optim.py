@@ -105,7 +105,7 @@ def test_set_grown_positions_restart_from_zero(
             assert all(bool((m != 0).any()) for m in moved if m.numel())
             just_grown = None
         grown = [t.mask & ~o for t, o in zip(method.targets, old, strict=True)]
-        if step % 5:
+        if step % 5 or step == 40:  # and never at the final step (nothing would train it)
             assert not any(g.any() for g in grown)  # topology changes only on update steps
             continue
         assert all(g.any() for g in grown), f"step {step}: nothing regrown"
@@ -114,7 +114,7 @@ def test_set_grown_positions_restart_from_zero(
             for key, v in state_tensors(opt, t.param).items():
                 assert bool((v[g] == 0).all()), f"step {step}: grown state {key!r} not zero"
         just_grown = grown
-    assert [h["step"] for h in method.history] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert [h["step"] for h in method.history] == [5, 10, 15, 20, 25, 30, 35]
     # ER at 50 %: raw 14/48 and 10/24, eps = 36 / (14 + 10) = 1.5 -> 21 and 15 active.
     # SET, constant zeta 0.3: k = ceil(6.3) = 7 and ceil(4.5) = 5 -> ceil(k/2) of each sign:
     # 4 + 4 and 3 + 3 removed, 14 in all, and as many regrown
@@ -167,7 +167,7 @@ def test_non_torch_optimizer_dst_rezeroed(tiny_mlp: nn.Module, batch: Batch) -> 
         train_step(tiny_mlp, opt, batch)
         for t in method.targets:
             assert bool((t.param.detach()[~t.mask] == 0).all())
-    assert len(method.history) == 4
+    assert len(method.history) == 3  # steps 5, 10, 15: none at the final step
 
 
 # --------------------------------------------------------------------------- zero_state

@@ -71,6 +71,16 @@ def cosine_decay(step: int, *, initial: float, final: float, total: int) -> floa
     return final + 0.5 * (initial - final) * (1.0 + math.cos(math.pi * t / total))
 
 
+def last_update_step(total_steps: int, interval: int) -> int:
+    """The last step a topology update may end: ``total_steps - interval`` (at least 0).
+
+    The rule every method that regrows weights follows: the weights grown at an update get at
+    least one full update interval of training before the run ends, and no update ever falls on
+    the final step (regrown weights start at zero and would enter the final model untrained).
+    """
+    return max(0, total_steps - interval)
+
+
 @dataclass(frozen=True)
 class UpdateSchedule:
     """Topology updates every ``interval`` steps, for steps in ``(start, end]``.

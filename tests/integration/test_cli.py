@@ -31,16 +31,18 @@ CONFIG: dict[str, Any] = {
     "train": {"epochs": 2, "batch_size": 16, "log_every": 1, "plots": False},
 }
 
-# Pinned on torch 2.13 CPU (rtol 1e-5). Initial pins.
+# Pinned on torch 2.13 CPU (rtol 1e-5). Re-pinned when DST stopped updating within one update
+# interval of the end (RigL's end moved from step 6 to 5, which changes ζ at step 3 and drops the
+# update at step 6; losses from step 4 on moved).
 PINNED_LOSSES = [
     1.3629481792449951,
     1.3296327590942383,
     1.33497154712677,
-    1.2960288524627686,
-    1.2611035108566284,
-    1.179200291633606,
-    1.0499428510665894,
-    1.098607063293457,
+    1.2958351373672485,
+    1.2652616500854492,
+    1.1871716976165771,
+    1.0673402547836304,
+    1.1202588081359863,
 ]
 PINNED_SPARSITY = {"fc1.weight": 0.830078, "fc2.weight": 0.3125, "global": 0.799632}
 
@@ -131,7 +133,7 @@ def test_train_pinned_losses_and_sparsity(tmp_path: Path) -> None:
     assert sparsity == pytest.approx(PINNED_SPARSITY, rel=1e-5)
     epochs = rows(run / "metrics.csv")
     assert [int(r["epoch"]) for r in epochs] == [1, 2] and epochs[-1]["step"] == "8"
-    assert [int(r["step"]) for r in rows(run / "topology.csv")] == [3, 6]
+    assert [int(r["step"]) for r in rows(run / "topology.csv")] == [3]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 8
     assert summary["flops"]["sparse"] < summary["flops"]["dense"]
@@ -426,7 +428,7 @@ def test_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "plan for 'rigl' over 16 optimizer steps" in out
     assert "topology updates: 4 at steps 3, 6, 9, 12" in out
     assert train(write_config(tmp_path), tmp_path / "run", "--dry-run") == 0
-    assert "topology updates: 2 at steps 3, 6" in capsys.readouterr().out
+    assert "topology updates: 1 at steps 3\nlast topology update: step 3" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
 
 

@@ -118,9 +118,11 @@ class Plan:
             "step  sparsity",
         ]
         lines += [f"{s:>6d}  {v:.4f}" for s, v in self.curve]
-        n = len(self.update_steps)
-        shown = ", ".join(map(str, self.update_steps[:12])) + (" ..." if n > 12 else "")
+        n, steps = len(self.update_steps), list(map(str, self.update_steps))
+        shown = ", ".join(steps if n <= 12 else [*steps[:10], "...", *steps[-2:]])
         lines.append(f"topology updates: {n}" + (f" at steps {shown}" if n else ""))
+        if n:
+            lines.append(f"last topology update: step {self.update_steps[-1]}")
         return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from sparsetrain.masking.topk import global_topk_masks, random_mask, topk_indice
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.registry import preset, register_method
 from sparsetrain.optim import check_state, fill_at, zero_state_at
-from sparsetrain.schedules import UpdateSchedule, cosine_decay
+from sparsetrain.schedules import UpdateSchedule, cosine_decay, last_update_step
 
 ORDERS = ("auto", "before", "after")
 SCOPES = ("layer", "global")
@@ -40,6 +40,11 @@ class DynamicSparse(SparsityMethod):
     positions may be regrown. Regrown weights and their optimizer state start at zero. The drop
     fraction ζ_t decays by cosine from ``drop_fraction`` to ``drop_fraction_end`` over
     ``[begin_step, end_step]`` (``drop_schedule="constant"`` keeps it fixed).
+
+    Every update leaves grown weights time to train: by default the last update is at least
+    ``update_interval`` steps before the end of training (so a schedule that updates "until the
+    end", like SET's or Fantastic Weights', stops one ΔT early), and no update ever happens at the
+    final step, where regrown zeros would be the final model's weights.
 
     ``order="auto"`` follows Fantastic Weights (spec §5.2): magnitude, SET and random update
     after the optimizer step ("before" in the code's naming: the optimizer step comes before the
@@ -60,7 +65,9 @@ class DynamicSparse(SparsityMethod):
         drop_fraction_end: ζ at ``end_step`` (cosine schedule).
         drop_schedule: ``cosine`` or ``constant``.
         begin_step: No update at or before this step.
-        end_step: No update after this step; default ``stop_fraction * total_steps``.
+        end_step: No update after this step; default ``stop_fraction * total_steps``, and
+            never later than ``total_steps - update_interval`` (see below). An explicit
+            ``end_step`` is capped at ``total_steps - 1``.
         stop_fraction: Fraction of training with updates when ``end_step`` is not given.
         order: ``auto``, ``before`` or ``after`` (Fantastic Weights' opt_order).
         scope: ``layer`` (per-tensor counts kept) or ``global`` (one ranking; counts move).
@@ -113,12 +120,12 @@ class DynamicSparse(SparsityMethod):
             raise ValueError(f"stop_fraction must be in (0, 1], got {stop_fraction}")
         if end_step is None and self.total_steps is None:
             raise ValueError(f"{self.name} needs total_steps (or end_step) for its drop schedule")
-        end = (
-            end_step
-            if end_step is not None
-            else max(1, int(stop_fraction * (self.total_steps or 0)))
-        )
-        self.schedule = UpdateSchedule(update_interval, begin_step, end)
+        if end_step is not None:
+            end = end_step if self.total_steps is None else min(end_step, self.total_steps - 1)
+        else:
+            total = self.total_steps or 0
+            end = min(int(stop_fraction * total), last_update_step(total, update_interval))
+        self.schedule = UpdateSchedule(update_interval, begin_step, max(begin_step, end))
         self.distribution, self.drop_schedule, self.scope = distribution, drop_schedule, scope
         self.drop_fraction, self.drop_fraction_end = drop_fraction, drop_fraction_end
         self.order = self.prune.order if order == "auto" else order

@@ -33,7 +33,7 @@ from sparsetrain.distributions import allocate
 from sparsetrain.masking.topk import global_topk_masks, random_mask, select_bottomk, select_topk
 from sparsetrain.methods.gmp import GMP
 from sparsetrain.methods.registry import register_method
-from sparsetrain.schedules import cosine_decay
+from sparsetrain.schedules import cosine_decay, last_update_step
 
 REGROW_SCOPES = ("layer", "global")
 INITIAL_MASKS = ("erk", "magnitude")
@@ -100,13 +100,10 @@ class GraNet(GMP):
 
     def is_regrow_step(self, step: int) -> bool:
         """Whether a drop-and-regrow round ends optimizer step ``step``."""
-        start, last = self.schedule.start, self.total_steps or math.inf
-        if (
-            step <= start
-            or step >= last
-            or (step > self.end_step and not self.regrow_after_pruning)
-        ):
-            return False  # (nothing would train a regrowth at the last step)
+        start, total = self.schedule.start, self.total_steps
+        last = math.inf if total is None else last_update_step(total, self.schedule.interval)
+        if step <= start or step > last or (step > self.end_step and not self.regrow_after_pruning):
+            return False  # grown weights get at least one interval of training
         return (step - start) % self.schedule.interval == 0 or step == self.end_step
 
     def update_steps(self, total_steps: int) -> list[int]:
