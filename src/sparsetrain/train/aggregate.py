@@ -476,9 +476,9 @@ def pivot_table(rows: Sequence[Mapping[str, Any]]) -> str:
             cells.append(f"{acc} <sub>{r['actual_sparsity']:.3f} / {r['flops_ratio']:.3f}</sub>")
         lines.append(f"| {series} | " + " | ".join(cells) + " |")
     return (
-        "\n".join(lines) + f"\n\nCells: test acc (%) mean ± std over n={common} seeds unless "
-        "shown, then <sub>actual sparsity / FLOPs vs dense</sub> of the final masks. A run at "
-        "sparsity 0 shows in the first column.\n"
+        "\n".join(lines) + f"\n\nCells: test acc (%), mean ± std over the row's seeds (n={common} "
+        "unless shown; n=1: one run, no spread), then <sub>actual sparsity / FLOPs vs dense</sub> "
+        "of the final masks. A run at sparsity 0 shows in the first column.\n"
     )
 
 

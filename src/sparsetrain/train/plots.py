@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,11 @@ def churn_figure(updates: Sequence[Mapping[str, str]], title: str) -> Any:
 # --------------------------------------------------------------------------- a report
 
 
+def _wrap(label: str, width: int = 48) -> str:
+    """A legend entry on lines of at most ``width`` characters (long variant labels)."""
+    return "\n".join(textwrap.wrap(label, width, break_on_hyphens=False)) or label
+
+
 def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> Any:
     """One series per report series: mean test accuracy (%) against actual density (log x).
 
@@ -249,12 +255,12 @@ def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None)
             key=lambda r: r["actual_sparsity"],
         )
         if all(r["sparsity"] == 0 and r["actual_sparsity"] == 0 for r in mine):
-            label = name if name == "dense" else f"{name} (sparsity 0)"
+            label = _wrap(name if name == "dense" else f"{name} (sparsity 0)")
             ax.axhline(100 * mine[0]["acc_mean"], color=color, ls="--", lw=1.2, label=label)
             continue
         drawn = [r for r in mine if r["actual_sparsity"] < 1.0]
         hidden = len(mine) - len(drawn)
-        label = name + (f" ({hidden} at density 0 not drawn)" if hidden else "")
+        label = _wrap(name + (f" ({hidden} at density 0 not drawn)" if hidden else ""))
         ax.errorbar(
             [1.0 - r["actual_sparsity"] for r in drawn],
             [100 * r["acc_mean"] for r in drawn],
