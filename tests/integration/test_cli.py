@@ -362,7 +362,7 @@ def test_compare_skips_finished_and_resumes_unfinished(
     assert main(["report", str(out), "--out", str(report)]) == 0
     table = (report / "report.md").read_text()
     assert "| rigl | 0.8 | 2 |" in table and "| set | 0.8 | 2 |" in table and " ± " in table
-    groups = json.loads((report / "report.json").read_text())
+    groups = json.loads((report / "report.json").read_text())["rows"]
     accs = [
         json.loads((out / f"rigl-s0.8-seed{s}" / "summary.json").read_text())["headline"][
             "test_acc"

@@ -1,8 +1,9 @@
-"""``sparsetrain export RUN_DIR --format {compressed,dense,sparse-inference} [--out PATH]``.
+"""``sparsetrain export RUN_DIR --format {compressed,dense,sparse-inference} [--checkpoint ...]``.
 
 Rebuilds the run's model from ``config.yaml`` and ``checkpoint.pt`` (as ``--resume`` does,
-dense or sparse execution alike), squashes it to plain ``nn.Linear``/``nn.Conv`` layers with
-the original parameter names and zeros at pruned positions, and writes:
+dense or sparse execution alike), loads the chosen weights, squashes it to plain
+``nn.Linear``/``nn.Conv`` layers with the original parameter names and zeros at pruned
+positions, and writes:
 
 - ``compressed``: a :func:`sparsetrain.export.save_compressed` safetensors file (default
   ``RUN_DIR/model.compressed.safetensors``); load it with ``load_compressed``.
@@ -11,12 +12,18 @@ the original parameter names and zeros at pruned positions, and writes:
   ``SparseInferenceLinear``; the per-layer decision table is printed and the model is written
   as a compressed file (default ``RUN_DIR/model.sparse.safetensors``).
 
-Every file is written atomically (temp file + rename).
+``--checkpoint best`` exports the best-validation model (``best_model.pt``), ``last`` the
+last checkpoint; the default is the model behind ``summary.json``'s headline accuracy (best
+for ``train.select: best_val``, else last). A run without ``summary.json`` is unfinished: its
+last checkpoint is exported by default, with a warning. Every file is written atomically
+(temp file + rename).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +42,10 @@ def add_parser(sub: Any) -> None:
     """Register the ``export`` subcommand."""
     p = sub.add_parser(
         "export",
-        help="squash a run's checkpoint and write it compressed, dense or for sparse inference",
-        description="Rebuild the model of RUN_DIR from its config and checkpoint.pt, squash it "
-        "(plain layers, original names) and write it in the chosen format.",
+        help="squash a run's model and write it compressed, dense or for sparse inference",
+        description="Rebuild the model of RUN_DIR from its config and checkpoint.pt, load the "
+        "chosen weights (default: the model behind the headline accuracy), squash it (plain "
+        "layers, original names) and write it in the chosen format.",
     )
     p.add_argument("run_dir", help="a run directory written by `sparsetrain train`")
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
@@ -48,6 +56,12 @@ def add_parser(sub: Any) -> None:
         type=int,
         default=1,
         help="serving batch size to measure at (sparse-inference only; default 1)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        help="best: the best-validation model (best_model.pt); last: the last checkpoint "
+        "(checkpoint.pt); default: the model behind summary.json's headline accuracy",
     )
     p.add_argument("--data-dir", help="dataset folder (overrides data.data_dir)")
     p.set_defaults(func=run)
@@ -60,8 +74,24 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def headline_checkpoint(summary: dict[str, Any] | None) -> str:
+    """``best`` when the run's headline is its best-validation epoch, else ``last``."""
+    if summary is None:
+        return "last"
+    head = summary.get("headline") or {}
+    return "best" if head.get("select") == "best_val" and summary.get("best_val") else "last"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Rebuild, squash and write; prints what was written."""
+    """Rebuild, load the chosen weights, squash and write; prints what was written."""
     from sparsetrain.export import format_decisions, save_compressed, squash, to_sparse_inference
     from sparsetrain.train.checkpoint import CheckpointError
     from sparsetrain.train.experiment import load_run
@@ -79,7 +109,20 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"output folder {out.parent} does not exist")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-        loaded = load_run(run_dir, args.data_dir)
+        summary = _read_summary(run_dir)
+        which = args.checkpoint or headline_checkpoint(summary)
+        loaded = load_run(run_dir, args.data_dir, checkpoint=which)
+        st = loaded.state
+        if which == "best":
+            what = f"best-validation model, epoch {st.best['epoch']}"  # type: ignore[index]
+        else:
+            what = f"last checkpoint, step {st.step} of {loaded.total_steps}"
+        if summary is None:
+            print(
+                f"warning: {run_dir} is unfinished (no summary.json): exporting its {what}; "
+                "finish it with `sparsetrain train CONFIG --out RUN_DIR --resume`",
+                file=sys.stderr,
+            )
         model = squash(loaded.method)
         model.eval()
         if args.format == "dense":
@@ -92,5 +135,5 @@ def run(args: argparse.Namespace) -> int:
             save_compressed(model, out)
     except (*USER_ERRORS, CheckpointError) as exc:
         return fail(exc, "export")
-    print(f"wrote {out} ({args.format})")
+    print(f"wrote {out} ({args.format}; {what})")
     return 0

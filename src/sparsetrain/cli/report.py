@@ -1,4 +1,4 @@
-"""``sparsetrain report RUN_DIRS... [--out DIR]``: mean ± std over seeds, and a plot."""
+"""``sparsetrain report RUN_DIRS... [--out DIR] [--baseline LABEL]``: tables of comparable runs."""
 
 from __future__ import annotations
 
@@ -12,24 +12,44 @@ def add_parser(sub: Any) -> None:
     """Register the ``report`` subcommand."""
     p = sub.add_parser(
         "report",
-        help="aggregate finished runs into a Markdown table and a plot",
-        description="Read summary.json of each run (folders are searched recursively), group "
-        "by method x sparsity and write report.md, report.json and accuracy_vs_sparsity.png.",
+        help="aggregate finished runs into Markdown tables and a plot",
+        description="Read summary.json of each run (folders are searched recursively). Runs "
+        "are pooled over seeds only when their configs differ in the seed alone; other "
+        "differences make separate rows labelled by the keys that differ. Writes report.md "
+        "(by method x sparsity, paired same-seed differences against a baseline with 95%% "
+        "intervals, unfinished runs), report.json and accuracy_vs_sparsity.png.",
     )
     p.add_argument("runs", nargs="+", help="run directories or folders of runs")
-    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: RUNS/report inside the first folder given, beside the runs)",
+    )
+    p.add_argument(
+        "--baseline",
+        help="row for the paired differences: a method (one row per sparsity, compared at "
+        "equal sparsity; a sparsity-0 row with all) or a row label such as 'rigl 0.9' "
+        "(default: dense, when present)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace report files in --out that sparsetrain report did not write",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Aggregate and write; prints the table."""
+    """Aggregate and write; prints the tables."""
     from sparsetrain.train.aggregate import write_report
 
     try:
-        table, files, note = write_report(args.runs, args.out)
+        text, files, note = write_report(
+            args.runs, args.out, baseline=args.baseline, overwrite=args.overwrite
+        )
     except USER_ERRORS as exc:
         return fail(exc, "report")
-    print(table)
+    body = text.split("\nRuns:\n", 1)[0].removeprefix("# sparsetrain report\n").strip()
+    print(body)
     if note:
         print(note)
     print("wrote " + ", ".join(map(str, files)))

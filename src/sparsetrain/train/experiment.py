@@ -15,7 +15,7 @@ The run directory (see ``docs/cli.md``)::
     best_model.pt    model weights and masks at the best-validation epoch
     sparsity.csv/.json  per-layer target vs actual sparsity (method.report())
     summary.json     final and best-val metrics, sparsity, FLOPs, wall time, versions (last)
-    plots/*.png      per-layer sparsity, sparsity vs step, accuracy curves
+    plots/*.png      per-layer sparsity, sparsity vs step, loss and accuracy by epoch, churn
 
 ``summary.json`` is written last: its presence marks a finished run (``compare`` skips those).
 """
@@ -37,7 +37,7 @@ from sparsetrain.train.build import (
     check_config,
     steps_per_epoch,
 )
-from sparsetrain.train.checkpoint import load_checkpoint, seed_everything
+from sparsetrain.train.checkpoint import CheckpointError, load_checkpoint, seed_everything
 
 if TYPE_CHECKING:
     from sparsetrain.data import DatasetSplits
@@ -53,8 +53,17 @@ from sparsetrain.train.recorder import (
 
 # Keys that may differ between a run and its resumption without changing any number.
 RESUME_FREE_KEYS = ("data.data_dir", "train.plots", "train.device")
+CHECKPOINTS = ("last", "best")
 
-__all__ = ["Experiment", "RunOptions", "RunResult", "load_run", "prepare", "run_experiment"]
+__all__ = [
+    "Experiment",
+    "RunOptions",
+    "RunResult",
+    "load_best_model",
+    "load_run",
+    "prepare",
+    "run_experiment",
+]
 
 
 def run_experiment(
@@ -158,18 +167,23 @@ def plan_experiment(cfg: ExperimentConfig, data_dir: str | None = None, points: 
     return f"{head}\n{run.method.plan(run.total_steps, points=points)}"
 
 
-def load_run(run_dir: str | Path, data_dir: str | None = None) -> Run:
+def load_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: str = "last") -> Run:
     """Rebuild a run from its directory: ``config.yaml`` + ``checkpoint.pt``, method attached.
 
     The model, optimizer and method are built exactly as for training (same execution mode) and
-    the latest checkpoint is loaded into them, as ``--resume`` does.
+    the latest checkpoint is loaded into them, as ``--resume`` does. With ``checkpoint="best"``
+    the weights and masks of ``best_model.pt`` (the best-validation epoch) are then loaded over
+    them (:func:`load_best_model`): a model to evaluate or export, not to continue training.
 
     Raises:
-        ConfigError: ``run_dir`` is missing or has no ``config.yaml`` / ``checkpoint.pt``.
-        CheckpointError: The checkpoint is unreadable or does not match the config.
+        ConfigError: ``run_dir`` is missing or has no ``config.yaml`` / ``checkpoint.pt``, or
+            ``checkpoint`` is neither ``last`` nor ``best``.
+        CheckpointError: A checkpoint is missing, unreadable or does not match the config.
     """
     from sparsetrain.config import load_config
 
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; valid: {', '.join(CHECKPOINTS)}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
@@ -182,7 +196,58 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> Run:
     splits = load_splits(cfg, data_dir, augment=False)
     run = build_run(cfg, splits)
     restore(run, ckpt)
+    if checkpoint == "best":
+        load_best_model(run, run_dir / "best_model.pt")
     return run
+
+
+def load_best_model(run: Run, path: str | Path) -> int:
+    """Load ``best_model.pt`` (weights and masks of the best-validation epoch) into ``run``.
+
+    ``run`` must be restored from the same run's ``checkpoint.pt`` first (:func:`load_run`):
+    the file holds the model's ``state_dict`` (for in-place methods, the effective weights in
+    the parameters and the raw ones in ``*_raw`` buffers; for sparse execution, the CSR
+    layers) and each target's mask, not the optimizer or the method's other state.
+
+    Returns:
+        The epoch the weights are from.
+
+    Raises:
+        CheckpointError: The file is missing, unreadable, from another model, or from another
+            epoch than the checkpoint's best-validation record.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no {path.name} in {path.parent}: no epoch qualified as best-validation yet "
+            "(no validation split, or not yet at final sparsity); use the last checkpoint"
+        )
+    best = load_checkpoint(path)
+    recorded = run.state.best
+    if recorded is not None and int(recorded["epoch"]) != int(best.get("epoch", -1)):
+        raise CheckpointError(
+            f"{path} holds epoch {best.get('epoch')}, but the checkpoint's best-validation "
+            f"epoch is {recorded['epoch']}"
+        )
+    method = run.method
+    try:
+        masks = best["masks"]
+        names = [t.name for t in method.targets]
+        if sorted(masks) != sorted(names):
+            raise ValueError(f"masks for {sorted(masks)}, the method's targets are {names}")
+        state = best["model"]
+        run.model.load_state_dict(state)
+        with torch.no_grad():
+            for t in method.targets:
+                t.mask.copy_(masks[t.name].to(torch.bool))
+                stored = state.get(t.name)
+                if stored is not None and not torch.equal(t.param.detach().cpu(), stored):
+                    # the parameter shared its storage with the raw-weight buffer (loaded
+                    # after it): give it back the stored (effective) weight
+                    t.param.data = stored.to(t.param.device, t.param.dtype).clone()
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path} does not match the model: {exc}") from None
+    return int(best["epoch"])
 
 
 def build_run(cfg: ExperimentConfig, splits: Any) -> Run:

@@ -374,13 +374,13 @@ class Experiment:
         write_text(d / "sparsity.json", report.to_json() + "\n")
         self.log(str(report))
         flops = count_flops(_flops_view(run.model), run.splits.input_shape, run.device)
+        summary = make_summary(run, report, flops, missed)
         if run.cfg.train.plots:
             from sparsetrain.train.plots import plot_run
 
-            note = plot_run(d)
+            note = plot_run(d, summary)
             if note:
                 self.log(note)
-        summary = make_summary(run, report, flops, missed)
         write_json(d / "summary.json", summary)
         head = summary["headline"]
         line = (
