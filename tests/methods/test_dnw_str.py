@@ -218,3 +218,21 @@ def test_str_needs_optimizer_and_round_trips() -> None:
     assert all(
         torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters(), strict=True)
     )
+
+
+def test_str_warns_when_a_layer_reaches_density_0() -> None:
+    from sparsetrain.methods.base import SparsityTargetWarning
+
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = STR(s_init=-10.0).attach(model, opt)
+    x = torch.randn(8, 8)
+    with torch.no_grad():
+        method.threshold[1] = 5.0  # sigmoid(5) = 0.993 > every |w| of the middle layer
+    with pytest.warns(SparsityTargetWarning, match=r"'2.weight' reached density 0 at step 1"):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    assert [h for h in method.history if h.get("event")] == [
+        {"step": 1, "event": "layer_at_density_0", "layer": "2.weight"}
+    ]

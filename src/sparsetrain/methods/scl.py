@@ -26,8 +26,10 @@ Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see
   to apply to pruned Ŵ is cancelled (L2-style: ``grad -= wd·Ŵ`` there before the step; AdamW's
   decoupled decay: added back after it).
 - ``lambda_mode="adaptive"`` (an extension) steers λ to ``target_sparsity`` s* by PD control of
-  log λ after every step: λ ← λ·exp(gain·((s* − s_t) − damping·(s_t − s_{t−1}))); the damping
-  (in steps) anticipates masks in flight and stops overshoot (tuned on tiny MLPs).
+  log λ on the log density after every step (:func:`adapt_lambda`): the damping (in steps)
+  anticipates masks in flight, the step of log λ is bounded and scaled by the masks' current LR
+  (anti-windup), and λ stays in :data:`LAMBDA_RANGE`. The sparsity reached is reported; it can
+  miss the target by a little (the report shows by how much).
 """
 
 from __future__ import annotations
@@ -47,6 +49,40 @@ NORMS = ("rms", "mean_abs", "max_abs", "l2", "none")
 REGULARIZERS = ("count", "flops")
 LAMBDA_MODES = ("fixed", "adaptive")
 MASK_OPTIMIZERS = ("sgd", "user")
+
+
+LAMBDA_RANGE = (1e-6, 1e3)
+"""Bounds of the adaptive λ (anti-windup: it can never run away while the masks lag)."""
+MAX_LOG_STEP = 0.05
+"""Largest change of log λ in one step in adaptive mode."""
+
+
+def adapt_lambda(
+    lam: float,
+    sparsity: float,
+    previous: float,
+    target: float,
+    *,
+    gain: float,
+    damping: float,
+    lr_ratio: float = 1.0,
+) -> float:
+    """One step of the adaptive-λ controller: PD control of log λ on the log density.
+
+    With d = 1 − s the density: e = log(d / d*) (> 0: too dense, raise λ) and the change
+    Δ = log(d / d_prev) (< 0 while masks are switching off). Then
+    ``log λ += clip(gain · (e + damping · Δ) · lr_ratio, ±MAX_LOG_STEP)`` and λ is clipped to
+    :data:`LAMBDA_RANGE`. Working on log density makes the error scale-free: 0.98 → 0.992 is a
+    2.5× density error, where the absolute sparsity error (0.012) looked small. ``lr_ratio`` (the
+    masks' current LR over their base LR) is the anti-windup: masks move in proportion to their
+    LR, so while it is small (warmup, the end of a cosine schedule) λ integrates as slowly.
+    """
+    d = max(1.0 - sparsity, 1e-9)
+    d_prev = max(1.0 - previous, 1e-9)
+    d_target = max(1.0 - target, 1e-9)
+    u = gain * (math.log(d / d_target) + damping * math.log(d / d_prev)) * max(lr_ratio, 0.0)
+    u = min(MAX_LOG_STEP, max(-MAX_LOG_STEP, u))
+    return min(LAMBDA_RANGE[1], max(LAMBDA_RANGE[0], lam * math.exp(u)))
 
 
 def _one_of(valid: tuple[str, ...]) -> str:
@@ -97,8 +133,8 @@ class SCL(InPlaceMethod):
         lam: λ ≥ 0, the penalty weight (the sparsity knob; the initial λ in adaptive mode).
         lambda_mode: ``fixed`` (emergent sparsity) or ``adaptive`` (λ tracks target_sparsity).
         target_sparsity: Sparsity the adaptive mode steers to (alias: ``sparsity``).
-        lambda_gain: Adaptive mode: change of log λ per step per unit of sparsity error.
-        lambda_damping: Adaptive mode: weight (in steps) of the sparsity change per step.
+        lambda_gain: Adaptive mode: change of log λ per step per unit of log-density error.
+        lambda_damping: Adaptive mode: weight (in steps) of the log-density change per step.
         ste: ``identity`` (default), ``leaky_relu``, ``softplus`` or ``relu``.
         ste_slope: Slope α of the leaky-ReLU STE for m̂ ≤ 0.
         normalization: ``rms`` (default), ``mean_abs``, ``max_abs``, ``l2`` or ``none``.
@@ -294,10 +330,17 @@ class SCL(InPlaceMethod):
         if self.lambda_mode == "adaptive" and step > 0:
             active = sum(float(fm.sum()) for fm in self._fmasks)
             now = 1.0 - active / sum(t.numel for t in self.targets)
-            change, self._last_sparsity = now - self._last_sparsity, now
-            self.lam *= math.exp(
-                self.lambda_gain * (self.sparsity - now - self.lambda_damping * change)
+            ratio = self._mask_opt.groups[0]["lr"] / self.mask_lr if self._mask_opt else 1.0
+            self.lam = adapt_lambda(
+                self.lam,
+                now,
+                self._last_sparsity,
+                self.sparsity,
+                gain=self.lambda_gain,
+                damping=self.lambda_damping,
+                lr_ratio=ratio,
             )
+            self._last_sparsity = now
         if self.freeze_step is not None and step >= self.freeze_step:
             self.frozen = True
             self.history.append({"step": step, "event": "freeze", "lam": self.lam})

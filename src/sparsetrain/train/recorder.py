@@ -443,6 +443,7 @@ def make_summary(
             "mask_bytes": report.mask_bytes,
             "target_met": missed is None,
             "missed": missed,
+            "layers_at_density_0": [t.name for t in run.method.targets if t.nnz == 0],
         },
         "layers": report.to_rows(),
         "flops": {k: flops[k] for k in ("dense", "sparse", "ratio")},
