@@ -218,6 +218,9 @@ class SparsityMethod(SparseExecution):
         self._hooks: list[Any] = []
         self._grads: dict[str, torch.Tensor] | None = None
         self._rezero = False
+        # Fantastic Weights' released code: inactive weights take dense gradient steps (and keep
+        # momentum) and are re-zeroed after every step (DST option inactive_grads="dense")
+        self._dense_inactive = False
         # execution state: target name -> sparse layer; targets still masked densely
         self._sparse: dict[str, SparseLinear] = {}
         self._masked_targets: list[Target] = []
@@ -282,7 +285,9 @@ class SparsityMethod(SparseExecution):
         self._validate(targets, optimizer)
         self.model, self.optimizer, self.targets = model, optimizer, targets
         self._masked_targets = targets
-        self._rezero = optimizer is not None and not zero_preserving(optimizer)
+        self._rezero = optimizer is not None and (
+            self._dense_inactive or not zero_preserving(optimizer)
+        )
         try:
             if self.weight_init != "default":
                 self._draw_kaiming()
@@ -332,7 +337,7 @@ class SparsityMethod(SparseExecution):
             self._sparse_hook(upcoming, backward=True)
         else:
             self._before_step(upcoming)
-        if self.hard_mask:
+        if self.hard_mask and not self._dense_inactive:
             for t in self._masked_targets:
                 if t.param.grad is not None:
                     t.param.grad.mul_(t.mask.view(torch.uint8))
@@ -483,7 +488,7 @@ class SparsityMethod(SparseExecution):
             check_state(self.optimizer, target.param, skip_keys=self.state_skip_keys)
         if self.hard_mask:
             target.param.masked_fill_(reset, 0)
-        if self.optimizer is not None:
+        if self.optimizer is not None and not self._dense_inactive:
             zero_state(self.optimizer, target.param, reset, skip_keys=self.state_skip_keys)
         target.mask.copy_(new)
 

@@ -27,6 +27,8 @@ from sparsetrain.optim import check_state, fill_at, zero_state_at
 from sparsetrain.schedules import UpdateSchedule, cosine_decay, last_update_step
 
 ORDERS = ("auto", "before", "after")
+INACTIVE_GRADS = ("masked", "dense")
+REGROWN_VALUES = ("zero", "kept")
 SCOPES = ("layer", "global")
 DROP_SCHEDULES = ("cosine", "constant")
 
@@ -73,6 +75,13 @@ class DynamicSparse(SparsityMethod):
         scope: ``layer`` (per-tensor counts kept) or ``global`` (one ranking; counts move).
         bernoulli: Official FW random draws (init and random growth exact only in expectation).
         gamma: γ of the MEST and GradStep criteria.
+        inactive_grads: ``"masked"`` (default: pruned weights get zero gradient, and their
+            optimizer state stays zero) or ``"dense"`` (the Fantastic Weights code: every weight
+            takes its dense gradient step, momentum included, and pruned ones are re-zeroed after
+            the step; state is never reset, so a regrown weight starts with stale momentum).
+        regrown_value: ``"zero"`` (default: a weight dropped and regrown in the same update
+            restarts from zero) or ``"kept"`` (the Fantastic Weights code: it keeps its value
+            and optimizer state).
         **kwargs: Common options of :class:`SparsityMethod`.
     """
 
@@ -96,6 +105,8 @@ class DynamicSparse(SparsityMethod):
         scope: str = "layer",
         bernoulli: bool = False,
         gamma: float = 1.0,
+        inactive_grads: str = "masked",
+        regrown_value: str = "zero",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -106,6 +117,8 @@ class DynamicSparse(SparsityMethod):
             ("drop_schedule", drop_schedule, DROP_SCHEDULES),
             ("order", order, ORDERS),
             ("scope", scope, SCOPES),
+            ("inactive_grads", inactive_grads, INACTIVE_GRADS),
+            ("regrown_value", regrown_value, REGROWN_VALUES),
         ):
             if val not in valid:
                 raise ValueError(f"unknown {opt} {val!r}; valid: {', '.join(valid)}")
@@ -130,6 +143,8 @@ class DynamicSparse(SparsityMethod):
         self.drop_fraction, self.drop_fraction_end = drop_fraction, drop_fraction_end
         self.order = self.prune.order if order == "auto" else order
         self.bernoulli, self.gamma = bernoulli, gamma
+        self.inactive_grads, self.regrown_value = inactive_grads, regrown_value
+        self._dense_inactive = inactive_grads == "dense"
         self.needs_grad = self.prune.needs_grad or self.grow.needs_grad
         self._counts: dict[str, int] | None = None
 
@@ -276,9 +291,11 @@ class DynamicSparse(SparsityMethod):
             self._restructure(t, grown.index_fill_(0, grow, True).view(t.shape))
         else:
             reset = torch.cat([drop, grow])  # dropped, and grown (new weights start at zero)
+            if self.regrown_value == "kept":  # dropped and regrown at once: value and state kept
+                reset = torch.cat([drop[~torch.isin(drop, grow)], grow[~torch.isin(grow, drop)]])
             if self.hard_mask:
                 fill_at(t.param.data, reset)
-            if self.optimizer is not None:
+            if self.optimizer is not None and not self._dense_inactive:
                 zero_state_at(self.optimizer, t.param, reset, skip_keys=self.state_skip_keys)
         was_dropped = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
         regrown = int(was_dropped.index_fill_(0, drop, True)[grow].sum())
@@ -309,8 +326,9 @@ class DynamicSparse(SparsityMethod):
         grows = global_topk_masks(gscores, k, [~m for m in kept])
         new = 0
         for t, kp, gr in zip(self.targets, kept, grows, strict=True):
-            new += int((gr & ~t.mask).sum())
-            self.set_mask(t, kp | gr, gr)
+            fresh = gr & ~t.mask
+            new += int(fresh.sum())
+            self.set_mask(t, kp | gr, fresh if self.regrown_value == "kept" else gr)
         return k, k, new
 
     def target_counts(self) -> dict[str, int] | None:
