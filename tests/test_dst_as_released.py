@@ -48,7 +48,7 @@ def test_regrown_value_kept_for_weights_dropped_and_regrown_in_one_update():
         for _ in range(4):
             _step(model, opt)
         t = m.targets[0]
-        before_mask, before_w = t.mask.clone(), t.param.detach().clone()
+        before_mask = t.mask.clone()
         _step(model, opt)  # step 5: update (magnitude prunes after the optimizer step)
         again = before_mask & t.mask  # active before and after: dropped and regrown
         assert again.any()
