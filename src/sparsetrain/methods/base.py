@@ -235,10 +235,14 @@ class SparsityMethod(SparseExecution):
             held = param_ids(optimizer)
             missing = [t.name for t in targets if id(t.param) not in held]
             if missing:
+                hint = (
+                    "build the optimizer from model.parameters()"
+                    if len(missing) == len(targets)
+                    else f"keep them dense with exclude={missing!r}, or add them to the optimizer"
+                )
                 raise ValueError(
                     f"the optimizer does not hold the model parameter {missing[0]!r} "
-                    f"({len(missing)} of {len(targets)} targets missing); build the optimizer "
-                    "from model.parameters()"
+                    f"({len(missing)} of {len(targets)} targets missing); {hint}"
                 )
             for t in targets:
                 check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
@@ -374,6 +378,10 @@ class SparsityMethod(SparseExecution):
         pass
 
     # ------------------------------------------------------------------ mask helpers
+
+    def blocks(self) -> dict[str, int]:
+        """Target name to its stacked matrices (``Target.blocks``), for the ER/ERK allocations."""
+        return {t.name: t.blocks for t in self.targets}
 
     def generator(self, step: int, index: int = 0) -> torch.Generator:
         """A generator seeded from (seed, step, tensor index): same decisions on every rank."""
