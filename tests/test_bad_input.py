@@ -219,6 +219,49 @@ def test_optimizer_missing_one_layer(tiny_mlp: nn.Module) -> None:
     )
 
 
+def test_closure_optimizer_refused_at_attach(tiny_mlp: nn.Module) -> None:
+    opt = torch.optim.LBFGS(tiny_mlp.parameters(), lr=0.1)
+    for name in ("static", "dnw"):
+        fails_cleanly(
+            tiny_mlp,
+            lambda n=name: create_method(n, sparsity=0.5).attach(tiny_mlp, opt),
+            TypeError,
+            "LBFGS needs step(closure)",
+            "loss.backward(); optimizer.step()",
+        )
+    assert opt.state == {} and len(opt.param_groups[0]["params"]) == 4
+    assert_attachable(tiny_mlp)
+
+
+@pytest.mark.parametrize("name", ["rigl", "dnw"])
+def test_step_with_closure_fails_before_any_change(
+    name: str, tiny_mlp: nn.Module, batch: tuple[torch.Tensor, ...]
+) -> None:
+    opt = sgd(tiny_mlp)
+    method = create_method(name, sparsity=0.5, total_steps=10).attach(tiny_mlp, opt)
+    x, y = batch
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(tiny_mlp(x), y)
+        loss.backward()
+        return loss
+
+    closure()
+    grads = [p.grad.clone() for p in tiny_mlp.parameters()]
+    fails_cleanly(
+        tiny_mlp,
+        lambda: opt.step(closure),
+        TypeError,
+        "optimizer.step(closure) is not supported",
+        attached=method,
+    )
+    assert method.step == 0 and opt.state == {}
+    assert all(torch.equal(p.grad, g) for p, g in zip(tiny_mlp.parameters(), grads, strict=True))
+    opt.step()  # the supported call still works afterwards
+    assert method.step == 1
+
+
 def test_not_an_optimizer(tiny_mlp: nn.Module) -> None:
     fails_cleanly(
         tiny_mlp,

@@ -24,6 +24,9 @@ training loop drives the method through its own ``optimizer.step()`` calls::
 
 Pass ``hook=False`` to ``attach`` to call the two hooks yourself (e.g. around a fused optimizer
 that bypasses ``step()`` hooks). A step skipped by ``GradScaler`` runs no hook and counts no step.
+``optimizer.step(closure)`` is refused (``TypeError``, before anything changes), and so are
+optimizers that need a closure (LBFGS) at attach: the closure re-runs forward and backward inside
+the step, after the pre-hook has masked the gradients, so the update would use dense gradients.
 
 The step counter (``method.step``: optimizer steps completed) lives in the method because the
 schedules count optimizer steps and must survive a resume; it is saved by ``state_dict()``.
@@ -52,6 +55,7 @@ need dense gradients every step and keep the dense path. ``detach``/``squash`` p
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 import weakref
@@ -87,6 +91,17 @@ class SparsityTargetWarning(UserWarning):
 def attached_method(model: nn.Module) -> SparsityMethod | None:
     """The method attached to ``model``, if any."""
     return _ATTACHED.get(model)
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` requires a closure (LBFGS and the like)."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return True
+    try:
+        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    except (TypeError, ValueError):  # a builtin or wrapped step without a signature
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,12 @@ class SparsityMethod(SparseExecution):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        if optimizer is not None and _needs_closure(optimizer):
+            raise TypeError(
+                f"{type(optimizer).__name__} needs step(closure), which re-evaluates the model "
+                "inside the step with dense gradients, after the method has masked them; "
+                "sparsetrain supports optimizers stepped as loss.backward(); optimizer.step()"
+            )
         targets = select_targets(
             model,
             include=self.include,
@@ -262,7 +283,7 @@ class SparsityMethod(SparseExecution):
         _ATTACHED[model] = self
         if hook and optimizer is not None:
             self._hooks = [
-                optimizer.register_step_pre_hook(lambda *_: self.after_backward()),
+                optimizer.register_step_pre_hook(self._step_pre_hook),
                 optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
             ]
         return self
@@ -287,6 +308,17 @@ class SparsityMethod(SparseExecution):
         return self.detach()
 
     # ------------------------------------------------------------------ hooks
+
+    def _step_pre_hook(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # torch passes step's own arguments, the optimizer first: step(self, closure=None)
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if closure is not None:  # raise before the method or the optimizer changes anything
+            raise TypeError(
+                f"{self.name}: optimizer.step(closure) is not supported: the closure re-runs "
+                "forward and backward inside the step, after the method has masked the "
+                "gradients; call loss.backward() and then optimizer.step() without a closure"
+            )
+        self.after_backward()
 
     def after_backward(self) -> None:
         """Hook between ``loss.backward()`` and the optimizer's update (see module docstring)."""
