@@ -88,6 +88,10 @@ class SparsityTargetWarning(UserWarning):
     """Emitted when training ends with a tensor off its sparsity target."""
 
 
+class ScheduleWarning(UserWarning):
+    """Emitted by ``finish()`` when training ended before the method's schedule did."""
+
+
 def attached_method(model: nn.Module) -> SparsityMethod | None:
     """The method attached to ``model``, if any."""
     return _ATTACHED.get(model)
@@ -137,7 +141,11 @@ class SparsityMethod(SparseExecution):
         exclude: Globs of parameter names to keep dense.
         dense_first: Keep the first layer dense.
         dense_last: Keep the last layer dense.
-        total_steps: Optimizer steps of the whole run (schedules need it).
+        total_steps: Optimizer steps of the whole run (schedules need it). It counts the
+            optimizer steps actually taken, i.e. ``optimizer.step()`` calls that ran the hooks:
+            with gradient accumulation that is batches / accumulation steps, and a step that
+            ``GradScaler`` skips (inf/NaN gradients) does not count. :meth:`finish` warns
+            (:class:`ScheduleWarning`) when the run ended before it.
         seed: Seed of every random mask decision; decisions are a function of
             (seed, step, tensor index), so they agree across processes.
         state_skip_keys: Optimizer state keys never masked.
@@ -529,11 +537,42 @@ class SparsityMethod(SparseExecution):
         )
 
     def finish(self) -> SparsityReport:
-        """End-of-training check: the report, raising if a target is missed by > 1 weight."""
+        """End-of-training check: the report, raising if a target is missed by > 1 weight.
+
+        Warns with :class:`ScheduleWarning` first when fewer than ``total_steps`` optimizer steps
+        were taken and the schedule still had topology updates or sparsity changes ahead.
+        """
+        self._warn_short_run()
         rep = self.report()
         if self.sparsity_mode == "target":
             rep.check()
         return rep
+
+    def _warn_short_run(self) -> None:
+        total = self.total_steps
+        if total is None or self.step >= total:
+            return
+        pending = [s for s in self.update_steps(total) if s > self.step]
+        now, planned = self.sparsity_at(self.step), self.sparsity_at(total)
+        if not pending and now == planned:
+            return
+        parts = [
+            f"{self.name}: training ended after {self.step} optimizer steps, before the "
+            f"schedule's total_steps={total}"
+        ]
+        if pending:
+            parts.append(
+                f"{len(pending)} planned topology update(s) did not run (the last at step "
+                f"{pending[-1]}; see method.plan())"
+            )
+        if now != planned:
+            parts.append(f"the schedule is at sparsity {now:.4f} of {planned:.4f}")
+        warnings.warn(
+            "; ".join(parts) + ". total_steps counts optimizer steps actually taken: steps "
+            "skipped by GradScaler or merged by gradient accumulation do not count",
+            ScheduleWarning,
+            stacklevel=3,
+        )
 
     def plan(self, total_steps: int | None = None, points: int = 11) -> Plan:
         """Dry run: the sparsity curve and topology-update steps over ``total_steps``."""
