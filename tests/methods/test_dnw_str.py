@@ -217,6 +217,25 @@ def test_str_sparsity_is_emergent() -> None:
         assert torch.equal(t.mask, model[2 * i].weight != 0)  # the mask is w_eff != 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_str_trains_in_other_dtypes(dtype: torch.dtype) -> None:
+    model = _mlp().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    method = STR(s_init=-3.0).attach(model, opt)
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 8, dtype=dtype), torch.randint(0, 4, (32,))
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x).float(), y).backward()
+        opt.step()
+    for i, t in enumerate(method.targets):
+        assert t.param.dtype == dtype
+        lam = method.threshold_values()[t.name]
+        expected = nn.functional.softshrink(method.raw_weight(i), lam)
+        assert torch.equal(t.param.detach(), expected) and torch.equal(t.mask, t.param != 0)
+    assert method.report().sparsity > 0
+
+
 def test_str_needs_optimizer_and_round_trips() -> None:
     with pytest.raises(ValueError, match="attach\\(model, optimizer\\)"):
         STR().attach(_mlp())
