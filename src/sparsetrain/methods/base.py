@@ -37,7 +37,8 @@ Execution (``execution="dense" | "sparse" | "auto"``)
 swaps every eligible target ``nn.Linear`` for a :class:`~sparsetrain.sparse.SparseLinear` at
 attach (CSR values + structure, optimizer state sized to the live values); ``"auto"`` first
 times each layer dense vs sparse at ``execution_batch_size`` (``plan_layers``) and swaps only
-the layers measured faster. Conv and other non-Linear targets stay dense (reported).
+the layers measured faster. Conv and other non-Linear targets, and weights tied or shared with
+another layer, stay dense (reported with the reason).
 
 For a sparse target, ``Target.mask`` stays the one home of the mask and the layer's structure is
 kept equal to it. ``Target.param`` and ``Target.module`` keep naming the original dense
@@ -137,8 +138,10 @@ class SparsityMethod(SparseExecution):
 
     Args:
         sparsity: Target global sparsity over the masked tensors, in [0, 1).
-        include: Globs of parameter names to sparsify (default: Linear/Conv weights).
-        exclude: Globs of parameter names to keep dense.
+        include: Globs of parameter names, or ``"type:<Class>"`` patterns, to sparsify
+            (default: the weight matrices of Linear, Conv, ConvTranspose, MultiheadAttention
+            and RNN/LSTM/GRU layers; see :mod:`sparsetrain.masking.targets`).
+        exclude: Patterns of parameters to keep dense.
         dense_first: Keep the first layer dense.
         dense_last: Keep the last layer dense.
         total_steps: Optimizer steps of the whole run (schedules need it). It counts the
