@@ -366,3 +366,19 @@ def test_include_names_recurrent_weight() -> None:
     method = create_method("static", sparsity=0.5, include=["rnn.*_l0", "fc.*"])
     method.attach(model, sgd(model))
     assert [t.name for t in method.targets] == ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "fc.weight"]
+
+
+def test_include_embedding_with_sparse_gradients() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(12, 2))
+    fails_cleanly(
+        model,
+        lambda: create_method("rigl", sparsity=0.5, include=["*"], total_steps=10).attach(
+            model, sgd(model)
+        ),
+        TypeError,
+        "'0.weight' gets sparse gradients (Embedding(sparse=True))",
+        "exclude=['0.weight']",
+    )
+    method = create_method("rigl", sparsity=0.5, total_steps=10).attach(model, sgd(model))
+    assert [t.name for t in method.targets] == ["2.weight"]  # not included: no error

@@ -186,7 +186,8 @@ def select_targets(
         The targets, each with an all-``True`` mask.
 
     Raises:
-        TypeError: ``include``/``exclude`` is a single string.
+        TypeError: ``include``/``exclude`` is a single string, or a target gets sparse
+            gradients (``Embedding(sparse=True)``).
         ValueError: Nothing matched, an include pattern matched nothing, or a matched parameter
             is not materialised yet (a lazy module before its first forward).
 
@@ -238,6 +239,13 @@ def select_targets(
                 f"when an include pattern names it: add {u.name!r} to include)"
             )
             continue
+        sparse_grad = [u for u in names if isinstance(u.module, OPT_IN_MODULES) and u.module.sparse]
+        if sparse_grad:
+            raise TypeError(
+                f"{first.name!r} gets sparse gradients ({type(sparse_grad[0].module).__name__}"
+                f"(sparse=True)), which sparsetrain cannot mask; build it with sparse=False or "
+                f"keep it dense with exclude=[{first.name!r}]"
+            )
         if not param.requires_grad:
             left_dense.append(
                 f"{first.name!r} (requires_grad=False; keep it out with exclude=[{first.name!r}])"
