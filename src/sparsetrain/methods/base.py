@@ -24,6 +24,9 @@ training loop drives the method through its own ``optimizer.step()`` calls::
 
 Pass ``hook=False`` to ``attach`` to call the two hooks yourself (e.g. around a fused optimizer
 that bypasses ``step()`` hooks). A step skipped by ``GradScaler`` runs no hook and counts no step.
+``optimizer.step(closure)`` is refused (``TypeError``, before anything changes), and so are
+optimizers that need a closure (LBFGS) at attach: the closure re-runs forward and backward inside
+the step, after the pre-hook has masked the gradients, so the update would use dense gradients.
 
 Parameters a method trains itself
 ----------------------------------
@@ -43,7 +46,8 @@ Execution (``execution="dense" | "sparse" | "auto"``)
 swaps every eligible target ``nn.Linear`` for a :class:`~sparsetrain.sparse.SparseLinear` at
 attach (CSR values + structure, optimizer state sized to the live values); ``"auto"`` first
 times each layer dense vs sparse at ``execution_batch_size`` (``plan_layers``) and swaps only
-the layers measured faster. Conv and other non-Linear targets stay dense (reported).
+the layers measured faster. Conv and other non-Linear targets, and weights tied or shared with
+another layer, stay dense (reported with the reason).
 
 For a sparse target, ``Target.mask`` stays the one home of the mask and the layer's structure is
 kept equal to it. ``Target.param`` and ``Target.module`` keep naming the original dense
@@ -61,6 +65,7 @@ need dense gradients every step and keep the dense path. ``detach``/``squash`` p
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 import weakref
@@ -98,9 +103,24 @@ class SparsityTargetWarning(UserWarning):
     """Emitted when training ends with a tensor off its sparsity target."""
 
 
+class ScheduleWarning(UserWarning):
+    """Emitted by ``finish()`` when training ended before the method's schedule did."""
+
+
 def attached_method(model: nn.Module) -> SparsityMethod | None:
     """The method attached to ``model``, if any."""
     return _ATTACHED.get(model)
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` requires a closure (LBFGS and the like)."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return True
+    try:
+        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    except (TypeError, ValueError):  # a builtin or wrapped step without a signature
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 @dataclass(frozen=True)
@@ -134,11 +154,17 @@ class SparsityMethod(SparseExecution):
 
     Args:
         sparsity: Target global sparsity over the masked tensors, in [0, 1).
-        include: Globs of parameter names to sparsify (default: Linear/Conv weights).
-        exclude: Globs of parameter names to keep dense.
+        include: Globs of parameter names, or ``"type:<Class>"`` patterns, to sparsify
+            (default: the weight matrices of Linear, Conv, ConvTranspose, MultiheadAttention
+            and RNN/LSTM/GRU layers; see :mod:`sparsetrain.masking.targets`).
+        exclude: Patterns of parameters to keep dense.
         dense_first: Keep the first layer dense.
         dense_last: Keep the last layer dense.
-        total_steps: Optimizer steps of the whole run (schedules need it).
+        total_steps: Optimizer steps of the whole run (schedules need it). It counts the
+            optimizer steps actually taken, i.e. ``optimizer.step()`` calls that ran the hooks:
+            with gradient accumulation that is batches / accumulation steps, and a step that
+            ``GradScaler`` skips (inf/NaN gradients) does not count. :meth:`finish` warns
+            (:class:`ScheduleWarning`) when the run ended before it.
         seed: Seed of every random mask decision; decisions are a function of
             (seed, step, tensor index), so they agree across processes.
         state_skip_keys: Optimizer state keys never masked.
@@ -263,6 +289,12 @@ class SparsityMethod(SparseExecution):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        if optimizer is not None and _needs_closure(optimizer):
+            raise TypeError(
+                f"{type(optimizer).__name__} needs step(closure), which re-evaluates the model "
+                "inside the step with dense gradients, after the method has masked them; "
+                "sparsetrain supports optimizers stepped as loss.backward(); optimizer.step()"
+            )
         targets = select_targets(
             model,
             include=self.include,
@@ -274,10 +306,14 @@ class SparsityMethod(SparseExecution):
             held = param_ids(optimizer)
             missing = [t.name for t in targets if id(t.param) not in held]
             if missing:
+                hint = (
+                    "build the optimizer from model.parameters()"
+                    if len(missing) == len(targets)
+                    else f"keep them dense with exclude={missing!r}, or add them to the optimizer"
+                )
                 raise ValueError(
                     f"the optimizer does not hold the model parameter {missing[0]!r} "
-                    f"({len(missing)} of {len(targets)} targets missing); build the optimizer "
-                    "from model.parameters()"
+                    f"({len(missing)} of {len(targets)} targets missing); {hint}"
                 )
             for t in targets:
                 check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
@@ -303,7 +339,7 @@ class SparsityMethod(SparseExecution):
         _ATTACHED[model] = self
         if hook and optimizer is not None:
             self._hooks = [
-                optimizer.register_step_pre_hook(lambda *_: self.after_backward()),
+                optimizer.register_step_pre_hook(self._step_pre_hook),
                 optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
             ]
         return self
@@ -328,6 +364,17 @@ class SparsityMethod(SparseExecution):
         return self.detach()
 
     # ------------------------------------------------------------------ hooks
+
+    def _step_pre_hook(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # torch passes step's own arguments, the optimizer first: step(self, closure=None)
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if closure is not None:  # raise before the method or the optimizer changes anything
+            raise TypeError(
+                f"{self.name}: optimizer.step(closure) is not supported: the closure re-runs "
+                "forward and backward inside the step, after the method has masked the "
+                "gradients; call loss.backward() and then optimizer.step() without a closure"
+            )
+        self.after_backward()
 
     def after_backward(self) -> None:
         """Hook between ``loss.backward()`` and the optimizer's update (see module docstring)."""
@@ -419,6 +466,10 @@ class SparsityMethod(SparseExecution):
         pass
 
     # ------------------------------------------------------------------ mask helpers
+
+    def blocks(self) -> dict[str, int]:
+        """Target name to its stacked matrices (``Target.blocks``), for the ER/ERK allocations."""
+        return {t.name: t.blocks for t in self.targets}
 
     def generator(self, step: int, index: int = 0) -> torch.Generator:
         """A generator seeded from (seed, step, tensor index): same decisions on every rank."""
@@ -570,11 +621,42 @@ class SparsityMethod(SparseExecution):
         )
 
     def finish(self) -> SparsityReport:
-        """End-of-training check: the report, raising if a target is missed by > 1 weight."""
+        """End-of-training check: the report, raising if a target is missed by > 1 weight.
+
+        Warns with :class:`ScheduleWarning` first when fewer than ``total_steps`` optimizer steps
+        were taken and the schedule still had topology updates or sparsity changes ahead.
+        """
+        self._warn_short_run()
         rep = self.report()
         if self.sparsity_mode == "target":
             rep.check()
         return rep
+
+    def _warn_short_run(self) -> None:
+        total = self.total_steps
+        if total is None or self.step >= total:
+            return
+        pending = [s for s in self.update_steps(total) if s > self.step]
+        now, planned = self.sparsity_at(self.step), self.sparsity_at(total)
+        if not pending and now == planned:
+            return
+        parts = [
+            f"{self.name}: training ended after {self.step} optimizer steps, before the "
+            f"schedule's total_steps={total}"
+        ]
+        if pending:
+            parts.append(
+                f"{len(pending)} planned topology update(s) did not run (the last at step "
+                f"{pending[-1]}; see method.plan())"
+            )
+        if now != planned:
+            parts.append(f"the schedule is at sparsity {now:.4f} of {planned:.4f}")
+        warnings.warn(
+            "; ".join(parts) + ". total_steps counts optimizer steps actually taken: steps "
+            "skipped by GradScaler or merged by gradient accumulation do not count",
+            ScheduleWarning,
+            stacklevel=3,
+        )
 
     def plan(self, total_steps: int | None = None, points: int = 11) -> Plan:
         """Dry run: the sparsity curve and topology-update steps over ``total_steps``."""

@@ -109,8 +109,29 @@ class DNW(InPlaceMethod):
         return self._counts[1]
 
     @torch.no_grad()
+    def _magnitudes(self) -> torch.Tensor:
+        """|W| of all targets in one reused buffer, float64 if any target is (else float32).
+
+        The cut λ must be exact in the weights' own precision: ``hardshrink`` compares the
+        float64 weights with λ, so ranking a float32 copy could leave an entry that rounds to λ
+        live in the forward but out of the mask.
+        """
+        if all(t.param.dtype != torch.float64 for t in self.targets):
+            if self._buf and self._buf[0].dtype != torch.float32:
+                self._buf.clear()
+            return abs_buffer(self.targets, self._buf)  # float32 holds bf16/fp16/fp32 exactly
+        n, dev = sum(t.numel for t in self.targets), self.targets[0].param.device
+        if not self._buf or self._buf[0].numel() != n or self._buf[0].dtype != torch.float64:
+            self._buf[:] = [torch.empty(n, dtype=torch.float64, device=dev)]
+        buf, start = self._buf[0], 0
+        for t in self.targets:
+            buf[start : start + t.numel].view(t.shape).copy_(t.param.detach()).abs_()
+            start += t.numel
+        return buf
+
+    @torch.no_grad()
     def _update(self, s: float) -> None:
-        buf = abs_buffer(self.targets, self._buf)
+        buf = self._magnitudes()
         keep = self._keep(s)
         if len(self._selects) != len(keep):
             self._selects = [OrderStatistics() for _ in keep]

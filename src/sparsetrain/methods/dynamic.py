@@ -153,7 +153,9 @@ class DynamicSparse(SparsityMethod):
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
         if self.bernoulli:
-            dens = allocate_densities(shapes, self.sparsity, self.distribution)
+            dens = allocate_densities(
+                shapes, self.sparsity, self.distribution, blocks=self.blocks()
+            )
             for i, t in enumerate(self.targets):
                 t.mask.copy_(torch.rand(t.shape, generator=self.generator(0, i)) < dens[t.name])
         elif self.distribution == "global":
@@ -167,7 +169,7 @@ class DynamicSparse(SparsityMethod):
             ):
                 t.mask.copy_(m)
         else:
-            self._counts = allocate(shapes, self.sparsity, self.distribution)
+            self._counts = allocate(shapes, self.sparsity, self.distribution, blocks=self.blocks())
             for i, t in enumerate(self.targets):
                 t.mask.copy_(random_mask(t.shape, self._counts[t.name], self.generator(0, i)))
         self.apply_masks()

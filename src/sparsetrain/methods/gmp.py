@@ -79,7 +79,7 @@ class GMP(SparsityMethod):
 
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
-        self._final = allocate(shapes, self.sparsity, self.distribution)
+        self._final = allocate(shapes, self.sparsity, self.distribution, blocks=self.blocks())
         if self.initial_sparsity > 0:
             self._prune_to(0)
         self.apply_masks()

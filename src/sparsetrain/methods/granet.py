@@ -115,7 +115,7 @@ class GraNet(GMP):
     def _on_attach(self) -> None:
         if self.initial_sparsity > 0 and self.initial_mask == "erk":
             shapes = {t.name: t.shape for t in self.targets}
-            counts = allocate(shapes, self.initial_sparsity, "erk")
+            counts = allocate(shapes, self.initial_sparsity, "erk", blocks=self.blocks())
             for i, t in enumerate(self.targets):
                 t.mask.copy_(random_mask(t.shape, counts[t.name], self.generator(0, i)))
         super()._on_attach()  # the global prune to initial_sparsity keeps an ERK mask as it is

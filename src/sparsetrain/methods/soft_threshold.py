@@ -139,8 +139,10 @@ class STR(InPlaceMethod):
             s.grad = d  # g already sums every backward since the last step
 
     def _sign(self, q: torch.Tensor) -> torch.Tensor:
-        if self._tmp is None or self._tmp.numel() < q.numel() or self._tmp.device != q.device:
-            self._tmp = torch.empty(max(t.numel for t in self.targets), device=q.device)
+        tmp = self._tmp
+        if tmp is None or tmp.numel() < q.numel() or (tmp.device, tmp.dtype) != (q.device, q.dtype):
+            n = max(t.numel for t in self.targets)
+            self._tmp = torch.empty(n, dtype=q.dtype, device=q.device)
         return torch.sign(q, out=self._tmp[: q.numel()].view(q.shape))
 
     def _on_detach(self) -> None:

@@ -62,14 +62,18 @@ class Static(SparsityMethod):
         shapes = {t.name: t.shape for t in self.targets}
         if self.init == "random":
             if self.bernoulli:
-                dens = allocate_densities(shapes, self.sparsity, self.distribution)
+                dens = allocate_densities(
+                    shapes, self.sparsity, self.distribution, blocks=self.blocks()
+                )
                 for i, t in enumerate(self.targets):
                     draw = torch.rand(t.shape, generator=self.generator(0, i))
                     t.mask.copy_(draw < dens[t.name])
             elif self.distribution == "global":
                 self._global_random()
             else:
-                self._counts = allocate(shapes, self.sparsity, self.distribution)
+                self._counts = allocate(
+                    shapes, self.sparsity, self.distribution, blocks=self.blocks()
+                )
                 for i, t in enumerate(self.targets):
                     t.mask.copy_(random_mask(t.shape, self._counts[t.name], self.generator(0, i)))
         self.apply_masks()
