@@ -25,6 +25,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the whole grid, then run it; exit 1 if any run failed or missed its target."""
+    from sparsetrain.config import ConfigError
     from sparsetrain.train.suite import load_suite, run_suite
 
     if args.jobs < 1:
@@ -35,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc, "compare")
     root = runs[0].run_dir.parent
     print(f"suite {args.suite}: {len(runs)} runs in {root} ({args.jobs} job(s))", flush=True)
-    outcomes = run_suite(
-        runs, jobs=args.jobs, data_dir=args.data_dir, echo=lambda s: print(s, flush=True)
-    )
+    try:
+        outcomes = run_suite(
+            runs, jobs=args.jobs, data_dir=args.data_dir, echo=lambda s: print(s, flush=True)
+        )
+    except ConfigError as exc:  # another compare holds the folder's lock
+        return fail(exc, "compare")
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
