@@ -556,7 +556,7 @@ def test_sigterm_to_compare_stops_its_workers_resumably(tmp_path: Path) -> None:
     workers = children()
     assert len(workers) == 2
     parent.send_signal(signal.SIGTERM)
-    assert parent.wait(timeout=60) != 0  # without waiting for the queued runs
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM  # not waiting for the queued runs
     time.sleep(0.5)
     alive = {p for p in workers if Path(f"/proc/{p}").exists()}
     assert not alive, f"workers still running after compare ended: {alive}"

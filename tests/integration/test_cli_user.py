@@ -6,14 +6,17 @@ In-process, on ``synthetic`` data with a 64-16-4 MLP (a run takes well under a s
 from __future__ import annotations
 
 import fcntl
-import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from sparsetrain.cli import main
+from sparsetrain.train import experiment as experiment_module
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +45,28 @@ def train(config: Path, out: Path, *extra: str) -> int:
     return main(["train", str(config), "--out", str(out), "--quiet", *extra])
 
 
+def stop_at(monkeypatch: pytest.MonkeyPatch, forward: int, how: str) -> None:
+    """At the ``forward``-th training forward pass: SIGTERM to this process, or a Ctrl-C."""
+    build = experiment_module.build_model
+    calls = {"n": 0}
+
+    def hooked(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = build(*args, **kwargs)
+
+        def hook(module: torch.nn.Module, *_: Any) -> None:
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == forward:
+                    if how == "sigint":
+                        raise KeyboardInterrupt
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(experiment_module, "build_model", hooked)
+
+
 def one_error_line(capsys: pytest.CaptureFixture[str], command: str = "train") -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"sparsetrain {command}: error: "), err
@@ -66,3 +91,22 @@ def test_compare_on_a_locked_folder_is_one_line_and_exit_2(
     err = one_error_line(capsys, "compare")
     assert f"another `sparsetrain compare` is running on {root}" in err
     assert not (root / "rigl-s0.8-seed0").exists()
+
+
+def write_suite(tmp_path: Path, **more: Any) -> Path:
+    write_config(tmp_path)
+    suite = tmp_path / "suite.yaml"
+    grid = {"base": "config.yaml", "methods": ["rigl"], "sparsities": [0.8], "seeds": [0, 1]}
+    suite.write_text(yaml.safe_dump({**grid, **more}))
+    return suite
+
+
+@pytest.mark.parametrize(("how", "code"), [("sigterm", 143), ("sigint", 130)])
+def test_compare_stopped_by_a_signal_exits_128_plus_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, code: int
+) -> None:
+    suite = write_suite(tmp_path)
+    stop_at(monkeypatch, 2, how)
+    assert main(["compare", str(suite), "--out", str(tmp_path / "g")]) == code
+    assert (tmp_path / "g" / "rigl-s0.8-seed0" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "g" / "rigl-s0.8-seed1").exists()  # the queued run never started

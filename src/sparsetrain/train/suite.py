@@ -78,12 +78,14 @@ class SuiteRun:
 class SuiteOutcome:
     """How one run of a suite ended.
 
-    ``status`` is ``skipped``, ``finished``, ``target_missed``, ``interrupted`` or ``failed``.
+    ``status`` is ``skipped``, ``finished``, ``target_missed``, ``interrupted`` or ``failed``;
+    ``signum`` is the signal that interrupted the run (SIGINT or SIGTERM), else None.
     """
 
     run: SuiteRun
     status: str
     message: str
+    signum: int | None = None
 
 
 def _pairs(value: Any, where: str) -> list[tuple[str, Any]]:
@@ -269,26 +271,28 @@ def _init_worker(stop: Any) -> None:
 
 def _run_one(
     cfg_raw: dict[str, Any], run_dir: str, opts: dict[str, Any], threads: int
-) -> tuple[str, str]:
-    """Worker: run one config; returns (status, message). Never raises."""
+) -> tuple[str, str, int | None]:
+    """Worker: run one config; returns (status, message, signal that stopped it). Never raises."""
     import torch
 
     from sparsetrain.train.experiment import RunOptions, run_experiment
 
     if _STOP is not None and _STOP.is_set():  # compare was told to stop: start nothing new
-        return "interrupted", "not started (compare stopped)"
+        return "interrupted", "not started (compare stopped)", None
     if threads:
         torch.set_num_threads(threads)
     try:
         cfg = ExperimentConfig.from_dict(cfg_raw)
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # see train.log
             result = run_experiment(cfg, run_dir, RunOptions(**opts))
-    except KeyboardInterrupt:
-        return "interrupted", "interrupted"
+    except KeyboardInterrupt as exc:
+        signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        return "interrupted", "interrupted", int(signum)
     except Exception as exc:  # a failed run must not stop the rest of the suite
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return "failed", f"{type(exc).__name__}: {first}"
-    return result.status, result.message
+        return "failed", f"{type(exc).__name__}: {first}", None
+    signum = result.exit_code - 128 if result.status == "interrupted" else None
+    return result.status, result.message, signum
 
 
 def run_suite(
@@ -372,20 +376,21 @@ def _run_suite_locked(
         more = f", ... (+{len(skipped) - 3})" if len(skipped) > 3 else ""
         echo(f"[skip]   {len(skipped)} already finished: {', '.join(skipped[:3])}{more}")
 
-    def done(r: SuiteRun, status: str, message: str) -> None:
-        outcomes[r.name] = SuiteOutcome(r, status, message)
+    def done(r: SuiteRun, status: str, message: str, signum: int | None = None) -> None:
+        outcomes[r.name] = SuiteOutcome(r, status, message, signum)
         echo(f"[{status}] {r.name}: {message}")
 
     if jobs <= 1:
-        for r in todo:
-            state = run_dir_state(r.run_dir)
-            echo(f"[{'resume' if state == 'resumable' else 'start'}]  {r.name}")
-            status, message = _run_one(
-                r.cfg.to_dict(), str(r.run_dir), _options(r.run_dir, data_dir), 0
-            )
-            done(r, status, message)
-            if status == "interrupted":
-                break
+        with _term_as_interrupt():  # SIGTERM between two runs stops like one during a run
+            for r in todo:
+                state = run_dir_state(r.run_dir)
+                echo(f"[{'resume' if state == 'resumable' else 'start'}]  {r.name}")
+                status, message, signum = _run_one(
+                    r.cfg.to_dict(), str(r.run_dir), _options(r.run_dir, data_dir), 0
+                )
+                done(r, status, message, signum)
+                if status == "interrupted":
+                    break
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")
@@ -410,6 +415,7 @@ def _run_suite_locked(
                     done(r, *fut.result())
             except KeyboardInterrupt as exc:
                 stop.set()  # queued runs return at once instead of starting
+                signum = int(signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
                 if isinstance(exc, _Terminated):
                     # a SIGTERM to this process alone (kill, a job scheduler) must not leave
                     # workers training on without the lock: ask each to stop at its next step
@@ -423,5 +429,5 @@ def _run_suite_locked(
                         res = None
                         if fut.done() and not fut.cancelled() and fut.exception() is None:
                             res = fut.result()  # a worker stopped between runs: no result
-                        done(r, *(res or ("interrupted", "interrupted")))
+                        done(r, *(res or ("interrupted", "interrupted", signum)))
     return [outcomes[r.name] for r in runs if r.name in outcomes]
