@@ -117,7 +117,9 @@ class SparsityMethod(SparseExecution):
     created unattached (pure configuration), then bound to one model by :meth:`attach`.
 
     Args:
-        sparsity: Target global sparsity over the masked tensors, in [0, 1).
+        sparsity: Target global sparsity over the masked tensors, in [0, 1). Emergent
+            methods (``sparsity_mode = "emergent"``: STR, SCL with a fixed λ) refuse it with a
+            ``ValueError`` saying what sets their sparsity.
         include: Globs of parameter names to sparsify (default: Linear/Conv weights).
         exclude: Globs of parameter names to keep dense.
         dense_first: Keep the first layer dense.
@@ -135,6 +137,12 @@ class SparsityMethod(SparseExecution):
     name: ClassVar[str] = "base"
     hard_mask: ClassVar[bool] = True
     sparsity_mode: ClassVar[str] = "target"
+    emergent_sparsity_note: ClassVar[str] = ""
+    """Emergent methods: what sets the sparsity instead, and the option that targets one if
+    any; part of the error raised when ``sparsity=`` is given."""
+    targets_sparsity: bool = False
+    """An emergent method sets this before ``super().__init__`` when one of its options makes
+    it reach a set sparsity (SCL's adaptive λ); ``sparsity`` is then that target."""
     supports_sparse_execution: ClassVar[bool] = False
     """Whether the method can run on sparse kernels (dense gradients on update steps at most)."""
     sparse_execution_note: ClassVar[str] = (
@@ -156,6 +164,11 @@ class SparsityMethod(SparseExecution):
         execution_batch_size: int | None = None,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
+        if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
+            raise ValueError(
+                f"{self.name} does not take sparsity={sparsity!r}: its sparsity is emergent"
+                + (f" ({self.emergent_sparsity_note})" if self.emergent_sparsity_note else "")
+            )
         if not isinstance(execution, str) or execution not in EXECUTIONS:
             raise ValueError(f"unknown execution {execution!r}; valid: {', '.join(EXECUTIONS)}")
         if execution_batch_size is not None and (

@@ -133,8 +133,9 @@ class OptG(InPlaceMethod):
         super().__init__(**kwargs)
         if steps_per_epoch is None or self.total_steps is None:
             raise ValueError(
-                "optg needs steps_per_epoch and total_steps (E = total_steps / steps_per_epoch), "
-                f"got steps_per_epoch={steps_per_epoch!r}, total_steps={self.total_steps!r}"
+                f"{self.name} ramps and re-selects its mask per epoch: pass steps_per_epoch="
+                "len(loader) and total_steps=len(loader) * epochs (optimizer steps), got "
+                f"steps_per_epoch={steps_per_epoch!r}, total_steps={self.total_steps!r}"
             )
         self.steps_per_epoch = _int_at_least("steps_per_epoch", steps_per_epoch, 1)
         interval = steps_per_epoch if update_interval is None else update_interval

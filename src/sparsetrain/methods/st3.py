@@ -101,7 +101,7 @@ class ST3(InPlaceMethod):
         check_choice("bn_momentum", bn_momentum, BN_MODES)
         check_choice("weight_decay_scope", weight_decay_scope, WD_SCOPES)
         self.ramp_begin_step, self.ramp_end_step, self.fix_step = resolve_schedule(
-            self.total_steps, ramp_begin_step, ramp_end_step, fix_step, finetune_steps
+            self.total_steps, ramp_begin_step, ramp_end_step, fix_step, finetune_steps, self.name
         )
         self.update_interval = check_interval(update_interval)
         self.sigma, self.soft, self.rescale = sigma, bool(soft), bool(rescale)
