@@ -256,6 +256,8 @@ class ExperimentConfig:
         if o.milestones is not None and any(m < 0 for m in o.milestones):
             raise ConfigError(f"optim.milestones must be epochs >= 0, got {list(o.milestones)}")
         sparsity = self.method.options.get("sparsity")
+        if sparsity is not None:
+            sparsity = check_type("method.sparsity", sparsity, float)
         if sparsity is not None and not 0.0 <= sparsity < 1.0:
             raise ConfigError(f"method.sparsity must be in [0, 1), got {sparsity}")
 

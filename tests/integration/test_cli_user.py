@@ -110,3 +110,22 @@ def test_compare_stopped_by_a_signal_exits_128_plus_it(
     assert main(["compare", str(suite), "--out", str(tmp_path / "g")]) == code
     assert (tmp_path / "g" / "rigl-s0.8-seed0" / "checkpoint.pt").is_file()
     assert not (tmp_path / "g" / "rigl-s0.8-seed1").exists()  # the queued run never started
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["method.sparsity=abc"], "method.sparsity must be a number, got 'abc'"),
+        (["method.sparsity=[0.9]"], "method.sparsity must be a number, got [0.9]"),
+    ],
+    ids=["word", "list"],
+)
+def test_bad_values_name_the_key_and_the_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    assert train(write_config(tmp_path), tmp_path / "run", *args) == 2
+    assert needle in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
