@@ -235,7 +235,7 @@ def test_truncated_and_foreign_checkpoints(
     capsys.readouterr()
     assert train(config, run, "--resume") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a readable checkpoint (truncated or corrupt?)" in err
+    assert err.count("\n") == 1 and "cannot be read: the file is truncated or corrupt" in err
     torch.save({"model": {}}, run / "checkpoint.pt")
     assert train(config, run, "--resume") == 2
     assert "is not a sparsetrain checkpoint" in capsys.readouterr().err

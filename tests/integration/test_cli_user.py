@@ -129,3 +129,22 @@ def test_bad_values_name_the_key_and_the_type(
     assert train(write_config(tmp_path), tmp_path / "run", *args) == 2
     assert needle in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_truncated_checkpoint_names_the_file_and_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, run = write_config(tmp_path), tmp_path / "run"
+    assert train(config, run) == 0
+    (run / "summary.json").unlink()
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert train(config, run, "--resume") == 2
+    err = one_error_line(capsys)
+    assert (
+        f"checkpoint {run / 'checkpoint.pt'} cannot be read: the file is truncated or corrupt ("
+        in err
+    )
+    assert err.endswith("(a re-run `compare` then starts that run over)")  # whole, not cut
+    assert train(config, run, "--overwrite") == 0  # the way out it names works

@@ -51,6 +51,12 @@ from sparsetrain.train.recorder import (
     restore,
 )
 
+# What to do about a damaged checkpoint.pt when resuming (train --resume, or compare).
+RESUME_WAY_OUT = (
+    "start the run over with `sparsetrain train ... --overwrite`, or delete checkpoint.pt "
+    "(a re-run `compare` then starts that run over)"
+)
+
 # Keys that may differ between a run and its resumption without changing any number.
 RESUME_FREE_KEYS = ("data.data_dir", "train.plots", "train.device")
 
@@ -109,7 +115,9 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
         )
     check_config(cfg)
     ckpt = (
-        load_checkpoint(run_dir / "checkpoint.pt") if opts.resume and state == "resumable" else None
+        load_checkpoint(run_dir / "checkpoint.pt", RESUME_WAY_OUT)
+        if opts.resume and state == "resumable"
+        else None
     )
     if ckpt is not None:
         _check_same_run(cfg, ckpt, run_dir)
