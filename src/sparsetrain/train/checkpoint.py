@@ -69,8 +69,7 @@ def load_checkpoint(path: str | Path, way_out: str = DEFAULT_WAY_OUT) -> dict[st
         first = (str(exc).strip().splitlines() or [""])[0]
         reason = first if 0 < len(first) <= 100 else type(exc).__name__  # never cut mid-way
         raise CheckpointError(
-            f"checkpoint {p} cannot be read: the file is truncated or corrupt ({reason}); "
-            f"{way_out}"
+            f"checkpoint {p} cannot be read: the file is truncated or corrupt ({reason}); {way_out}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a sparsetrain checkpoint (no {FORMAT!r} tag)")
