@@ -148,3 +148,17 @@ def test_truncated_checkpoint_names_the_file_and_the_way_out(
     )
     assert err.endswith("(a re-run `compare` then starts that run over)")  # whole, not cut
     assert train(config, run, "--overwrite") == 0  # the way out it names works
+
+
+# --------------------------------------------------------------------------- what a run prints
+
+
+def test_progress_lines_label_every_number_and_count_in_words(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(write_config(tmp_path), run) == 0
+    log = (run / "train.log").read_text()
+    assert "1 epoch x 4 steps" in log and "1 epochs" not in log
+    line = next(x for x in log.splitlines() if x.startswith("epoch 1/1"))
+    for label in ("train loss ", " acc ", "val loss ", "test loss ", "sparsity ", "elapsed "):
+        assert label in line, label
+    assert "/0." not in line  # no unlabelled loss/accuracy pair

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sparsetrain._names import plural
 from sparsetrain.config import ConfigError, ExperimentConfig, diff_configs
 from sparsetrain.train.build import (
     build_method,
@@ -159,8 +160,8 @@ def plan_experiment(cfg: ExperimentConfig, data_dir: str | None = None, points: 
     run = build_run(cfg, splits)
     t = cfg.train
     head = (
-        f"{cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {t.epochs} epochs x "
-        f"{run.steps_per_epoch} steps = {run.total_steps} optimizer steps "
+        f"{cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {plural(t.epochs, 'epoch')} x "
+        f"{plural(run.steps_per_epoch, 'step')} = {plural(run.total_steps, 'optimizer step')} "
         f"({len(splits.train)} examples, batch {t.batch_size}, grad_accum {t.grad_accum})"
     )
     return f"{head}\n{run.method.plan(run.total_steps, points=points)}"

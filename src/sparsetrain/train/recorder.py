@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sparsetrain._names import plural
 from sparsetrain.report import SparsityTargetError
 from sparsetrain.train.checkpoint import (
     CheckpointError,
@@ -179,6 +180,25 @@ def versions() -> dict[str, str]:
     }
 
 
+def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    """The per-epoch progress line, every number labelled.
+
+    For example (on one line)::
+
+        epoch 2/10  step 64  lr 0.05  train loss 1.2000 acc 0.5000  val loss ... acc ...
+        test loss 1.1000 acc 0.6250  sparsity 0.8000  elapsed 3.2s  (best val so far)
+
+    ``elapsed`` is the training time since the run started, over all sessions.
+    """
+    parts = [f"epoch {row['epoch']}/{epochs}", f"step {row['step']}", f"lr {row['lr']:.4g}"]
+    for split in ("train", "val", "test"):
+        if row[f"{split}_acc"] is not None:
+            loss, acc = row[f"{split}_loss"], row[f"{split}_acc"]
+            parts.append(f"{split} loss {loss:.4f} acc {acc:.4f}")
+    parts += [f"sparsity {row['sparsity']:.4f}", f"elapsed {row['time']:.1f}s"]
+    return "  ".join(parts) + ("  (best val so far)" if improved else "")
+
+
 # --------------------------------------------------------------------------- the experiment
 
 
@@ -271,13 +291,7 @@ class Experiment:
             }
             save_checkpoint(best, self.run_dir / "best_model.pt")
         self._write_tables()
-        val = "" if row["val_acc"] is None else f"  val {row['val_loss']:.4f}/{row['val_acc']:.4f}"
-        self.log(
-            f"epoch {row['epoch']}/{run.cfg.train.epochs}  step {row['step']}  lr {row['lr']:.4g}"
-            f"  train {row['train_loss']:.4f}/{row['train_acc']:.4f}{val}"
-            f"  test {row['test_loss']:.4f}/{row['test_acc']:.4f}"
-            f"  sparsity {row['sparsity']:.4f}  {row['time']:.1f}s" + ("  *" if improved else "")
-        )
+        self.log(epoch_line(row, run.cfg.train.epochs, improved))
         if self.tb is not None:
             self.tb.scalars({f"epoch/{k}": v for k, v in row.items() if k != "epoch"}, st.step)
 
@@ -355,8 +369,9 @@ class Experiment:
             f"{c.method.name} on {c.model.name} ({count_parameters(run.model):,} params) / "
             f"{c.data.name} (train {len(run.splits.train)}, "
             f"val {0 if run.splits.val is None else len(run.splits.val)}, "
-            f"test {len(run.splits.test)}): {c.train.epochs} epochs x {run.steps_per_epoch} "
-            f"steps, target sparsity {run.method.sparsity}, device {run.device}"
+            f"test {len(run.splits.test)}): {plural(c.train.epochs, 'epoch')} x "
+            f"{plural(run.steps_per_epoch, 'step')}, target sparsity {run.method.sparsity}, "
+            f"device {run.device}"
         )
         if run.method.execution != "dense":
             self.log(run.method.execution_report())
