@@ -162,3 +162,85 @@ def test_progress_lines_label_every_number_and_count_in_words(tmp_path: Path) ->
     for label in ("train loss ", " acc ", "val loss ", "test loss ", "sparsity ", "elapsed "):
         assert label in line, label
     assert "/0." not in line  # no unlabelled loss/accuracy pair
+
+
+# --------------------------------------------------------------------------- config on the CLI
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fake_cifar10(folder: Path) -> Path:
+    """Five training batches of 4 images and a test batch of 3, as the python-pickle files."""
+    import pickle
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in [*((f"data_batch_{i}", 4) for i in range(1, 6)), ("test_batch", 3)]:
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+            b"labels": [i % 10 for i in range(n)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+def test_switching_method_on_the_command_line_drops_the_old_methods_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command the CIFAR-10 GMP config's header suggests, planned on a tiny fake CIFAR-10."""
+    config = ROOT / "configs" / "cifar10_resnet20_gmp.yaml"
+    assert "method.name=rigl" in config.read_text()  # the header suggests it
+    data = fake_cifar10(tmp_path / "cifar")
+    args = ["plan", str(config), "method.name=rigl", "train.epochs=30", "--data-dir", str(data)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "note: method.name gmp -> rigl: dropped method.interval (not an option of rigl)\n"
+    )
+    assert "plan for 'rigl' over 30 optimizer steps" in out
+
+    # an option given for the new method on the same command line is still checked strictly
+    assert main([*args, "method.interval=5"]) == 2
+    assert "unknown key method.interval for method 'rigl'" in one_error_line(capsys, "plan")
+    # key=null removes a key, so its default applies (RigL's update_interval 100, not 3)
+    mine = write_config(tmp_path)
+    assert main(["plan", str(mine), "method.update_interval=null", "train.epochs=60"]) == 0
+    assert "topology updates: 1 at steps 100\n" in capsys.readouterr().out
+
+
+def test_run_config_yaml_holds_every_default_and_trains_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert train(write_config(tmp_path), run) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["method"]["update_interval"] == 3  # the user's
+    assert saved["method"]["drop_fraction"] == 0.3 and saved["method"]["distribution"] == "erk"
+    assert "total_steps" not in saved["method"] and "seed" not in saved["method"]  # derived
+    assert saved["model"]["bias"] is True and saved["data"]["noise"] == 1.0
+    capsys.readouterr()
+    # the resolved file is a valid config; switched to SET, RigL's defaults give way to SET's
+    assert train(run / "config.yaml", tmp_path / "set", "method.name=set") == 0
+    note = capsys.readouterr().out.splitlines()[0]
+    assert note.startswith("note: method.name rigl -> set: method.prune, method.grow, ")
+    assert note.endswith(" back to set's defaults")
+    again = yaml.safe_load((tmp_path / "set" / "config.yaml").read_text())["method"]
+    assert again["distribution"] == "er" and again["drop_schedule"] == "constant"
+    assert again["update_interval"] == 3 and again["sparsity"] == 0.8  # set by the user
+
+
+def test_resume_of_a_finished_run_refuses_a_changed_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, run = write_config(tmp_path), tmp_path / "run"
+    assert train(config, run) == 0
+    before = (run / "summary.json").read_text()
+    capsys.readouterr()
+    assert train(config, run, "--resume", "train.epochs=3") == 2
+    err = one_error_line(capsys)
+    assert "cannot resume" in err and "differs at train.epochs (run: 1, now: 3)" in err
+    assert (run / "summary.json").read_text() == before
+    assert train(config, run, "--resume") == 0  # the same config: already finished
+    assert "already finished" in capsys.readouterr().out

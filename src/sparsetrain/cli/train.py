@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     )
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
-        cfg = load_config(args.config, args.overrides)
+        notes: list[str] = []
+        cfg = load_config(args.config, args.overrides, notes)
+        for note in notes:
+            print(f"note: {note}", flush=True)
         if args.dry_run:
             print(plan_experiment(cfg, args.data_dir))
             return 0

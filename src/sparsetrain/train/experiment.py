@@ -35,7 +35,7 @@ from sparsetrain.train.build import (
     build_method,
     build_model,
     build_optimizer,
-    check_config,
+    resolve_config,
     steps_per_epoch,
 )
 from sparsetrain.train.checkpoint import load_checkpoint, seed_everything
@@ -106,22 +106,22 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
             f"run directory {run_dir} is not empty; pass --resume to continue it or "
             "--overwrite to start over"
         )
+    cfg = resolve_config(cfg)
     if opts.resume and state == "finished":
-        return RunResult(
-            "already_finished", run_dir, _read_summary(run_dir), 0, f"{run_dir}: already finished"
-        )
+        summary = _read_summary(run_dir)
+        _check_same_run(cfg, _finished_config(run_dir, summary), run_dir, finished=True)
+        return RunResult("already_finished", run_dir, summary, 0, f"{run_dir}: already finished")
     if opts.resume and state == "other":
         raise ConfigError(
             f"nothing to resume in {run_dir} (no checkpoint.pt); pass --overwrite to start over"
         )
-    check_config(cfg)
     ckpt = (
         load_checkpoint(run_dir / "checkpoint.pt", RESUME_WAY_OUT)
         if opts.resume and state == "resumable"
         else None
     )
     if ckpt is not None:
-        _check_same_run(cfg, ckpt, run_dir)
+        _check_same_run(cfg, ckpt.get("config", {}), run_dir)
 
     splits = load_splits(cfg, opts.data_dir, augment=cfg.data.augment)
     if len(splits.train) < 2:
@@ -155,7 +155,7 @@ def plan_experiment(cfg: ExperimentConfig, data_dir: str | None = None, points: 
 
     Loads the data (for the steps per epoch) and builds the model and method; trains nothing.
     """
-    check_config(cfg)
+    cfg = resolve_config(cfg)
     splits = load_splits(cfg, data_dir, augment=False)
     run = build_run(cfg, splits)
     t = cfg.train
@@ -185,8 +185,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> Run:
     for name in ("config.yaml", "checkpoint.pt"):
         if not (run_dir / name).is_file():
             raise ConfigError(f"{run_dir} has no {name}; is it a sparsetrain run directory?")
-    cfg = load_config(run_dir / "config.yaml")
-    check_config(cfg)
+    cfg = resolve_config(load_config(run_dir / "config.yaml"))
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     splits = load_splits(cfg, data_dir, augment=False)
     run = build_run(cfg, splits)
@@ -230,17 +229,47 @@ def clear_run_dir(run_dir: Path) -> None:
             shutil.rmtree(run_dir / name)
 
 
-def _check_same_run(cfg: ExperimentConfig, ckpt: dict[str, Any], run_dir: Path) -> None:
-    diff = [
-        k for k in diff_configs(ckpt.get("config", {}), cfg.to_dict()) if k not in RESUME_FREE_KEYS
-    ]
-    if diff:
-        key = diff[0]
-        was, now = _lookup(ckpt.get("config", {}), key), _lookup(cfg.to_dict(), key)
+def _check_same_run(
+    cfg: ExperimentConfig, saved: dict[str, Any], run_dir: Path, *, finished: bool = False
+) -> None:
+    """Refuse to resume ``run_dir`` (saved config ``saved``) with a differing ``cfg``.
+
+    Both sides are compared resolved (defaults written out), so a config saved before a
+    default was written out still matches.
+    """
+    saved, now = _resolved_dict(saved), cfg.to_dict()
+    diff = [k for k in diff_configs(saved, now) if k not in RESUME_FREE_KEYS]
+    if not diff:
+        return
+    key = diff[0]
+    was, new = _lookup(saved, key), _lookup(now, key)
+    if finished:
         raise ConfigError(
-            f"cannot resume {run_dir}: the config differs from the checkpoint's at {key} "
-            f"(checkpoint: {was!r}, now: {now!r}); resume with {run_dir / 'config.yaml'}"
+            f"cannot resume {run_dir}: it finished with a config that differs at {key} "
+            f"(run: {was!r}, now: {new!r}); pass --overwrite to train it again with this config, "
+            "or choose another --out"
         )
+    raise ConfigError(
+        f"cannot resume {run_dir}: the config differs from the checkpoint's at {key} "
+        f"(checkpoint: {was!r}, now: {new!r}); resume with {run_dir / 'config.yaml'}"
+    )
+
+
+def _resolved_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return resolve_config(ExperimentConfig.from_dict(raw)).to_dict()
+    except ConfigError:
+        return raw  # compared as saved: the first differing key is still named
+
+
+def _finished_config(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The config a finished run was trained with: its ``config.yaml``, else the summary's."""
+    from sparsetrain.config import read_yaml
+
+    try:
+        return read_yaml(run_dir / "config.yaml")
+    except ConfigError:
+        return (summary or {}).get("config") or {}
 
 
 def _lookup(d: dict[str, Any], dotted: str) -> Any:

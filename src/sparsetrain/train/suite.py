@@ -211,15 +211,9 @@ def _at_sparsity(value: Any, sparsity: float, where: str) -> Any:
 
 
 def _takes_sparsity(method: str) -> bool:
-    from sparsetrain.methods import get_method_info, method_options
+    from sparsetrain.train.build import takes_sparsity
 
-    try:
-        info = get_method_info(method)
-        if method == "dense" or info.sparsity_mode != "target":
-            return False
-        return "sparsity" in method_options(info.factory)
-    except (ValueError, TypeError):
-        return True  # unknown names are reported by the config check, with close matches
+    return takes_sparsity(method)
 
 
 def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ...]:
@@ -227,25 +221,17 @@ def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ..
 
     The base config's method options belong to the base's method (e.g. RigL's
     ``update_interval``); a suite that swaps in another method keeps only those the new method
-    accepts. Options set by ``overrides`` and ``method_overrides`` are never dropped.
+    accepts, and lets the new method's defaults replace options left at the base method's
+    defaults (a run's resolved ``config.yaml`` as the base). Options set by ``overrides`` and
+    ``method_overrides`` are never dropped.
     """
-    from sparsetrain.methods import get_method_info, method_options
+    from sparsetrain.train.build import switch_entry
 
     section = cfg_raw.get("method")
-    if not isinstance(section, dict) or section.get("name", "dense") == method:
+    if not isinstance(section, dict):
         return ()
-    try:
-        valid = method_options(get_method_info(method).factory)
-    except (ValueError, TypeError):
-        return ()  # an unknown method is reported by the config check, with close matches
-    dropped = tuple(
-        k
-        for k in section
-        if k != "name" and (k not in valid or (k == "sparsity" and not _takes_sparsity(method)))
-    )
-    for k in dropped:
-        del section[k]
-    return dropped
+    dropped, reset = switch_entry(section, "method", section.get("name", "dense"), method)
+    return (*dropped, *reset)
 
 
 def _options(run_dir: Path, data_dir: str | None) -> dict[str, Any]:
@@ -364,7 +350,10 @@ def _run_suite_locked(
         if r.dropped and r.method not in noted:
             noted.add(r.method)
             keys = ", ".join(f"method.{k}" for k in r.dropped)
-            echo(f"note: {r.method} does not take the base config's {keys}; dropped for it")
+            echo(
+                f"note: {r.method}: dropped the base config's {keys} (options it does not take, "
+                "or left at the base method's defaults)"
+            )
     todo, skipped = [], []
     for r in runs:
         if run_dir_state(r.run_dir) == "finished":
