@@ -244,3 +244,22 @@ def test_resume_of_a_finished_run_refuses_a_changed_config(
     assert (run / "summary.json").read_text() == before
     assert train(config, run, "--resume") == 0  # the same config: already finished
     assert "already finished" in capsys.readouterr().out
+
+
+def test_overwrite_removes_the_previous_runs_exports_but_no_user_file(tmp_path: Path) -> None:
+    config, run = write_config(tmp_path), tmp_path / "run"
+    assert train(config, run) == 0
+    assert main(["export", str(run), "--format", "compressed"]) == 0
+    assert main(["export", str(run), "--format", "dense", "--out", str(run / "mine.pt")]) == 0
+    outside = tmp_path / "elsewhere.pt"
+    assert main(["export", str(run), "--format", "dense", "--out", str(outside)]) == 0
+    (run / "model.dense.pt").write_text("the user's own file with an export's name")
+    (run / "notes.txt").write_text("mine")
+    assert (run / "model.compressed.safetensors").is_file()
+
+    assert train(config, run, "--overwrite") == 0
+    assert not (run / "model.compressed.safetensors").exists()
+    assert not (run / "mine.pt").exists() and not (run / "exports.txt").exists()
+    assert (run / "model.dense.pt").read_text().startswith("the user's own")  # not exported
+    assert (run / "notes.txt").read_text() == "mine" and outside.is_file()
+    assert (run / "summary.json").is_file()

@@ -28,7 +28,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in a non-empty run directory (deletes the previous run's files)",
+        help="start over in a non-empty run directory (deletes the previous run's files and "
+        "exports; other files stay)",
     )
     p.add_argument("--data-dir", help="dataset folder (overrides data.data_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")

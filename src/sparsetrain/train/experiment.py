@@ -58,6 +58,9 @@ RESUME_WAY_OUT = (
     "(a re-run `compare` then starts that run over)"
 )
 
+# Files written into a run directory by `sparsetrain export`, one relative path per line.
+EXPORTS_FILE = "exports.txt"
+
 # Keys that may differ between a run and its resumption without changing any number.
 RESUME_FREE_KEYS = ("data.data_dir", "train.plots", "train.device")
 
@@ -221,12 +224,49 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
 
 
 def clear_run_dir(run_dir: Path) -> None:
-    """Delete the files and folders the harness writes (and nothing else)."""
-    for name in HARNESS_FILES:
+    """Delete the files and folders the harness writes (and nothing else).
+
+    That is the training outputs and the files ``sparsetrain export`` wrote into the run
+    directory, as listed in its ``exports.txt``; any other file stays.
+    """
+    for path in recorded_exports(run_dir):
+        path.unlink(missing_ok=True)
+    for name in (*HARNESS_FILES, EXPORTS_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for name in HARNESS_DIRS:
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
+
+
+def record_export(run_dir: str | Path, path: str | Path) -> None:
+    """Note in ``run_dir/exports.txt`` that ``path`` was written by ``sparsetrain export``.
+
+    Only files inside the run directory are noted (``--overwrite`` deletes them with the run);
+    files written elsewhere are the user's.
+    """
+    run_dir, path = Path(run_dir).resolve(), Path(path).resolve()
+    if not path.is_relative_to(run_dir) or path == run_dir:
+        return
+    name = path.relative_to(run_dir).as_posix()
+    manifest = run_dir / EXPORTS_FILE
+    known = manifest.read_text().splitlines() if manifest.is_file() else []
+    if name not in known:
+        with open(manifest, "a") as f:
+            f.write(name + "\n")
+
+
+def recorded_exports(run_dir: Path) -> list[Path]:
+    """The exported files listed in ``run_dir/exports.txt`` (inside ``run_dir`` only)."""
+    manifest = run_dir / EXPORTS_FILE
+    if not manifest.is_file():
+        return []
+    root = run_dir.resolve()
+    out = []
+    for line in manifest.read_text().splitlines():
+        path = (run_dir / line.strip()).resolve()
+        if line.strip() and path.is_relative_to(root) and path != root and path.is_file():
+            out.append(path)
+    return out
 
 
 def _check_same_run(

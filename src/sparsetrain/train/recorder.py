@@ -72,7 +72,8 @@ class RunOptions:
         resume: Continue from ``checkpoint.pt`` in the run directory (a finished run is left
             as is; an empty directory starts fresh).
         overwrite: Start over in a non-empty run directory, deleting the previous run's files
-            (only the files the harness writes; anything else stays).
+            (only the files the harness writes, and those ``sparsetrain export`` wrote there as
+            listed in ``exports.txt``; anything else stays).
         quiet: No progress bar and no per-epoch lines on stdout (``train.log`` has them).
         tensorboard: Also log scalars to ``<run>/tensorboard`` (skipped if not installed).
         data_dir: Dataset folder; overrides ``data.data_dir``.
