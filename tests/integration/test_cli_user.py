@@ -6,6 +6,7 @@ In-process, on ``synthetic`` data with a 64-16-4 MLP (a run takes well under a s
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 from pathlib import Path
@@ -32,7 +33,7 @@ CONFIG: dict[str, Any] = {
 def write_config(tmp_path: Path, name: str = "config.yaml", **sections: dict[str, Any]) -> Path:
     raw = {k: dict(v) for k, v in CONFIG.items()}
     for k, v in sections.items():
-        if "name" in v and k in ("model", "method"):  # another entry: its own options only
+        if "name" in v and k in ("data", "model", "method"):  # another entry: its own options
             raw[k] = dict(v)
         else:
             raw.setdefault(k, {}).update(v)
@@ -263,3 +264,84 @@ def test_overwrite_removes_the_previous_runs_exports_but_no_user_file(tmp_path: 
     assert (run / "model.dense.pt").read_text().startswith("the user's own")  # not exported
     assert (run / "notes.txt").read_text() == "mine" and outside.is_file()
     assert (run / "summary.json").is_file()
+
+
+# --------------------------------------------------------------------------- data files
+
+
+def fake_fashion_mnist(folder: Path, n_train: int = 20, n_test: int = 6) -> Path:
+    """The four Fashion-MNIST IDX files (unsigned bytes), tiny, seeded."""
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
+    folder.mkdir(parents=True)
+    for name, a in arrays.items():
+        head = bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+        (folder / name).write_bytes(head + a.astype(np.uint8).tobytes())
+    return folder
+
+
+FASHION = {"data": {"name": "fashion_mnist"}, "model": {"name": "mlp", "hidden_sizes": [8]}}
+
+
+def test_data_dir_is_used_or_an_error_and_the_files_read_are_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    config = write_config(tmp_path, **FASHION)
+    for data_dir in ("/nonexistent", str(tmp_path)):  # missing; a folder without the files
+        assert train(config, tmp_path / "run", "--data-dir", data_dir) == 2
+        assert "fashion_mnist" in one_error_line(capsys)
+        assert not (tmp_path / "run").exists()
+    synthetic = write_config(tmp_path, "synthetic.yaml")
+    assert train(synthetic, tmp_path / "run", "--data-dir", str(tmp_path)) == 2
+    assert "reads no files: remove data_dir" in one_error_line(capsys)
+
+    data = fake_fashion_mnist(tmp_path / "fmnist")
+    run = tmp_path / "run"
+    assert train(config, run, "--data-dir", str(data)) == 0
+    files = json.loads((run / "summary.json").read_text())["data_files"]
+    assert sorted(Path(f["path"]).name for f in files) == sorted(p.name for p in data.iterdir())
+    for f in files:
+        raw = Path(f["path"]).read_bytes()
+        assert f["bytes"] == len(raw) and f["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert "data: read 4 files from " + str(data.resolve()) in (run / "train.log").read_text()
+
+
+def test_resume_refuses_other_data_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, run = write_config(tmp_path, **FASHION), tmp_path / "run"
+    data = fake_fashion_mnist(tmp_path / "fmnist")
+    with monkeypatch.context() as m:
+        stop_at(m, 1, "sigint")
+        assert train(config, run, "--data-dir", str(data)) == 130
+    labels = data / "t10k-labels-idx1-ubyte"
+    raw = bytearray(labels.read_bytes())
+    raw[-1] = (raw[-1] + 1) % 10  # one test label changed: same size, same shapes
+    labels.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert train(config, run, "--resume", "--data-dir", str(data)) == 2
+    err = one_error_line(capsys)
+    assert f"the data file {labels.resolve()} (sha256 " in err and "differs" in err
+
+
+def test_a_given_data_dir_is_the_only_place_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sparsetrain.data import _mnist, load_dataset
+
+    monkeypatch.setattr(_mnist, "FASHION_SYSTEM_DIR", fake_fashion_mnist(tmp_path / "system"))
+    assert len(load_dataset("fashion_mnist", val_fraction=0).train) == 20  # no data_dir: found
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="fashion_mnist not found"):
+        load_dataset("fashion_mnist", data_dir=tmp_path / "empty")  # no fallback to the system

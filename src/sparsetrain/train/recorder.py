@@ -8,6 +8,7 @@ the end of training: ``method.finish()``, ``sparsity.csv``/``.json``, FLOPs, plo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 import sys
 import time
@@ -133,12 +134,38 @@ def checkpoint_dict(run: Run) -> dict[str, Any]:
         "best": st.best,
         "elapsed": st.elapsed,
         "config": run.cfg.to_dict(),
+        "data_files": data_files(run),
         "versions": versions(),
     }
 
 
+def data_files(run: Run) -> list[dict[str, Any]]:
+    """The dataset files the run read: path, size in bytes and SHA-256, as plain dicts."""
+    return [dataclasses.asdict(f) for f in getattr(run.splits, "files", ())]
+
+
+def check_same_data(run: Run, ckpt: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose run read other data files (compared by content, not path)."""
+    saved = ckpt.get("data_files")
+    if saved is None:  # a checkpoint from before files were recorded
+        return
+    now = data_files(run)
+    for was, new in zip(saved, now, strict=False):
+        if was["sha256"] != new["sha256"]:
+            raise CheckpointError(
+                f"the data file {new['path']} (sha256 {new['sha256'][:12]}...) differs from the "
+                f"one the checkpoint's run read ({was['path']}, sha256 {was['sha256'][:12]}...); "
+                "resume on the data the run was trained on (--data-dir)"
+            )
+    if len(saved) != len(now):
+        raise CheckpointError(
+            f"the checkpoint's run read {len(saved)} data files, this one {len(now)}"
+        )
+
+
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
     """Load a checkpoint into freshly built objects (model, optimizer, method, RNGs, state)."""
+    check_same_data(run, ckpt)
     if ckpt.get("steps_per_epoch") != run.steps_per_epoch:
         raise CheckpointError(
             f"checkpoint has {ckpt.get('steps_per_epoch')} steps per epoch, the data now gives "
@@ -374,6 +401,13 @@ class Experiment:
             f"{plural(run.steps_per_epoch, 'step')}, target sparsity {run.method.sparsity}, "
             f"device {run.device}"
         )
+        files = data_files(run)
+        if files:
+            where = sorted({str(Path(f["path"]).parent) for f in files})
+            self.log(
+                f"data: read {plural(len(files), 'file')} from {', '.join(where)} "
+                "(paths, sizes and SHA-256 in summary.json)"
+            )
         if run.method.execution != "dense":
             self.log(run.method.execution_report())
 
@@ -467,5 +501,6 @@ def make_summary(
         "wall_time_s": st.elapsed,
         "versions": versions(),
         "config": cfg.to_dict(),
+        "data_files": data_files(run),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
