@@ -345,3 +345,36 @@ def test_a_given_data_dir_is_the_only_place_searched(
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="fashion_mnist not found"):
         load_dataset("fashion_mnist", data_dir=tmp_path / "empty")  # no fallback to the system
+
+
+# --------------------------------------------------------------------------- list
+
+
+def test_list_methods_name_shows_options_defaults_and_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sparsetrain.cli.listing import method_details
+    from sparsetrain.methods import get_method_info, list_methods, method_options
+    from sparsetrain.train.build import takes_sparsity
+
+    assert main(["list", "methods", "rigl"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rigl: RigL")
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in out.splitlines()[3:]}
+    assert rows["update_interval"][0] == "100" and rows["stop_fraction"][0] == "0.75"
+    assert rows["drop_fraction"][1] == "ζ at ``begin_step``."  # from the docstring's Args
+    assert "[CLI: train.epochs x steps per epoch]" in rows["total_steps"][1]
+    for name in list_methods():  # every option of every method has a default and a help line
+        text = method_details(name)
+        for option in method_options(get_method_info(name).factory):
+            line = next((x for x in text.splitlines() if x.split()[:1] == [option]), None)
+            if option == "sparsity" and not takes_sparsity(name):  # dense, emergent methods
+                assert line is None
+                assert "sparsity: none" in text or "sparsity= is refused" in text
+                continue
+            assert line is not None and len(line.split()) >= 3, (name, option)
+
+    assert main(["list", "methods", "rigel"]) == 2
+    assert "Did you mean 'rigl'" in one_error_line(capsys, "list")
+    assert main(["list", "models", "mlp"]) == 2
+    assert "for methods only" in one_error_line(capsys, "list")

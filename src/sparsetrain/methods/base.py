@@ -130,7 +130,7 @@ class SparsityMethod(SparseExecution):
         state_skip_keys: Optimizer state keys never masked.
         execution: ``"dense"`` (masked-dense, the default), ``"sparse"`` (every eligible Linear
             target on CSR kernels) or ``"auto"`` (sparse only where measured faster at
-            ``execution_batch_size``); see the module docstring.
+            ``execution_batch_size``). Details in the module docstring.
         execution_batch_size: Batch size to measure at for ``execution="auto"``.
     """
 
