@@ -21,3 +21,35 @@ def test_make_test_gives_pytest_one_q_so_it_prints_the_passed_line() -> None:
     quiet = sum(w.count("q") for w in words if re.fullmatch(r"-[a-zA-Z]+", w) and "q" in w)
     quiet += words.count("--quiet")
     assert quiet <= 1, words
+
+
+# Users have the papers and our docs, not the project's internal specification or issue tracker.
+INTERNAL = re.compile(r"\bspec\b|§|\bissues? ?-?\d|methods\.md|\[(PROJECT CHOICE|OFFICIAL CODE)\]")
+USER_FACING = (
+    "src/sparsetrain/**/*.py",
+    "configs/*.yaml",
+    "benchmarks/suites/*.yaml",
+    "benchmarks/README.md",
+    "docs/*.md",
+    "README.md",
+)
+
+
+def test_user_facing_text_cites_papers_and_our_docs_not_internal_documents() -> None:
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for pattern in USER_FACING
+        for path in sorted(ROOT.glob(pattern))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if INTERNAL.search(line)
+    ]
+    assert not hits, "\n".join(hits)
+
+
+def test_list_criteria_cites_no_internal_document(capsys) -> None:
+    from sparsetrain.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "SET as coded in the Fantastic Weights repo" in out
+    assert not INTERNAL.search(out)

@@ -1,7 +1,7 @@
 """SCL: learned binary masks M = step(m̂) with an STE, normalised mask gradients and a λ penalty.
 
-Spec §4.2. Mask variables m̂ (init +c: dense start) are trained by their own SGD (the spec's
-[PROJECT CHOICE]: constant lr ``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever
+Tang et al. 2022. Mask variables m̂ (init +c: dense start) are trained by their own SGD (our
+choice: constant lr ``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever
 optimizer trains the weights and whatever its LR schedule; ``mask_optimizer="user"`` puts them in a
 group of the user's optimizer instead (lr ``mask_lr``, weight decay 0, ``mask_momentum`` if it is
 SGD; an LR scheduler built after ``attach`` also schedules the group). With Adam-type optimizers
@@ -12,7 +12,7 @@ per-feature normalisation (feature = row of a Linear, filter of a Conv) and a_l 
 Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see
 :mod:`~sparsetrain.methods._inplace`).
 
-[PROJECT CHOICE] conventions:
+Our conventions (the paper leaves them open):
 
 - λ is **not** divided by N: the penalty gradient of each mask variable is λ·a_l, on the scale
   of the normalised task gradient (O(1) per entry), so one λ suits any architecture.
@@ -89,7 +89,7 @@ class SCL(InPlaceMethod):
 
     References:
         Tang et al., "Automatic Sparse Connectivity Learning for Neural Networks", IEEE TNNLS
-        2022, arXiv 2201.05020 (no official code; options per spec §4.2).
+        2022, arXiv 2201.05020 (no official code; the conventions above are ours).
 
     Args:
         lam: λ ≥ 0, the penalty weight (the sparsity knob; the initial λ in adaptive mode).
