@@ -378,3 +378,19 @@ def test_list_methods_name_shows_options_defaults_and_help(
     assert "Did you mean 'rigl'" in one_error_line(capsys, "list")
     assert main(["list", "models", "mlp"]) == 2
     assert "for methods only" in one_error_line(capsys, "list")
+
+
+def test_sigterm_between_two_runs_of_compare_starts_no_more(tmp_path: Path) -> None:
+    from sparsetrain.train.suite import load_suite, run_suite
+
+    runs = load_suite(write_suite(tmp_path), tmp_path / "g")
+    sent: list[str] = []
+
+    def echo(line: str) -> None:
+        if line.startswith("[start]  rigl-s0.8-seed1") and not sent:
+            sent.append(line)
+            os.kill(os.getpid(), signal.SIGTERM)  # after the first run, before the second
+
+    outcomes = run_suite(runs, echo=echo)
+    assert [(o.status, o.signum) for o in outcomes] == [("finished", None), ("interrupted", 15)]
+    assert not (tmp_path / "g" / "rigl-s0.8-seed1").exists()

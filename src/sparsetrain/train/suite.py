@@ -370,16 +370,22 @@ def _run_suite_locked(
         echo(f"[{status}] {r.name}: {message}")
 
     if jobs <= 1:
-        with _term_as_interrupt():  # SIGTERM between two runs stops like one during a run
-            for r in todo:
-                state = run_dir_state(r.run_dir)
-                echo(f"[{'resume' if state == 'resumable' else 'start'}]  {r.name}")
-                status, message, signum = _run_one(
-                    r.cfg.to_dict(), str(r.run_dir), _options(r.run_dir, data_dir), 0
-                )
-                done(r, status, message, signum)
-                if status == "interrupted":
-                    break
+        try:
+            with _term_as_interrupt():  # SIGTERM between two runs stops like one during a run
+                for r in todo:
+                    state = run_dir_state(r.run_dir)
+                    echo(f"[{'resume' if state == 'resumable' else 'start'}]  {r.name}")
+                    status, message, signum = _run_one(
+                        r.cfg.to_dict(), str(r.run_dir), _options(r.run_dir, data_dir), 0
+                    )
+                    done(r, status, message, signum)
+                    if status == "interrupted":
+                        break
+        except KeyboardInterrupt as exc:  # between two runs: the next one never starts
+            signum = int(signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+            nxt = next((r for r in todo if r.name not in outcomes), None)
+            if nxt is not None:
+                done(nxt, "interrupted", "not started (compare stopped)", signum)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")
