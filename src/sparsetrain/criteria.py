@@ -1,7 +1,7 @@
 """Pruning and growth criteria as pure functions on tensors.
 
 Pruning *scores* follow one convention: the entries with the **lowest** score are removed (the
-Fantastic Weights ``pruners.py`` convention; spec §5.3). Growth scores: the **highest** inactive
+Fantastic Weights code's ``pruners.py`` convention). Growth scores: the **highest** inactive
 entries are grown. Two pruning rules are not scores but selections (SET and the as-released SET),
 so every pruning criterion is exposed through one signature::
 
@@ -43,7 +43,7 @@ def snip(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 def sensitivity(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """|g| / (|θ| + 1e-8): the FW appendix criterion (performs badly; spec §5.1)."""
+    """|g| / (|θ| + 1e-8): the Fantastic Weights appendix criterion (performs badly there)."""
     return grad.abs() / (weight.abs() + 1e-8)
 
 
@@ -94,7 +94,7 @@ def set_drop(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def set_as_released_drop(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-    """SET as coded in the official Fantastic Weights repository (spec §5.6 item 1).
+    """SET as coded in the official Fantastic Weights repository (``--death SET``).
 
     ``magnitude_and_negativity_prune`` removes the ⌈k/2⌉ smallest positive weights and keeps, of
     the negative weights, only those strictly below the ⌈k/2⌉-th most negative one: every other
@@ -126,7 +126,7 @@ class PruneCriterion:
         score_fn: Maps ``(weight, grad, generator, gamma)`` to scores (lowest removed); ``None``
             for selection rules (SET).
         needs_grad: Whether the dense gradient is required.
-        order: Fantastic Weights' update order for this criterion (spec §5.2): ``"before"`` runs
+        order: Fantastic Weights' update order for this criterion (Nowak et al.): ``"before"`` runs
             the optimizer step first; ``"after"`` updates the topology on pre-step weights.
         description: One line for ``sparsetrain list``.
     """
@@ -216,7 +216,7 @@ PRUNE_CRITERIA: dict[str, PruneCriterion] = {
             None,
             False,
             "before",
-            "SET as coded in the Fantastic Weights repo (over-prunes negatives; spec 5.6)",
+            "SET as coded in the Fantastic Weights repo (over-prunes negative weights)",
             set_as_released_drop,
         ),
         PruneCriterion("mest", _s(mest, "wgγ"), True, "after", "lowest |w| + gamma*|g|"),
@@ -277,7 +277,7 @@ def grow_random(
         n: Number of entries to grow.
         generator: Random generator.
         bernoulli: The official FW draw: each candidate turns on with probability
-            ``n / #candidates``, so the count is exact only in expectation (spec §5.6 item 2).
+            ``n / #candidates``, so the count is exact only in expectation (as released).
 
     Returns:
         ``bool`` tensor of grown entries.

@@ -7,9 +7,9 @@ construction.
 
 - ``uniform``: every tensor has the global density.
 - ``er``: Erdős–Rényi, density ∝ (n_in + n_out) / (n_in · n_out) (kernel dims ignored).
-- ``erk``: Erdős–Rényi-Kernel, density ∝ Σ dims / Π dims (Evci et al. 2020, "Rigging the
-  Lottery"), with the official iterative rule: while the scaled density of the largest-ratio
-  layer exceeds 1, make it dense and solve again for the rest.
+- ``erk``: Erdős–Rényi-Kernel, density ∝ Σ dims / Π dims (Evci et al., ICML 2020), with the
+  Fantastic Weights code's iterative rule (``ERK_initializer``): while the scaled density of the
+  largest-ratio layer exceeds 1, make it dense and solve again for the rest.
 - ``global``: no per-tensor quota; uniform densities are returned as a starting point and the
   methods select with one global ranking.
 

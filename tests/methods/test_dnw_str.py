@@ -218,7 +218,9 @@ def test_str_sparsity_is_emergent() -> None:
     assert get_method_info("str").sparsity_mode == "emergent"
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
-    method = create_method("str", sparsity=0.9, total_steps=40, s_init=-3.0).attach(model, opt)
+    with pytest.raises(ValueError, match=r"str does not take sparsity=0.9: .*emergent"):
+        create_method("str", sparsity=0.9, total_steps=40)  # a target it would silently miss
+    method = create_method("str", total_steps=40, s_init=-3.0).attach(model, opt)
     _train(model, opt, 10)
     early = method.report().sparsity
     _train(model, opt, 30)

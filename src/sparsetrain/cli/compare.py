@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
+from sparsetrain._names import plural
 from sparsetrain.cli._common import USER_ERRORS, fail
 
 
@@ -25,6 +27,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the whole grid, then run it; exit 1 if any run failed or missed its target."""
+    from sparsetrain.config import ConfigError
     from sparsetrain.train.suite import load_suite, run_suite
 
     if args.jobs < 1:
@@ -34,10 +37,16 @@ def run(args: argparse.Namespace) -> int:
     except USER_ERRORS as exc:
         return fail(exc, "compare")
     root = runs[0].run_dir.parent
-    print(f"suite {args.suite}: {len(runs)} runs in {root} ({args.jobs} job(s))", flush=True)
-    outcomes = run_suite(
-        runs, jobs=args.jobs, data_dir=args.data_dir, echo=lambda s: print(s, flush=True)
+    print(
+        f"suite {args.suite}: {plural(len(runs), 'run')} in {root} ({plural(args.jobs, 'job')})",
+        flush=True,
     )
+    try:
+        outcomes = run_suite(
+            runs, jobs=args.jobs, data_dir=args.data_dir, echo=lambda s: print(s, flush=True)
+        )
+    except ConfigError as exc:  # another compare holds the folder's lock
+        return fail(exc, "compare")
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
@@ -45,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         + f"; report: sparsetrain report {root}"
     )
-    if counts.get("interrupted"):
-        return 130
+    if counts.get("interrupted"):  # 128 + the signal that stopped it (SIGINT 130, SIGTERM 143)
+        signums = [o.signum for o in outcomes if o.signum is not None]
+        return 128 + (signums[0] if signums else int(signal.SIGINT))
     return 0 if set(counts) <= {"finished", "skipped"} else 1

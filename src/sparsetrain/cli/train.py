@@ -28,7 +28,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in a non-empty run directory (deletes the previous run's files)",
+        help="start over in a non-empty run directory (deletes the previous run's files and "
+        "exports; other files stay)",
     )
     p.add_argument("--data-dir", help="dataset folder (overrides data.data_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -53,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     )
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
-        cfg = load_config(args.config, args.overrides)
+        notes: list[str] = []
+        cfg = load_config(args.config, args.overrides, notes)
+        for note in notes:
+            print(f"note: {note}", flush=True)
         if args.dry_run:
             print(plan_experiment(cfg, args.data_dir))
             return 0

@@ -217,6 +217,7 @@ def resolve_schedule(
     end: int | None,
     fix: int | None,
     finetune: int | None,
+    name: str = "st3",
 ) -> tuple[int, int, int | None]:
     """ST-3's (ramp_begin_step, ramp_end_step, fix_step), defaults scaled from the CIFAR config."""
     if fix is not None and finetune is not None:
@@ -229,7 +230,10 @@ def resolve_schedule(
         if fix is None:
             fix = total - (round(_FT * total) if finetune is None else finetune)
     if end is None:
-        raise ValueError("st3 needs ramp_end_step or total_steps")
+        raise ValueError(
+            f"{name} needs ramp_end_step or total_steps (optimizer steps of the run, e.g. "
+            "len(loader) * epochs)"
+        )
     begin = begin or 0
     if not 0 <= begin <= end:
         raise ValueError(f"need 0 <= ramp_begin_step <= ramp_end_step, got {begin} and {end}")

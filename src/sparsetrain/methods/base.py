@@ -153,7 +153,9 @@ class SparsityMethod(SparseExecution):
     created unattached (pure configuration), then bound to one model by :meth:`attach`.
 
     Args:
-        sparsity: Target global sparsity over the masked tensors, in [0, 1).
+        sparsity: Target global sparsity over the masked tensors, in [0, 1). Emergent
+            methods (``sparsity_mode = "emergent"``: STR, SCL with a fixed λ) refuse it with a
+            ``ValueError`` saying what sets their sparsity.
         include: Globs of parameter names, or ``"type:<Class>"`` patterns, to sparsify
             (default: the weight matrices of Linear, Conv, ConvTranspose, MultiheadAttention
             and RNN/LSTM/GRU layers; see :mod:`sparsetrain.masking.targets`).
@@ -170,7 +172,7 @@ class SparsityMethod(SparseExecution):
         state_skip_keys: Optimizer state keys never masked.
         execution: ``"dense"`` (masked-dense, the default), ``"sparse"`` (every eligible Linear
             target on CSR kernels) or ``"auto"`` (sparse only where measured faster at
-            ``execution_batch_size``); see the module docstring.
+            ``execution_batch_size``). Details in the module docstring.
         execution_batch_size: Batch size to measure at for ``execution="auto"``.
         weight_init: Re-initialise the target weights at attach: ``"default"`` keeps the
             model's own init; ``"kaiming_normal"`` draws N(0, 2/fan_in) (fan_in mode, ReLU
@@ -185,6 +187,12 @@ class SparsityMethod(SparseExecution):
     name: ClassVar[str] = "base"
     hard_mask: ClassVar[bool] = True
     sparsity_mode: ClassVar[str] = "target"
+    emergent_sparsity_note: ClassVar[str] = ""
+    """Emergent methods: what sets the sparsity instead, and the option that targets one if
+    any; part of the error raised when ``sparsity=`` is given."""
+    targets_sparsity: bool = False
+    """An emergent method sets this before ``super().__init__`` when one of its options makes
+    it reach a set sparsity (SCL's adaptive λ); ``sparsity`` is then that target."""
     supports_sparse_execution: ClassVar[bool] = False
     """Whether the method can run on sparse kernels (dense gradients on update steps at most)."""
     sparse_execution_note: ClassVar[str] = (
@@ -207,6 +215,11 @@ class SparsityMethod(SparseExecution):
         weight_init: str = "default",
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
+        if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
+            raise ValueError(
+                f"{self.name} does not take sparsity={sparsity!r}: its sparsity is emergent"
+                + (f" ({self.emergent_sparsity_note})" if self.emergent_sparsity_note else "")
+            )
         if not isinstance(weight_init, str) or weight_init not in WEIGHT_INITS:
             raise ValueError(
                 f"unknown weight_init {weight_init!r}; valid: {', '.join(WEIGHT_INITS)}"

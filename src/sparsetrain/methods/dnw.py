@@ -27,8 +27,7 @@ class DNW(InPlaceMethod):
     tensor (as the DNW layers of the STR code base, ``prune_rate`` per layer); ``scope="global"``
     ranks all tensors together. By default the network is at the target from step 0;
     ``ramp_end_step > ramp_begin_step`` adds a cubic ramp (dense until ``ramp_begin_step``).
-    Equals ST-3 with a hard threshold, no rescale and an exact top-k in place of the quantile
-    (spec §6).
+    Equals ST-3 with a hard threshold, no rescale and an exact top-k in place of the quantile.
 
     References:
         Wortsman, Farhadi & Rastegari, "Discovering Neural Wirings", NeurIPS 2019,

@@ -1,7 +1,8 @@
 """Dynamic sparse training: constant density, periodic prune-and-regrow.
 
 One :class:`DynamicSparse` covers every pruning criterion × growth criterion of the Fantastic
-Weights study (spec §5); ``set``, ``rigl``, ``mest`` and ``dst`` are presets of it.
+Weights study (Nowak et al., NeurIPS 2023); ``set``, ``rigl``, ``mest`` and ``dst`` are presets
+of it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class DynamicSparse(SparsityMethod):
     end", like SET's or Fantastic Weights', stops one ΔT early), and no update ever happens at the
     final step, where regrown zeros would be the final model's weights.
 
-    ``order="auto"`` follows Fantastic Weights (spec §5.2): magnitude, SET and random update
+    ``order="auto"`` follows the Fantastic Weights code: magnitude, SET and random update
     after the optimizer step ("before" in the code's naming: the optimizer step comes before the
     update); gradient-based criteria update before it, on pre-step weights and gradients.
 

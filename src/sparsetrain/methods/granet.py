@@ -1,4 +1,4 @@
-"""GraNet: gradual magnitude pruning with zero-cost neuroregeneration (spec §6).
+"""GraNet: gradual magnitude pruning with zero-cost neuroregeneration (Liu et al., NeurIPS 2021).
 
 GMP (cubic schedule, **global** magnitude criterion by default) plus, on every update step,
 a drop-and-regrow round: drop ⌈ζ_t·n⌉ more active weights by lowest |w| and regrow as many

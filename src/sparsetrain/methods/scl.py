@@ -1,6 +1,7 @@
 """SCL: learned binary masks M = step(m̂) with an STE, normalised mask gradients and a λ penalty.
 
-Mask variables m̂ (init +c: dense start) are trained by their own SGD (our choice: base lr
+Tang et al. 2022. Mask variables m̂ (init +c: dense start) are trained by their own SGD
+(our choice: base lr
 ``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever optimizer trains the weights;
 the mask LR is ``mask_lr`` times the weights' current LR over their base LR, so it follows the
 weights' schedule (and the masks settle as it anneals). ``mask_optimizer="user"`` trains them with
@@ -14,7 +15,7 @@ per-feature normalisation (feature = row of a Linear, filter of a Conv) and a_l 
 Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see
 :mod:`~sparsetrain.methods._inplace`).
 
-[PROJECT CHOICE] conventions:
+Our conventions (the paper leaves them open):
 
 - λ is **not** divided by N: the penalty gradient of each mask variable is λ·a_l, on the scale
   of the normalised task gradient (O(1) per entry), so one λ suits any architecture.
@@ -127,12 +128,13 @@ class SCL(InPlaceMethod):
 
     References:
         Tang et al., "Automatic Sparse Connectivity Learning for Neural Networks", IEEE TNNLS
-        2022, arXiv 2201.05020 (no official code; options per spec §4.2).
+        2022, arXiv 2201.05020 (no official code; the conventions above are ours).
 
     Args:
         lam: λ ≥ 0, the penalty weight (the sparsity knob; the initial λ in adaptive mode).
         lambda_mode: ``fixed`` (emergent sparsity) or ``adaptive`` (λ tracks target_sparsity).
-        target_sparsity: Sparsity the adaptive mode steers to (alias: ``sparsity``).
+        target_sparsity: Sparsity the adaptive mode steers to (alias: ``sparsity``); with
+            ``lambda_mode="fixed"`` the sparsity is emergent and a target is refused.
         lambda_gain: Adaptive mode: change of log λ per step per unit of log-density error.
         lambda_damping: Adaptive mode: weight (in steps) of the log-density change per step.
         ste: ``identity`` (default), ``leaky_relu``, ``softplus`` or ``relu``.
@@ -151,6 +153,10 @@ class SCL(InPlaceMethod):
 
     name = "scl"
     sparsity_mode = "emergent"
+    emergent_sparsity_note = (
+        "with lambda_mode='fixed' the penalty lam sets it; to reach a target sparsity pass "
+        "lambda_mode='adaptive' together with sparsity= (or target_sparsity=)"
+    )
 
     def __init__(
         self,
@@ -172,7 +178,9 @@ class SCL(InPlaceMethod):
         freeze_step: int | None = None,
         **kwargs: Any,
     ) -> None:
-        target = kwargs.pop("sparsity", None) if target_sparsity is None else target_sparsity
+        target = target_sparsity
+        if target is None and lambda_mode == "adaptive":  # `sparsity` is the target's alias
+            target = kwargs.pop("sparsity", None)
         step_ok = freeze_step is None or (type(freeze_step) is int and freeze_step >= 0)
         for opt, val, ok, rule in (
             ("lambda_mode", lambda_mode, lambda_mode in LAMBDA_MODES, _one_of(LAMBDA_MODES)),
@@ -196,12 +204,21 @@ class SCL(InPlaceMethod):
         ):
             if not ok:
                 raise ValueError(f"{opt} must be {rule}, got {val!r}")
-        if (lambda_mode == "fixed") == (target is not None):
+        if lambda_mode == "adaptive" and target is None:
             raise ValueError(
-                f"scl target_sparsity={target!r} with lambda_mode={lambda_mode!r}: a target is "
-                "needed by lambda_mode='adaptive' and refused by 'fixed' (emergent sparsity)"
+                f"{self.name} with lambda_mode='adaptive' needs the sparsity to reach: pass "
+                "sparsity= (or target_sparsity=)"
             )
-        super().__init__(sparsity=check_sparsity(target or 0.0, "target_sparsity"), **kwargs)
+        if lambda_mode == "fixed" and target is not None:
+            raise ValueError(
+                f"{self.name} target_sparsity={target!r} needs lambda_mode='adaptive'; with "
+                "lambda_mode='fixed' the sparsity is emergent (set by the penalty lam)"
+            )
+        self.targets_sparsity = lambda_mode == "adaptive"
+        if target is not None:
+            kwargs["sparsity"] = check_sparsity(target, "target_sparsity")
+        kwargs.setdefault("sparsity", 0.0)  # fixed λ: no target; sparsity= is refused by the base
+        super().__init__(**kwargs)
         self.lam, self.lambda_mode, self.lambda_gain = float(lam), lambda_mode, lambda_gain
         self.lambda_damping, self._last_sparsity = lambda_damping, 0.0
         self.ste, self.ste_slope, self.normalization = ste, ste_slope, normalization

@@ -27,9 +27,9 @@ class STR(InPlaceMethod):
     pre-hook; between steps ``weight`` holds w_eff and ``weight_raw`` holds w, see
     :mod:`~sparsetrain.methods._inplace`). Sparsity is **emergent**: nothing sets it directly;
     it grows as weight decay on s_l (and on w) raises the threshold, so it is steered only
-    indirectly by ``s_init``, the weight decays and the run length. ``sparsity`` is accepted for
-    a uniform API and ignored; the report never fails. The reported mask is w_eff ≠ 0, refreshed
-    after every optimizer step.
+    indirectly by ``s_init``, the weight decays and the run length. ``sparsity=`` is refused
+    with a ``ValueError`` (no option targets a sparsity); the report never fails. The reported
+    mask is w_eff ≠ 0, refreshed after every optimizer step.
 
     ``s_init`` sets the initial threshold sigmoid(s_init). The STR code's ImageNet ResNet-50
     configs use -3200 (threshold exactly 0 until weight decay has pulled s up over ~500k
@@ -52,6 +52,10 @@ class STR(InPlaceMethod):
 
     name = "str"
     sparsity_mode = "emergent"
+    emergent_sparsity_note = (
+        "the weight decay raises the per-layer thresholds: steer it with threshold_weight_decay, "
+        "s_init and the run length; no option targets a sparsity"
+    )
 
     def __init__(
         self,

@@ -341,25 +341,25 @@ def _row(
 
 
 def resolve_baseline(
-    rows: Sequence[Mapping[str, Any]], spec: str | None
+    rows: Sequence[Mapping[str, Any]], wanted: str | None
 ) -> list[Mapping[str, Any]]:
-    """The baseline row(s) named by ``spec``: a row label, or a series (one row per sparsity).
+    """The baseline row(s) named by ``wanted``: a row label, or a series (one row per sparsity).
 
     ``None`` picks the ``dense`` series when there is one (else no baseline: ``[]``).
 
     Raises:
-        ValueError: ``spec`` names no row.
+        ValueError: ``wanted`` names no row.
     """
-    if spec is None:
+    if wanted is None:
         return [r for r in rows if r["series"] == "dense"]
-    exact = [r for r in rows if r["label"] == spec]
+    exact = [r for r in rows if r["label"] == wanted]
     if exact:
         return exact
-    series = [r for r in rows if r["series"] == spec]
+    series = [r for r in rows if r["series"] == wanted]
     if series:
         return series
     labels = list(dict.fromkeys([*(r["series"] for r in rows), *(r["label"] for r in rows)]))
-    raise ValueError(f"unknown baseline {spec!r}; valid: {', '.join(labels)}")
+    raise ValueError(f"unknown baseline {wanted!r}; valid: {', '.join(labels)}")
 
 
 def paired_differences(
