@@ -356,7 +356,7 @@ def test_compare_skips_finished_and_resumes_unfinished(
     assert main(["compare", str(suite), "--out", str(out)]) == 0  # all finished: all skipped
     printed = capsys.readouterr().out
     assert (
-        "[skip]   4 already finished: rigl-s0.8-seed0, rigl-s0.8-seed1, set-s0.8-seed0, ... (+1)"
+        "[skip]   4 already finished: rigl-s0.8-seed0, set-s0.8-seed0, rigl-s0.8-seed1, ... (+1)"
         in printed
     )
 

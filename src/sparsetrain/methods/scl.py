@@ -1,15 +1,14 @@
 """SCL: learned binary masks M = step(m̂) with an STE, normalised mask gradients and a λ penalty.
 
-Tang et al. 2022. Mask variables m̂ (init +c: dense start) are trained by their own SGD
-(our choice: base lr
-``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever optimizer trains the weights;
-the mask LR is ``mask_lr`` times the weights' current LR over their base LR, so it follows the
-weights' schedule (and the masks settle as it anneals). ``mask_optimizer="user"`` trains them with
-an optimizer of the user's class and hyper-parameters instead (weight decay 0, ``mask_momentum`` if
-it is SGD). Neither joins the user's optimizer (see :class:`~sparsetrain.optim.Companion`).
-With Adam-type optimizers
-that makes every m̂ move by about lr per step whatever its gradient, so the masks switch off
-together (MNIST-1D CNN with AdamW: adaptive λ aimed at 90% overshot to 97%, at 95% to 99.9%).
+Tang et al. 2022. Mask variables m̂ (init +c: dense start) are trained by their own SGD (our
+choice: base lr ``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever optimizer
+trains the weights; the mask LR is ``mask_lr`` times the weights' current LR over their base LR,
+so it follows the weights' schedule (and the masks settle as it anneals). ``mask_optimizer="user"``
+trains them with an optimizer of the user's class and hyper-parameters instead (weight decay 0,
+``mask_momentum`` if it is SGD). Neither joins the user's optimizer (see
+:class:`~sparsetrain.optim.Companion`). With Adam-type optimizers ``user`` makes every m̂ move by
+about lr per step whatever its gradient, so the masks switch off together (MNIST-1D CNN with
+AdamW: adaptive λ aimed at 90% overshot to 97%, at 95% to 99.9%).
 Forward Ŵ ⊙ M; backward Ŵ.grad = g ⊙ M, m̂.grad = (N_o(g ⊙ Ŵ) + λ·a_l)·ste'(m̂) with N_o the
 per-feature normalisation (feature = row of a Linear, filter of a Conv) and a_l = dR/dM of layer l.
 Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see

@@ -13,7 +13,9 @@ A suite file::
       snip-gradient: {method.name: dst, method.prune: snip, method.grow: gradient}
     out: runs/mnist1d_grid           # optional; --out wins
 
-Each run lives in ``<out>/<method>-s<sparsity>-seed<seed>``; a variant's runs use its name and
+Runs go seed by seed (every method and sparsity of the first seed, then the next seed), so a
+suite stopped part-way has complete cells for its first seeds. Each run lives in
+``<out>/<method>-s<sparsity>-seed<seed>``; a variant's runs use its name and
 report under it (``train.label``); a variant value ``"{sparsity}"`` is replaced by the grid's
 sparsity, and a mapping ``{0.9: a, 0.95: b}`` by the entry for the grid's sparsity (per-target
 knobs such as STR's threshold weight decay). ``dense`` runs once per seed (sparsity 0), and so does
@@ -183,7 +185,8 @@ def load_suite(path: str | Path, out: str | Path | None = None) -> list[SuiteRun
                 runs.append(
                     SuiteRun(name, label, float(sparsity), int(seed), cfg, root / name, dropped)
                 )
-    return runs
+    # seed-major order: a suite stopped part-way has every cell of its first seeds
+    return sorted(runs, key=lambda r: seeds.index(r.seed))
 
 
 def _tied_to_sparsity(value: Any) -> bool:
