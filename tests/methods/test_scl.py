@@ -228,3 +228,12 @@ def test_adaptive_lambda_controls_log_density_by_hand() -> None:
     assert adapt_lambda(1.0, 0.96, 0.96, 0.98, gain=0.05, damping=0, lr_ratio=0.0) == 1.0
     half = adapt_lambda(1.0, 0.96, 0.96, 0.98, gain=0.05, damping=0, lr_ratio=0.5)
     assert half == pytest.approx(math.exp(0.025 * math.log(2)))
+
+
+def test_flops_regularizer_refuses_attention_weights() -> None:
+    model = nn.Sequential(nn.Linear(4, 8))
+    model.attn = nn.MultiheadAttention(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"'attn.in_proj_weight' \(MultiheadAttention\).*count"):
+        SCL(lam=0.1, regularizer="flops").attach(model, opt)
+    assert len(opt.param_groups) == 1 and not hasattr(model[0], "weight_raw")

@@ -246,6 +246,15 @@ class SCL(InPlaceMethod):
     def _validate(self, targets: Any, optimizer: torch.optim.Optimizer | None) -> None:
         if optimizer is None:
             raise ValueError("scl trains its masks: attach(model, optimizer) needs an optimizer")
+        if self.regularizer == "flops":
+            conv_or_linear = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+            for t in targets:
+                if not (t.param_name == "weight" and isinstance(t.module, conv_or_linear)):
+                    raise ValueError(
+                        f"scl regularizer='flops' weighs Linear/Conv weights by their output size; "
+                        f"{t.name!r} ({type(t.module).__name__}) is neither: use "
+                        f"regularizer='count' or exclude={[t.name]!r}"
+                    )
 
     def _on_attach(self) -> None:
         opt = self.optimizer

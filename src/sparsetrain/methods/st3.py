@@ -127,7 +127,7 @@ class ST3(InPlaceMethod):
         super()._on_attach()  # raw-weight buffers, refresh(0), publish(): may raise, so first
         model, opt = self._require_attached(), self.optimizer
         if opt is not None and self.weight_decay_scope == "weights":
-            self._free, undo = decay_only_weights(model, opt)
+            self._free, undo = decay_only_weights(model, opt, self.targets)
             self._undo.append(undo)
         if self.bn_momentum == "as_released":  # the official 0.99, in PyTorch's convention
             self._undo.append(set_bn_momentum(model, 0.99))
