@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsetrain import distributed as _dist
 from sparsetrain.distributions import check_sparsity
 from sparsetrain.masking.targets import Target, select_targets
 from sparsetrain.methods._execution import SparseExecution
@@ -85,8 +86,8 @@ class SparsityTargetWarning(UserWarning):
 
 
 def attached_method(model: nn.Module) -> SparsityMethod | None:
-    """The method attached to ``model``, if any."""
-    return _ATTACHED.get(model)
+    """The method attached to ``model`` (or to the module a DDP wrapper holds), if any."""
+    return _ATTACHED.get(_dist.unwrap(model))
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ class SparsityMethod(SparseExecution):
             target on CSR kernels) or ``"auto"`` (sparse only where measured faster at
             ``execution_batch_size``); see the module docstring.
         execution_batch_size: Batch size to measure at for ``execution="auto"``.
+        rank_check: Under ``torch.distributed``, compare a checksum of the masks across
+            processes at every topology update (see :mod:`sparsetrain.distributed`).
     """
 
     name: ClassVar[str] = "base"
@@ -154,6 +157,7 @@ class SparsityMethod(SparseExecution):
         state_skip_keys: Sequence[str] = (),
         execution: str = "dense",
         execution_batch_size: int | None = None,
+        rank_check: bool = True,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
         if not isinstance(execution, str) or execution not in EXECUTIONS:
@@ -189,6 +193,10 @@ class SparsityMethod(SparseExecution):
         self._in_backward = False
         self.execution_decisions: list[dict[str, Any]] = []
         self._dense_layers: dict[str, tuple[nn.Module, str]] = {}
+        if not isinstance(rank_check, bool):
+            raise ValueError(f"rank_check must be true or false, got {rank_check!r}")
+        self.rank_check = rank_check
+        self._rank_sync: _dist.RankCheck | None = None  # set by attach under torch.distributed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,6 +222,7 @@ class SparsityMethod(SparseExecution):
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
+        model = _dist.unwrap(model)  # DistributedDataParallel(model): attach to model
         if self.model is not None:
             raise ValueError(f"this {self.name!r} method is already attached to a model")
         if model in _ATTACHED:
@@ -244,13 +253,16 @@ class SparsityMethod(SparseExecution):
                 check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
         self._check_execution()
         self._validate(targets, optimizer)
+        _dist.check_supported(self, model)
         self.model, self.optimizer, self.targets = model, optimizer, targets
         self._masked_targets = targets
         self._rezero = optimizer is not None and not zero_preserving(optimizer)
         try:
+            _dist.attach_prepare(self, model)  # several processes: rank 0's weights and seed
             self._on_attach()
             if self.execution != "dense":
                 self._setup_execution()
+            self._rank_sync = _dist.attach_sync(self)  # rank 0's state; checked per update
         except Exception:
             self.model, self.optimizer, self.targets = None, None, []
             self._masked_targets = []
@@ -310,6 +322,8 @@ class SparsityMethod(SparseExecution):
             with torch.no_grad():
                 for t in self._masked_targets:
                     t.param.mul_(t.mask.view(torch.uint8))
+        if self._rank_sync is not None:
+            self._rank_sync(self.step)
         if self.total_steps is not None and self.step == self.total_steps:
             missed = self.report().misses() if self.sparsity_mode == "target" else []
             if missed:
