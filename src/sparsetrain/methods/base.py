@@ -223,6 +223,7 @@ class SparsityMethod(SparseExecution):
         if not isinstance(model, nn.Module):
             raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
         model = _dist.unwrap(model)  # DistributedDataParallel(model): attach to model
+        _dist.check_supported(self, model)  # FSDP; sparse execution across processes
         if self.model is not None:
             raise ValueError(f"this {self.name!r} method is already attached to a model")
         if model in _ATTACHED:
@@ -253,7 +254,6 @@ class SparsityMethod(SparseExecution):
                 check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
         self._check_execution()
         self._validate(targets, optimizer)
-        _dist.check_supported(self, model)
         self.model, self.optimizer, self.targets = model, optimizer, targets
         self._masked_targets = targets
         self._rezero = optimizer is not None and not zero_preserving(optimizer)
@@ -264,6 +264,7 @@ class SparsityMethod(SparseExecution):
                 self._setup_execution()
             self._rank_sync = _dist.attach_sync(self)  # rank 0's state; checked per update
         except Exception:
+            self._rank_sync = None
             self.model, self.optimizer, self.targets = None, None, []
             self._masked_targets = []
             raise
