@@ -128,7 +128,8 @@ class SparsityCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.method is not None:
-            pl_module.log("sparsetrain/sparsity", _common.sparsity(self.method), on_epoch=True)
+            value = _common.sparsity(self.method)  # the same on every rank
+            pl_module.log("sparsetrain/sparsity", value, on_epoch=True, sync_dist=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.method is None or self.method.model is None:
