@@ -77,6 +77,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsetrain import distributed as _dist
 from sparsetrain.distributions import check_sparsity
 from sparsetrain.masking.targets import Target, select_targets
 from sparsetrain.methods._execution import SparseExecution
@@ -108,8 +109,8 @@ class ScheduleWarning(UserWarning):
 
 
 def attached_method(model: nn.Module) -> SparsityMethod | None:
-    """The method attached to ``model``, if any."""
-    return _ATTACHED.get(model)
+    """The method attached to ``model`` (or to the module a DDP wrapper holds), if any."""
+    return _ATTACHED.get(_dist.unwrap(model))
 
 
 def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
@@ -182,6 +183,8 @@ class SparsityMethod(SparseExecution):
             (the two sparsity-aware inits of RigL's code, Evci et al., "Gradient Flow in Sparse
             Neural Networks and How Lottery Tickets Win", AAAI 2022). Draws come from the
             method's ``seed``, so they agree across processes.
+        rank_check: Under ``torch.distributed``, compare a checksum of the masks across
+            processes at every topology update (see :mod:`sparsetrain.distributed`).
     """
 
     name: ClassVar[str] = "base"
@@ -213,6 +216,7 @@ class SparsityMethod(SparseExecution):
         execution: str = "dense",
         execution_batch_size: int | None = None,
         weight_init: str = "default",
+        rank_check: bool = True,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
         if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
@@ -266,6 +270,10 @@ class SparsityMethod(SparseExecution):
         self._in_backward = False
         self.execution_decisions: list[dict[str, Any]] = []
         self._dense_layers: dict[str, tuple[nn.Module, str]] = {}
+        if not isinstance(rank_check, bool):
+            raise ValueError(f"rank_check must be true or false, got {rank_check!r}")
+        self.rank_check = rank_check
+        self._rank_sync: _dist.RankCheck | None = None  # set by attach under torch.distributed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -292,6 +300,8 @@ class SparsityMethod(SparseExecution):
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
+        model = _dist.unwrap(model)  # DistributedDataParallel(model): attach to model
+        _dist.check_supported(self, model)  # FSDP; sparse execution across processes
         if self.model is not None:
             raise ValueError(f"this {self.name!r} method is already attached to a model")
         if model in _ATTACHED:
@@ -338,6 +348,7 @@ class SparsityMethod(SparseExecution):
             self._dense_inactive or not zero_preserving(optimizer)
         )
         try:
+            _dist.attach_prepare(self, model)  # several processes: rank 0's weights and seed
             if self.weight_init != "default":
                 self._draw_kaiming()
             self._on_attach()
@@ -345,7 +356,9 @@ class SparsityMethod(SparseExecution):
                 self.init_weights()
             if self.execution != "dense":
                 self._setup_execution()
+            self._rank_sync = _dist.attach_sync(self)  # rank 0's state; checked per update
         except Exception:
+            self._rank_sync = None
             self.model, self.optimizer, self.targets = None, None, []
             self._masked_targets = []
             raise
@@ -415,6 +428,8 @@ class SparsityMethod(SparseExecution):
             with torch.no_grad():
                 for t in self._masked_targets:
                     t.param.mul_(t.mask.view(torch.uint8))
+        if self._rank_sync is not None:
+            self._rank_sync(self.step)
         if self.total_steps is not None and self.step == self.total_steps:
             missed = self.report().misses() if self.sparsity_mode == "target" else []
             if missed:

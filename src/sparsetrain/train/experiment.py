@@ -31,6 +31,7 @@ import torch
 
 from sparsetrain._names import plural
 from sparsetrain.config import ConfigError, ExperimentConfig, diff_configs
+from sparsetrain.train import ddp
 from sparsetrain.train.build import (
     build_method,
     build_model,
@@ -112,7 +113,7 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
         raise ConfigError(f"run directory {run_dir} exists and is not a directory")
     if opts.resume and opts.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pick one")
-    state = run_dir_state(run_dir)
+    state = ddp.on_rank0(lambda: run_dir_state(run_dir))  # under torchrun: rank 0 decides
     if state != "empty" and not (opts.resume or opts.overwrite):
         raise ConfigError(
             f"run directory {run_dir} is not empty; pass --resume to continue it or "
@@ -128,12 +129,13 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
             f"nothing to resume in {run_dir} (no checkpoint.pt); pass --overwrite to start over"
         )
     ckpt = (
-        load_checkpoint(run_dir / "checkpoint.pt", RESUME_WAY_OUT)
+        ddp.on_rank0(lambda: load_checkpoint(run_dir / "checkpoint.pt", RESUME_WAY_OUT))
         if opts.resume and state == "resumable"
         else None
     )
     if ckpt is not None:
         _check_same_run(cfg, ckpt.get("config", {}), run_dir)
+        ddp.check_world_size(ckpt, run_dir)
 
     splits = load_splits(cfg, opts.data_dir, augment=cfg.data.augment)
     if len(splits.train) < 2:
@@ -141,9 +143,11 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
     run = build_run(cfg, splits)
     if ckpt is not None:
         restore(run, ckpt)
-    elif state != "empty":  # --overwrite: only now that everything built
+        ddp.restore_rank(run, ckpt)
+    elif state != "empty" and ddp.is_writer():  # --overwrite: only now that everything built
         clear_run_dir(run_dir)
-    return Experiment(run, run_dir, opts, resumed=ckpt is not None)
+    recorder = Experiment if ddp.is_writer() else ddp.Follower
+    return recorder(run, run_dir, opts, resumed=ckpt is not None)
 
 
 def load_splits(cfg: ExperimentConfig, data_dir: str | None, *, augment: bool) -> DatasetSplits:
@@ -267,7 +271,7 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
 
     seed_everything(cfg.train.seed)
     try:
-        device = torch.device(cfg.train.device)
+        device = ddp.device_for(cfg.train.device)
     except RuntimeError as exc:
         raise ConfigError(f"train.device: {exc}") from None
     model = build_model(cfg, splits.num_classes, tuple(splits.input_shape))
@@ -278,6 +282,10 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
     optimizer = build_optimizer(model, cfg.optim)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     spe = steps_per_epoch(len(splits.train), cfg.train.batch_size, cfg.train.grad_accum)
+    try:
+        ddp.check_batches(len(splits.train), cfg.train.batch_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     method = build_method(cfg, spe)
     if method.execution == "auto" and method.execution_batch_size is None:
         method.execution_batch_size = cfg.train.batch_size  # measure at the run's batch size
@@ -285,7 +293,10 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
         method.attach(model, optimizer, hook=False)  # the loop calls the hooks by name
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"method {cfg.method.name!r}: {exc}") from None
-    return Run(cfg, model, optimizer, method, splits, device, cl, spe, base_lrs)
+    ddp.seed_rank(cfg.train.seed)  # rank r > 0: its own dropout stream (rank 0: unchanged)
+    run = Run(cfg, model, optimizer, method, splits, device, cl, spe, base_lrs)
+    run.ddp = ddp.wrap(model, device)
+    return run
 
 
 def clear_run_dir(run_dir: Path) -> None:

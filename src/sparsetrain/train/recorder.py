@@ -26,6 +26,7 @@ from sparsetrain.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from sparsetrain.train.ddp import rank_and_world, rank_states
 from sparsetrain.train.loop import Run, TrainState, mask_sparsity, train
 from sparsetrain.train.metrics import (
     CsvAppender,
@@ -136,6 +137,7 @@ def checkpoint_dict(run: Run) -> dict[str, Any]:
         "config": run.cfg.to_dict(),
         "data_files": data_files(run),
         "versions": versions(),
+        **rank_states(run),  # under torchrun: world size and every rank's random streams
     }
 
 
@@ -410,6 +412,9 @@ class Experiment:
             )
         if run.method.execution != "dense":
             self.log(run.method.execution_report())
+        world = rank_and_world()[1]
+        if world > 1:
+            self.log(f"{world} processes (torchrun): batch {c.train.batch_size} split over them")
 
     def _finish(self) -> RunResult:
         run, d = self.run, self.run_dir

@@ -308,8 +308,12 @@ def run_suite(
     Raises:
         ConfigError: Another ``compare`` holds the lock of one of the output folders.
     """
+    from sparsetrain.train.ddp import is_writer
+
     with contextlib.ExitStack() as stack:
         for root in sorted({r.run_dir.parent for r in runs}):
+            if not is_writer():  # under torchrun rank 0 holds the locks
+                continue
             root.mkdir(parents=True, exist_ok=True)
             lock = stack.enter_context(open(root / ".compare.lock", "w"))
             try:
