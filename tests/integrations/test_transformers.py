@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: models come from configs
 transformers = pytest.importorskip("transformers")  # part of the dev install: never skipped in CI
 
+from sparsetrain import create_method  # noqa: E402
 from sparsetrain.integrations.transformers import (  # noqa: E402
     STATE_FILE,
     SparsityCallback,
@@ -77,10 +78,25 @@ def test_default_targets_are_attention_and_mlp_projections() -> None:
     assert not any("embeddings" in n or "pooler" in n or "classifier" in n for n in names)
 
 
-def test_gpt2_conv1d_refused_with_one_line() -> None:
+def test_gpt2_conv1d_projections_are_the_default_targets() -> None:
     cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
-    with pytest.raises(ValueError, match="Conv1D"):
-        default_targets(transformers.GPT2LMHeadModel(cfg))
+    model = transformers.GPT2LMHeadModel(cfg)
+    names = default_targets(model)
+    assert names == [
+        f"transformer.h.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    ]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = create_method("rigl", sparsity=0.8, total_steps=10, include=names)
+    method.attach(model, opt)
+    ids = torch.randint(0, 64, (4, 16))
+    for _ in range(3):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    method.finish()  # exact target over the Conv1D weights
+    assert abs(method.report().sparsity - 0.8) < 1e-3
 
 
 def test_train_logs_and_resumes_bit_identical(
@@ -113,3 +129,25 @@ def test_train_logs_and_resumes_bit_identical(
     ):
         assert torch.equal(a, b), k
     assert cb.method.history == cb2.method.history
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("str", {"s_init": -3.0}), ("optg", {"sparsity": 0.7, "score_optimizer": "user"})],
+)
+def test_methods_with_their_own_parameters_resume_bit_identical(
+    tmp_path: Path, name: str, options: dict
+) -> None:
+    """Thresholds/scores train in the method's companion optimizer, saved with the method."""
+    straight = tiny_bert()
+    if name == "optg":
+        options = {**options, "steps_per_epoch": 2}
+    trainer(tmp_path / "a", straight, SparsityCallback(name, **options)).train()
+    resumed = tiny_bert()
+    trainer(tmp_path / "a", resumed, SparsityCallback(name, **options)).train(
+        resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4")
+    )
+    for (k, a), (_, b) in zip(
+        straight.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k

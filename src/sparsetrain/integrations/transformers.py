@@ -23,10 +23,10 @@ the Trainer: insert it first with ``trainer.callback_handler.callbacks.insert(0,
 have them there too). At the end of training the sparsity report is printed by the main
 process and kept in :attr:`SparsityCallback.report`.
 
-Not supported: models whose projections are ``transformers``' ``Conv1D`` (GPT-2 style) unless
-converted to ``nn.Linear``; methods that add parameter groups to the Trainer's optimizer
-(STR, ``score_optimizer="user"``/``mask_optimizer="user"``) cannot resume (the Trainer loads the
-optimizer before the callback can add them); FSDP and DeepSpeed (refused at attach).
+Parameters a method trains itself (STR's thresholds, OptG's scores, SCL's masks) never join the
+Trainer's optimizer (see :class:`sparsetrain.optim.Companion`): their optimizer state is part of
+the method's state file, so every method resumes. Not supported: FSDP and DeepSpeed (refused at
+attach).
 """
 
 from __future__ import annotations
@@ -56,27 +56,26 @@ STATE_FILE = "sparsetrain.pt"
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    """Names of the attention and MLP projection weights: Linear layers in numbered blocks.
+    """Names of the attention and MLP projection weights in numbered layer blocks.
+
+    The weights of ``nn.Linear`` layers and of transformers' ``Conv1D`` (GPT-2 style
+    projections, weight stored as (in, out)) whose module path has a layer number; embeddings,
+    norms, poolers and heads are outside the blocks and stay dense.
 
     Raises:
-        ValueError: No such layer, e.g. a GPT-2 style model built from ``Conv1D`` projections.
+        ValueError: No such layer.
     """
     names = [
         f"{name}.weight"
         for name, module in model.named_modules()
-        if type(module) is nn.Linear and any(part.isdigit() for part in name.split("."))
+        if (type(module) is nn.Linear or type(module).__name__ == "Conv1D")
+        and any(part.isdigit() for part in name.split("."))
     ]
     if not names:
-        conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
-        why = (
-            f"its projections are transformers Conv1D layers ({conv1d[0]!r}, ...), which "
-            "sparsetrain does not mask"
-            if conv1d
-            else "no nn.Linear layer sits inside a numbered layer block"
-        )
         raise ValueError(
-            f"no default sparsity targets in {type(model).__name__}: {why}; name the weights "
-            "with include=[...] (globs over parameter names)"
+            f"no default sparsity targets in {type(model).__name__}: no Linear or Conv1D layer "
+            "sits inside a numbered layer block; name the weights with include=[...] (globs "
+            "over parameter names)"
         )
     return names
 
