@@ -237,3 +237,12 @@ def test_flops_regularizer_refuses_attention_weights() -> None:
     with pytest.raises(ValueError, match=r"'attn.in_proj_weight' \(MultiheadAttention\).*count"):
         SCL(lam=0.1, regularizer="flops").attach(model, opt)
     assert len(opt.param_groups) == 1 and not hasattr(model[0], "weight_raw")
+
+
+def test_adaptive_target_follows_a_cubic_ramp() -> None:
+    m = SCL(lambda_mode="adaptive", sparsity=0.9, total_steps=100, target_ramp=0.5)
+    assert m.target_at(0) == 0.0
+    assert m.target_at(25) == pytest.approx(0.9 * (1 - 0.5**3))
+    assert m.target_at(50) == m.target_at(99) == 0.9
+    flat = SCL(lambda_mode="adaptive", sparsity=0.9, total_steps=100, target_ramp=0.0)
+    assert flat.target_at(0) == 0.9

@@ -43,6 +43,7 @@ from sparsetrain.distributions import check_sparsity
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
+from sparsetrain.schedules import cubic
 
 STES = ("identity", "leaky_relu", "softplus", "relu")
 NORMS = ("rms", "mean_abs", "max_abs", "l2", "none")
@@ -134,6 +135,11 @@ class SCL(InPlaceMethod):
         lambda_mode: ``fixed`` (emergent sparsity) or ``adaptive`` (λ tracks target_sparsity).
         target_sparsity: Sparsity the adaptive mode steers to (alias: ``sparsity``); with
             ``lambda_mode="fixed"`` the sparsity is emergent and a target is refused.
+        target_ramp: Adaptive mode: the controller tracks a cubic ramp from 0 to
+            ``target_sparsity`` over this fraction of ``total_steps`` (as GMP and ST-3 prune),
+            then the target itself; 0 aims at the target from the first step (which prunes an
+            untrained network: on the MNIST-1D CNN at 90% it reached the target by epoch 5 of 40
+            and ended 18 points below ST-3).
         lambda_gain: Adaptive mode: change of log λ per step per unit of log-density error.
         lambda_damping: Adaptive mode: weight (in steps) of the log-density change per step.
         ste: ``identity`` (default), ``leaky_relu``, ``softplus`` or ``relu``.
@@ -163,6 +169,7 @@ class SCL(InPlaceMethod):
         lam: float = 0.1,
         lambda_mode: str = "fixed",
         target_sparsity: float | None = None,
+        target_ramp: float = 0.5,
         lambda_gain: float = 0.2,
         lambda_damping: float = 30.0,
         ste: str = "identity",
@@ -194,6 +201,7 @@ class SCL(InPlaceMethod):
             ("regularizer", regularizer, regularizer in REGULARIZERS, _one_of(REGULARIZERS)),
             ("lam", lam, lam >= 0 if lambda_mode == "fixed" else lam > 0, ">= 0 (> 0 adaptive)"),
             ("lambda_gain", lambda_gain, lambda_gain >= 0, ">= 0"),
+            ("target_ramp", target_ramp, 0 <= target_ramp <= 1, "in [0, 1]"),
             ("lambda_damping", lambda_damping, lambda_damping >= 0, ">= 0"),
             ("ste_slope", ste_slope, 0 < ste_slope <= 1, "in (0, 1]"),
             ("mask_init", mask_init, mask_init > 0, "> 0"),
@@ -219,6 +227,7 @@ class SCL(InPlaceMethod):
         kwargs.setdefault("sparsity", 0.0)  # fixed λ: no target; sparsity= is refused by the base
         super().__init__(**kwargs)
         self.lam, self.lambda_mode, self.lambda_gain = float(lam), lambda_mode, lambda_gain
+        self.target_ramp = float(target_ramp)
         self.lambda_damping, self._last_sparsity = lambda_damping, 0.0
         self.ste, self.ste_slope, self.normalization = ste, ste_slope, normalization
         self.regularizer, self.mask_init, self.mask_lr = regularizer, mask_init, mask_lr
@@ -235,6 +244,13 @@ class SCL(InPlaceMethod):
         self._spatial: dict[int, int] = {}
         self._groups_key: list[int] = []
         self._groups_map: dict[int, dict[str, Any]] = {}
+
+    def target_at(self, step: int) -> float:
+        """The sparsity the adaptive controller aims at after ``step`` steps (cubic ramp)."""
+        end = self.target_ramp * (self.total_steps or 0)
+        if end <= 0 or step >= end:
+            return self.sparsity
+        return cubic(step, final=self.sparsity, start=0, end=round(end))
 
     def mask_grad(self, index: int, grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """dm̂ = (normalize_per_feature(g ⊙ Ŵ) + λ·a_l) · ste'(m̂) for target ``index``."""
@@ -360,7 +376,7 @@ class SCL(InPlaceMethod):
                 self.lam,
                 now,
                 self._last_sparsity,
-                self.sparsity,
+                self.target_at(step),
                 gain=self.lambda_gain,
                 damping=self.lambda_damping,
                 lr_ratio=ratio,

@@ -196,14 +196,36 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     set_rng_state(ckpt["rng"])
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python, torch, NumPy and sparsetrain."""
+def _source_commit() -> str | None:
+    """``git describe --always --dirty`` of the sparsetrain source tree, if it is a checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+_COMMIT = _source_commit()  # once per process: the code this process imported
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python, torch, NumPy and sparsetrain (and its git commit, in a checkout)."""
     import numpy as np
 
     from sparsetrain import __version__
 
     return {
         "sparsetrain": __version__,
+        "sparsetrain_commit": _COMMIT,
         "torch": str(torch.__version__),
         "numpy": str(np.__version__),
         "python": platform.python_version(),
