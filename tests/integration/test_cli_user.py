@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
+from test_cli import kill_at
 
 from sparsetrain.cli import main
-from sparsetrain.train import experiment as experiment_module
 
 pytestmark = pytest.mark.integration
 
@@ -48,24 +47,7 @@ def train(config: Path, out: Path, *extra: str) -> int:
 
 def stop_at(monkeypatch: pytest.MonkeyPatch, forward: int, how: str) -> None:
     """At the ``forward``-th training forward pass: SIGTERM to this process, or a Ctrl-C."""
-    build = experiment_module.build_model
-    calls = {"n": 0}
-
-    def hooked(*args: Any, **kwargs: Any) -> torch.nn.Module:
-        model = build(*args, **kwargs)
-
-        def hook(module: torch.nn.Module, *_: Any) -> None:
-            if module.training:
-                calls["n"] += 1
-                if calls["n"] == forward:
-                    if how == "sigint":
-                        raise KeyboardInterrupt
-                    os.kill(os.getpid(), signal.SIGTERM)
-
-        model.register_forward_pre_hook(hook)
-        return model
-
-    monkeypatch.setattr(experiment_module, "build_model", hooked)
+    kill_at(monkeypatch, forward, "raise" if how == "sigint" else "signal")
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str], command: str = "train") -> str:
