@@ -148,9 +148,16 @@ def _lookup(d: Mapping[str, Any], dotted: str) -> Any:
 
 
 def run_config(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The run's resolved config: ``summary.json``'s copy, else ``config.yaml`` (None: neither)."""
+    """The run's resolved config: ``summary.json``'s copy, else ``config.yaml`` (None: neither).
+
+    Registry defaults are written out (:func:`~sparsetrain.train.build.resolved_dict`), so a
+    run saved before an option existed pools with one that holds the option's default.
+    """
+    from sparsetrain.train.build import resolved_dict
+
     cfg = summary.get("config")
-    return dict(cfg) if isinstance(cfg, Mapping) else _read_config_yaml(run_dir)
+    raw = dict(cfg) if isinstance(cfg, Mapping) else _read_config_yaml(run_dir)
+    return None if raw is None else resolved_dict(raw)
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

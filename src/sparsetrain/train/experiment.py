@@ -37,6 +37,7 @@ from sparsetrain.train.build import (
     build_model,
     build_optimizer,
     resolve_config,
+    resolved_dict,
     steps_per_epoch,
 )
 from sparsetrain.train.checkpoint import CheckpointError, load_checkpoint, seed_everything
@@ -353,7 +354,7 @@ def _check_same_run(
     Both sides are compared resolved (defaults written out), so a config saved before a
     default was written out still matches.
     """
-    saved, now = _resolved_dict(saved), cfg.to_dict()
+    saved, now = resolved_dict(saved), cfg.to_dict()
     diff = [k for k in diff_configs(saved, now) if k not in RESUME_FREE_KEYS]
     if not diff:
         return
@@ -369,13 +370,6 @@ def _check_same_run(
         f"cannot resume {run_dir}: the config differs from the checkpoint's at {key} "
         f"(checkpoint: {was!r}, now: {new!r}); resume with {run_dir / 'config.yaml'}"
     )
-
-
-def _resolved_dict(raw: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return resolve_config(ExperimentConfig.from_dict(raw)).to_dict()
-    except ConfigError:
-        return raw  # compared as saved: the first differing key is still named
 
 
 def _finished_config(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
