@@ -179,9 +179,9 @@ def _same(a: Any, b: Any) -> bool:
 def resolved_dict(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` (a saved config) with every registry default written out.
 
-    As ``config.yaml`` is written now; ``raw`` itself when it no longer validates (then compared
-    as saved). A config saved before an option existed then compares equal to one that holds the option's
-    default (resume checks, report pooling).
+    As ``config.yaml`` is written now; ``raw`` itself when it no longer validates (then
+    compared as saved). A config saved before an option existed then compares equal to one that
+    holds the option's default (resume checks, report pooling).
     """
     try:
         return resolve_config(ExperimentConfig.from_dict(raw)).to_dict()
