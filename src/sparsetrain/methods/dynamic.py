@@ -290,8 +290,11 @@ class DynamicSparse(SparsityMethod):
         grow = self._grow_indices(step, index, t, drop.numel(), grad)
         flat_mask[grow] = True
         if t.name in self._sparse:  # the CSR structure follows the mask; grown entries start at 0
+            fresh = grow  # as below: an entry dropped and regrown at once may keep its value
+            if self.regrown_value == "kept":
+                fresh = grow[~torch.isin(grow, drop)]
             grown = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
-            self._restructure(t, grown.index_fill_(0, grow, True).view(t.shape))
+            self._restructure(t, grown.index_fill_(0, fresh, True).view(t.shape))
         else:
             reset = torch.cat([drop, grow])  # dropped, and grown (new weights start at zero)
             if self.regrown_value == "kept":  # dropped and regrown at once: value and state kept
@@ -325,6 +328,11 @@ class DynamicSparse(SparsityMethod):
             ]
         else:
             moms = [self.dense_momentum(t) for t in self.targets]
+            if self.grow.name == "momentum":  # no momentum state yet (or none kept): zero
+                moms = [
+                    torch.zeros_like(t.param) if m is None else m
+                    for t, m in zip(self.targets, moms, strict=True)
+                ]
             gscores = [growth_scores(self.grow.name, g, m) for g, m in zip(gs, moms, strict=True)]
         grows = global_topk_masks(gscores, k, [~m for m in kept])
         new = 0
