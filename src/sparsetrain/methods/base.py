@@ -14,11 +14,12 @@ training loop drives the method through its own ``optimizer.step()`` calls::
                                            # 5. step post-hook -> method.after_optimizer_step()
 
 - ``after_backward()``: on a topology-update step, methods that need the dense gradient read it
-  here (RigL growth, SNIP, MEST, ...); criteria with Fantastic Weights' ``"after"`` order update
-  the topology here, on pre-step weights. Hard-mask methods then zero the gradients of pruned
-  entries, so neither momentum nor weight decay can revive them.
-- ``after_optimizer_step()``: the step counter advances; on an update step with the
-  ``"before"`` order the topology changes here (post-step weights, this batch's gradient);
+  here (RigL growth, SNIP, MEST, ...); DST with ``order="pre_step"`` (the gradient-based
+  criteria under ``"auto"``) updates the topology here, on pre-step weights. Hard-mask methods
+  then zero the gradients of pruned entries, so neither momentum nor weight decay can revive
+  them.
+- ``after_optimizer_step()``: the step counter advances; on an update step with
+  ``order="post_step"`` the topology changes here (post-step weights, this batch's gradient);
   methods with a forward-pass function (ST-3, OptG, SCL) prepare the next step's mask.
   Hard-mask methods end every step with pruned weights and their optimizer state exactly zero.
 
