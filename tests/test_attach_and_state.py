@@ -140,3 +140,77 @@ def test_load_state_dict_takes_a_matching_state() -> None:
     assert all(
         torch.equal(a.mask, b.mask) for a, b in zip(method.targets, other.targets, strict=True)
     )
+
+
+# --------------------------------------------------------------------------- adopt_execution
+
+
+def _auto_run(monkeypatch, choices: list[str], steps: int, seed_model: int = 0):
+    """An ``execution="auto"`` rigl run whose per-layer decisions are ``choices``."""
+    from sparsetrain.sparse import bench
+
+    def decide(sub, batch, **kwargs):
+        names = [n for n, m in sub.named_modules() if isinstance(m, nn.Linear)]
+        return [
+            bench.LayerDecision(n, (0, 0), 0.0, c, 1.0, 1.0)
+            for n, c in zip(names, choices, strict=True)
+        ]
+
+    monkeypatch.setattr(bench, "plan_layers", decide)
+    torch.manual_seed(seed_model)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    method = create_method(
+        "rigl",
+        sparsity=0.7,
+        total_steps=12,
+        update_interval=2,
+        scope="global",  # per-layer counts move: a fresh method's masks differ in size too
+        execution="auto",
+        execution_batch_size=8,
+        seed=seed_model,
+    ).attach(model, opt)
+    losses = [_train_step(model, opt, s) for s in range(steps)]
+    return model, opt, method, losses
+
+
+def _train_step(model, opt, step: int) -> float:
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(8, 8, generator=g)
+    loss = nn.functional.cross_entropy(model(x), (x.sum(1) > 0).long())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def test_adopt_execution_takes_the_checkpoints_layout_and_masks(monkeypatch) -> None:
+    from sparsetrain.sparse import SparseLinear
+
+    model, opt, method, _ = _auto_run(monkeypatch, ["sparse", "dense", "sparse"], 6)
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict(), method.state_dict()))
+    assert saved[2]["execution"] == {
+        "0.weight": "sparse",
+        "2.weight": "dense",
+        "4.weight": "sparse",
+    }
+    # a new process measures otherwise, and its masks are its own (another seed)
+    model2, opt2, method2, _ = _auto_run(monkeypatch, ["dense", "sparse", "dense"], 0, seed_model=1)
+    assert not torch.equal(method2.targets[0].mask, saved[2]["masks"]["0.weight"])
+    method2.adopt_execution(saved[2])
+    assert [type(model2[i]) for i in (0, 2, 4)] == [SparseLinear, nn.Linear, SparseLinear]
+    for t in method2.targets:  # the new sparse layers are built on the checkpoint's masks
+        if t.name in method2.sparse_layers():
+            assert torch.equal(method2.sparse_layers()[t.name].mask(), saved[2]["masks"][t.name])
+    assert [r["decision"] for r in method2.execution_decisions] == ["sparse", "dense", "sparse"]
+    model2.load_state_dict(saved[0])
+    opt2.load_state_dict(saved[1])
+    method2.load_state_dict(saved[2])
+    # both continue identically
+    more = [_train_step(model, opt, s) for s in range(6, 10)]
+    more2 = [_train_step(model2, opt2, s) for s in range(6, 10)]
+    assert more2 == more
+    for a, b in zip(method.targets, method2.targets, strict=True):
+        assert torch.equal(a.mask, b.mask)
