@@ -581,27 +581,29 @@ class Change:
         drop: Flat ``int64`` indices of the active entries removed.
         grow: Flat ``int64`` indices of the entries activated; an entry can be in both (dropped
             and regrown at once: it stays active).
+        fresh: The entries of ``grow`` that were inactive before the step (not just dropped).
+        active: Active entries of the tensor before the step.
     """
 
     drop: torch.Tensor
     grow: torch.Tensor
-
-    def regrown(self) -> torch.Tensor:
-        """``bool`` over ``grow``: entries that were just dropped (active before and after)."""
-        return torch.isin(self.grow, self.drop)
-
-    def fresh(self) -> torch.Tensor:
-        """Flat indices of the grown entries that were inactive before the step."""
-        return self.grow[~self.regrown()]
+    fresh: torch.Tensor
+    active: int
 
 
 def _gather(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if x is None else x.detach().reshape(-1)[index]
 
 
+def _count(k: int | None, fraction: float | None, active: int) -> int:
+    """``k``, or ``⌈fraction · active⌉`` (at most ``active``)."""
+    return k if fraction is None else min(math.ceil(fraction * active), active)  # type: ignore[return-value]
+
+
 def _layer_change(
     site: Site,
-    k: int,
+    k: int | None,
+    fraction: float | None,
     prune: PruneCriterion,
     grow: GrowthCriterion | None,
     prune_options: Mapping[str, Any],
@@ -614,7 +616,7 @@ def _layer_change(
     active = flat_mask.nonzero().squeeze(1)
     local = prune.drop_indices(
         site.weights.detach().reshape(-1)[active],
-        k,
+        _count(k, fraction, active.numel()),
         grads=_gather(site.grads, active) if prune.needs_grad else None,
         momentum=_gather(site.momentum, active) if prune.needs_momentum else None,
         generator=site.prune_generator,
@@ -623,7 +625,7 @@ def _layer_change(
     )
     drop = active[local]
     if grow is None:
-        return Change(drop, drop.new_empty(0))
+        return Change(drop, drop.new_empty(0), drop.new_empty(0), active.numel())
     candidates = ~flat_mask
     candidates[drop] = True  # just-dropped entries may be regrown
     grown = grow.grow_indices(
@@ -636,12 +638,14 @@ def _layer_change(
         bernoulli=bernoulli,
         **grow_options,
     )
-    return Change(drop, grown)
+    was_dropped = torch.zeros_like(flat_mask).index_fill_(0, drop, True)
+    return Change(drop, grown, grown[~was_dropped[grown]], active.numel())
 
 
 def _global_changes(
     sites: Sequence[Site],
-    k: int,
+    k: int | None,
+    fraction: float | None,
     prune: PruneCriterion,
     grow: GrowthCriterion | None,
     prune_options: Mapping[str, Any],
@@ -658,9 +662,10 @@ def _global_changes(
         for s in sites
     ]
     masks = [s.mask for s in sites]
+    actives = [int(m.sum()) for m in masks]
+    k = _count(k, fraction, sum(actives))
     if keep_top:
-        n_active = sum(int(m.sum()) for m in masks)
-        kept = global_topk_masks(scores, n_active - k, masks)
+        kept = global_topk_masks(scores, sum(actives) - k, masks)
         drops = [m & ~kp for m, kp in zip(masks, kept, strict=True)]
     else:
         drops = global_topk_masks(scores, k, masks, largest=False)
@@ -675,19 +680,22 @@ def _global_changes(
             for s in sites
         ]
         grows = global_topk_masks(gscores, k, [~kp for kp in kept])
-    return [
-        Change(d.reshape(-1).nonzero().squeeze(1), g.reshape(-1).nonzero().squeeze(1))
-        for d, g in zip(drops, grows, strict=True)
-    ]
+    changes = []
+    for d, g, n in zip(drops, grows, actives, strict=True):
+        grown = g.reshape(-1).nonzero().squeeze(1)
+        fresh = grown[~d.reshape(-1)[grown]]
+        changes.append(Change(d.reshape(-1).nonzero().squeeze(1), grown, fresh, n))
+    return changes
 
 
 def drop_and_grow(
     sites: Sequence[Site],
     prune: str | PruneCriterion,
     grow: str | GrowthCriterion | None,
-    counts: int | Sequence[int],
+    counts: int | Sequence[int] | None = None,
     scope: str = "layer",
     *,
+    fraction: float | None = None,
     prune_options: Mapping[str, Any] | None = None,
     grow_options: Mapping[str, Any] | None = None,
     bernoulli: bool = False,
@@ -701,7 +709,9 @@ def drop_and_grow(
     scored) and grows as many (SET rules: as many as they removed) among its inactive ones,
     the just-dropped included; per-tensor counts are kept. ``scope="global"``: ``counts``
     active entries are dropped by one ranking over every tensor, and as many grown by another,
-    so counts move between tensors. ``grow=None`` prunes only (static pruning at init).
+    so counts move between tensors. ``grow=None`` prunes only (static pruning at init). Instead
+    of ``counts``, ``fraction`` drops ``⌈fraction · n⌉`` of the ``n`` active entries (of each
+    tensor, or of all), counted where the entries are gathered anyway.
 
     Selection never changes a mask: the caller applies each :class:`Change` (``commit`` is
     called with it per tensor, from the worker thread in layer scope), then updates weights,
@@ -713,6 +723,8 @@ def drop_and_grow(
         grow: Growth criterion (name or object), or ``None``.
         counts: Entries to drop: one count per site (layer scope) or the total (global).
         scope: ``"layer"`` or ``"global"``.
+        fraction: Drop this fraction of the active entries instead (exactly one of ``counts``
+            and ``fraction``).
         prune_options: Hyper-parameters of the pruning criterion (e.g. ``{"gamma": 0.5}``).
         grow_options: Hyper-parameters of the growth criterion.
         bernoulli: Uniform growth by independent draws (exact only in expectation; layer scope).
@@ -737,19 +749,26 @@ def drop_and_grow(
     gopts = {} if grow is None else grow.check_options(grow_options)
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
+    if (counts is None) == (fraction is None):
+        raise ValueError("give exactly one of counts and fraction")
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     if scope == "global":
-        if not isinstance(counts, int):
+        if counts is not None and not isinstance(counts, int):
             raise TypeError(f"scope='global' takes one total count, got {counts!r}")
-        changes = _global_changes(sites, counts, prune, grow, popts, gopts, keep_top)
+        changes = _global_changes(sites, counts, fraction, prune, grow, popts, gopts, keep_top)
         if commit is not None:
             for i, change in enumerate(changes):
                 commit(i, change)
         return changes
-    if isinstance(counts, int) or len(counts) != len(sites):
+    if counts is not None and (isinstance(counts, int) or len(counts) != len(sites)):
         raise ValueError(f"scope='layer' takes one count per tensor ({len(sites)}), got {counts!r}")
 
     def job(i: int) -> Change:
-        change = _layer_change(sites[i], counts[i], prune, grow, popts, gopts, bernoulli, keep_top)
+        k = None if counts is None else counts[i]  # type: ignore[index]
+        change = _layer_change(
+            sites[i], k, fraction, prune, grow, popts, gopts, bernoulli, keep_top
+        )
         if commit is not None:
             commit(i, change)
         return change

@@ -93,12 +93,14 @@ def apply_change(method: SparsityMethod, t: Target, change: Change, *, keep_regr
     flat_mask[change.drop] = False
     flat_mask[change.grow] = True
     if t.name in method._sparse:
-        fresh = change.fresh() if keep_regrown else change.grow
+        fresh = change.fresh if keep_regrown else change.grow
         grown = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
         method._restructure(t, grown.index_fill_(0, fresh, True).view(t.shape))
         return
     if keep_regrown:
-        reset = torch.cat([change.drop[~torch.isin(change.drop, change.grow)], change.fresh()])
+        grown = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
+        stays_out = ~grown.index_fill_(0, change.grow, True)[change.drop]
+        reset = torch.cat([change.drop[stays_out], change.fresh])
     else:
         reset = torch.cat([change.drop, change.grow])
     if method.hard_mask:

@@ -7,7 +7,6 @@ of it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -243,21 +242,14 @@ class DynamicSparse(SparsityMethod):
         """Drop and regrow on every target (or globally); record churn in ``history``."""
         zeta = self.drop_fraction_at(step)
         check_states(self)  # an unmaskable state layout fails before any change
-        nnz = [t.nnz for t in self.targets]
-        active = sum(nnz)
-        if self.scope == "global":
-            counts: int | list[int] = min(math.ceil(zeta * active), active)
-            stream = 10_000  # the growth draws its own random stream per tensor
-        else:
-            counts = [min(math.ceil(zeta * n), n) for n in nnz]
-            stream = 0
+        stream = 10_000 if self.scope == "global" else 0  # global: growth draws its own stream
         keep = self.regrown_value == "kept"
-        changes = drop_and_grow(
+        changes = drop_and_grow(  # each drops ⌈ζ·n⌉ of its n active entries (layer or global)
             sites(self, step, grads, self.prune, self.grow, grow_stream=stream),
             self.prune,
             self.grow,
-            counts,
-            self.scope,
+            scope=self.scope,
+            fraction=zeta,
             prune_options=self.prune_options,
             grow_options=self.grow_options,
             bernoulli=self.bernoulli,
@@ -265,7 +257,8 @@ class DynamicSparse(SparsityMethod):
         )
         pruned = sum(c.drop.numel() for c in changes)
         grown = sum(c.grow.numel() for c in changes)
-        new = sum(c.fresh().numel() for c in changes)
+        new = sum(c.fresh.numel() for c in changes)
+        active = sum(c.active for c in changes)
         self.history.append(
             {
                 "step": step,

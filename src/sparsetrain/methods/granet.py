@@ -160,24 +160,18 @@ class GraNet(GMP):
         """Drop ⌈ζ·n⌉ active weights by ``prune`` and regrow as many by ``grow``."""
         zeta = self.regrow_fraction_at(step)
         check_states(self)
-        nnz = [t.nnz for t in self.targets]
-        counts: int | list[int] = (
-            math.ceil(zeta * sum(nnz))
-            if self.regrow_scope == "global"
-            else [math.ceil(zeta * n) for n in nnz]
-        )
-        changes = drop_and_grow(
+        changes = drop_and_grow(  # each drops ⌈ζ·n⌉ of its n active entries (layer or global)
             sites(self, step, grads, self.prune, self.grow, grow_stream=10_000),
             self.prune,
             self.grow,
-            counts,
-            self.regrow_scope,
+            scope=self.regrow_scope,
+            fraction=zeta,
             prune_options=self.prune_options,
             grow_options=self.grow_options,
             commit=lambda i, c: apply_change(self, self.targets[i], c, keep_regrown=True),
         )
-        fresh = sum(c.fresh().numel() for c in changes)
-        active = sum(nnz)
+        fresh = sum(c.fresh.numel() for c in changes)
+        active = sum(c.active for c in changes)
         self.history.append(
             {
                 "step": step,
