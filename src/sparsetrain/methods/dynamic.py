@@ -85,7 +85,7 @@ class DynamicSparse(SparsityMethod):
         bernoulli: Official FW random draws (init and random growth exact only in expectation;
             the growth in ``layer`` scope).
         gamma: γ of the MEST and GradStep criteria (shorthand for ``prune_options``).
-        prune_options: Hyper-parameters of the prune criterion, e.g. ``{"gamma": 0.5}``.
+        prune_options: Hyper-parameters of the prune criterion (a dict such as ``{"gamma": 0.5}``).
         grow_options: Hyper-parameters of the growth criterion.
         inactive_grads: ``"masked"`` (default: pruned weights get zero gradient, and their
             optimizer state stays zero) or ``"dense"`` (the Fantastic Weights code: every weight
