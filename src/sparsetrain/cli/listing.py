@@ -145,15 +145,32 @@ def method_details(name: str) -> str:
 
 
 def criteria() -> str:
-    """Pruning and growth criteria."""
+    """Pruning and growth criteria: what each reads, its options and (pruning) its update order."""
     from sparsetrain.criteria import GROWTH_CRITERIA, PRUNE_CRITERIA
 
-    prune = [(n, c.description) for n, c in PRUNE_CRITERIA.items()]
-    grow = [(n, c.description) for n, c in GROWTH_CRITERIA.items()]
+    def reads(c: Any) -> str:
+        return "+".join(i for i in ("weights", "grads", "momentum", "generator") if i in c.inputs)
+
+    def per_layer(c: Any) -> str:
+        return " [a selection rule: per layer only, not for static]" if c.selection else ""
+
+    def options(c: Any) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in c.options.items()) or "-"
+
+    prune = [("name", "order", "reads", "options", "description")]
+    prune += [
+        (n, c.default_order, reads(c), options(c), c.description) for n, c in PRUNE_CRITERIA.items()
+    ]
+    grow = [("name", "reads", "options", "description")]
+    grow += [(n, reads(c) or "-", options(c), c.description) for n, c in GROWTH_CRITERIA.items()]
     return (
-        _table("prune criteria (dst: method.prune)", prune)
+        _table(
+            "prune criteria (dst, granet: method.prune; static: method.init; options: "
+            "method.prune_options; order: when dst's order=auto updates)",
+            prune,
+        )
         + "\n"
-        + _table("growth criteria (dst: method.grow)", grow)
+        + _table("growth criteria (dst, granet: method.grow; options: method.grow_options)", grow)
     )
 
 

@@ -14,11 +14,12 @@ training loop drives the method through its own ``optimizer.step()`` calls::
                                            # 5. step post-hook -> method.after_optimizer_step()
 
 - ``after_backward()``: on a topology-update step, methods that need the dense gradient read it
-  here (RigL growth, SNIP, MEST, ...); criteria with Fantastic Weights' ``"after"`` order update
-  the topology here, on pre-step weights. Hard-mask methods then zero the gradients of pruned
-  entries, so neither momentum nor weight decay can revive them.
-- ``after_optimizer_step()``: the step counter advances; on an update step with the
-  ``"before"`` order the topology changes here (post-step weights, this batch's gradient);
+  here (RigL growth, SNIP, MEST, ...); DST with ``order="pre_step"`` (the gradient-based
+  criteria under ``"auto"``) updates the topology here, on pre-step weights. Hard-mask methods
+  then zero the gradients of pruned entries, so neither momentum nor weight decay can revive
+  them.
+- ``after_optimizer_step()``: the step counter advances; on an update step with
+  ``order="post_step"`` the topology changes here (post-step weights, this batch's gradient);
   methods with a forward-pass function (ST-3, OptG, SCL) prepare the next step's mask.
   Hard-mask methods end every step with pruned weights and their optimizer state exactly zero.
 
@@ -65,6 +66,7 @@ need dense gradients every step and keep the dense path. ``detach``/``squash`` p
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -145,6 +147,61 @@ class Plan:
         if n:
             lines.append(f"last topology update: step {self.update_steps[-1]}")
         return "\n".join(lines)
+
+
+@dataclass
+class _AttachSnapshot:
+    """What ``attach`` may change, kept (on the CPU) so a failed attach can put it back."""
+
+    weights: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]
+    state: list[tuple[torch.Tensor, dict[str, tuple[Any, torch.Tensor | None]] | None]]
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def take(
+        cls,
+        method: SparsityMethod,
+        targets: list[Target],
+        optimizer: torch.optim.Optimizer | None,
+    ) -> _AttachSnapshot:
+        def cpu(x: torch.Tensor) -> torch.Tensor:
+            return x.detach().to("cpu", copy=True)
+
+        weights = [(t.param, t.param.data, cpu(t.param)) for t in targets]
+        state: list[tuple[torch.Tensor, dict[str, tuple[Any, torch.Tensor | None]] | None]] = []
+        for t in targets if optimizer is not None else []:
+            entry = optimizer.state.get(t.param)  # type: ignore[union-attr]
+            kept = None
+            if entry is not None:
+                kept = {
+                    k: (v, cpu(v) if isinstance(v, torch.Tensor) else None)
+                    for k, v in entry.items()
+                }
+            state.append((t.param, kept))
+        return cls(weights, state, list(method.history))
+
+    @torch.no_grad()
+    def restore(self, method: SparsityMethod) -> None:
+        """Undo a failed attach: sparse layers, method-made model changes, weights, state."""
+        with contextlib.suppress(Exception):
+            method._restore_dense_layers()
+        with contextlib.suppress(Exception):
+            method._on_detach()
+        for param, data, values in self.weights:
+            param.data = data
+            data.copy_(values)
+        optimizer = method.optimizer
+        for param, kept in self.state if optimizer is not None else []:
+            if kept is None:
+                optimizer.state.pop(param, None)
+                continue
+            for value, values in kept.values():
+                if values is not None:
+                    value.copy_(values)
+            optimizer.state[param] = {k: value for k, (value, _) in kept.items()}
+        method.model, method.optimizer, method.targets = None, None, []
+        method._masked_targets, method._sparse, method._dense_layers = [], {}, {}
+        method.execution_decisions, method.history = [], self.history
 
 
 class SparsityMethod(SparseExecution):
@@ -286,7 +343,9 @@ class SparsityMethod(SparseExecution):
     ) -> SparsityMethod:
         """Bind the method to ``model`` (and ``optimizer``) and set the initial masks.
 
-        Validates everything first: on error, the model and optimizer are left unchanged.
+        Validates everything first; should setting the masks still fail, the change is rolled
+        back (target weights and their optimizer state are kept on the CPU while attaching), so
+        on any error the model and optimizer are left unchanged.
 
         Args:
             model: The model to sparsify.
@@ -342,6 +401,7 @@ class SparsityMethod(SparseExecution):
                 check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
         self._check_execution()
         self._validate(targets, optimizer)
+        saved = _AttachSnapshot.take(self, targets, optimizer)
         self.model, self.optimizer, self.targets = model, optimizer, targets
         self._masked_targets = targets
         self._rezero = optimizer is not None and (
@@ -359,8 +419,7 @@ class SparsityMethod(SparseExecution):
             self._rank_sync = _dist.attach_sync(self)  # rank 0's state; checked per update
         except Exception:
             self._rank_sync = None
-            self.model, self.optimizer, self.targets = None, None, []
-            self._masked_targets = []
+            saved.restore(self)
             raise
         _ATTACHED[model] = self
         if hook and optimizer is not None:
@@ -610,11 +669,12 @@ class SparsityMethod(SparseExecution):
         unexpected = [n for n in masks if n not in names]
         if missing or unexpected:
             raise ValueError(f"mask keys do not match: missing {missing}, unexpected {unexpected}")
+        for t in self.targets:  # every check before any change
+            shape = tuple(getattr(masks[t.name], "shape", ()))
+            if shape != t.shape:
+                raise ValueError(f"mask {t.name!r} has shape {shape}, expected {t.shape}")
         for t in self.targets:
-            m = masks[t.name]
-            if tuple(m.shape) != t.shape:
-                raise ValueError(f"mask {t.name!r} has shape {tuple(m.shape)}, expected {t.shape}")
-            t.mask.copy_(m.to(torch.bool))
+            t.mask.copy_(masks[t.name].to(torch.bool))
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         self._load_extra_state(state.get("extra", {}))
