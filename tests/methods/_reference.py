@@ -276,7 +276,8 @@ class RefDNW(_OldInPlace, DNW):
             cut = self._ref_select(buf, keep[0])
             cuts = [cut if isinstance(cut, float | None) else cut[a:b] for a, b in pairwise(ends)]
         else:
-            cuts = [self._ref_select(buf[a:b], k) for (a, b), k in zip(pairwise(ends), keep)]
+            spans = zip(pairwise(ends), keep, strict=True)
+            cuts = [self._ref_select(buf[a:b], k) for (a, b), k in spans]
         self._cut = []
         for t, c, (a, b) in zip(self.targets, cuts, pairwise(ends), strict=True):
             if c is None:
@@ -304,7 +305,8 @@ class RefSCL(_OldInPlace, SCL):
     def mask_grad(self, index: int, grad: Tensor, weight: Tensor) -> Tensor:
         out = ref_normalize_per_feature(grad * weight, self.normalization)
         out.add_(self.lam * self.costs[index])
-        d = ref_ste_grad(self.ste, self.mask_vars[index].detach(), self.ste_slope, self._fmasks[index])
+        m_hat = self.mask_vars[index].detach()
+        d = ref_ste_grad(self.ste, m_hat, self.ste_slope, self._fmasks[index])
         return out if d is None else out.mul_(d)
 
     def _before_step(self, step: int) -> None:

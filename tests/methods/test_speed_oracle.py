@@ -11,15 +11,15 @@ values in the same order.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
 import torch
+from _reference import reference_of
 from torch import nn
 
 from sparsetrain.methods import create_method
-
-from _reference import reference_of
 
 STEPS = 240
 
@@ -65,9 +65,11 @@ def _run(method: Any, opt_name: str, lr: float, wd: float) -> list[dict[str, Any
         for key in ("_tau", "_cut", "_lam", "lam"):
             if hasattr(method, key):
                 value = getattr(method, key)
-                rec[key] = [v.clone() if isinstance(v, torch.Tensor) else v for v in value] if (
-                    isinstance(value, list)
-                ) else value
+                rec[key] = (
+                    [v.clone() if isinstance(v, torch.Tensor) else v for v in value]
+                    if (isinstance(value, list))
+                    else value
+                )
 
     opt.register_step_pre_hook(pre)
     opt.register_step_post_hook(post)
@@ -120,7 +122,7 @@ def test_fast_path_equals_earlier_code_bit_for_bit(scenario: str) -> None:
     name, kwargs, opt_name, lr, wd = SCENARIOS[scenario]
     fast = _run(create_method(name, **kwargs), opt_name, lr, wd)
     ref = _run(reference_of(name, **kwargs), opt_name, lr, wd)
-    moves = sum(not _equal(a["mask"], b["mask"]) for a, b in zip(ref, ref[1:]))
+    moves = sum(not _equal(a["mask"], b["mask"]) for a, b in itertools.pairwise(ref))
     assert moves > 10, "the scenario must move the masks"
     for step, (a, b) in enumerate(zip(fast, ref, strict=True), 1):
         for key in b:
