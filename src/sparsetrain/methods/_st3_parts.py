@@ -44,25 +44,21 @@ class OrderStatistics:
     """Exact order statistics of a 1-D float tensor that drifts a little between calls.
 
     Keeps a bracket [lo, hi] of values around the ranks answered last time (the previous
-    threshold, widened by a margin of ``frac``·n ranks each side) and a band: the indices of the
-    entries that lay in a wider range when it was built. A call counts the entries ``< lo`` and
-    ``<= hi`` (two passes). When the wanted ranks lie between the two counts, every entry of
-    those ranks is in the bracket; if the band's entries now in the bracket are as many as the
-    counts say, they are all of them, and the ranks are read exactly from a partition of those
-    few values. Otherwise the band is rebuilt (one more pass), and if the ranks left the bracket
-    a bracket estimated from a strided sample is tried, then a full selection. The answer
-    re-centres the bracket; its margin doubles after a miss and halves after a long run of hits.
-    NaN entries count as larger than any number, as in a sort.
+    threshold, widened by a margin of ``frac``·n ranks each side). A call counts the entries
+    ``< lo`` and ``<= hi`` (two passes); when the wanted ranks lie between the two counts, every
+    entry of those ranks is in the bracket, so they are read exactly from a partition of the
+    bracket's few values (one gather). Otherwise a bracket estimated from a strided sample is
+    tried, then a full selection. The answer re-centres the bracket; its margin doubles after a
+    miss and halves after a long run of hits. NaN entries count as larger than any number, as in
+    a sort.
     """
 
     def __init__(self, frac: float = 0.004, *, use_numpy: bool = True) -> None:
         self._bounds: tuple[float, float] | None = None
-        self._band: Array | None = None  # indices of the entries once within a wider range
         self._frac = frac  # bracket margin each side, in ranks / n
         self._hits = 0
         self._numpy = use_numpy  # False: the torch path other devices take (tested on the CPU)
-        self._scratch: np.ndarray | None = None
-        self._n = 0
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, x: torch.Tensor, ranks: Sequence[int]) -> list[float]:
         """``sorted(x)[r]`` for each 0-based rank ``r`` (ascending), as Python floats.
@@ -74,9 +70,6 @@ class OrderStatistics:
         xa: Array = x.detach().numpy() if cpu else x.detach()
         if len(xa) <= _SMALL:
             return exact_ranks(xa, ranks)
-        if self._band is not None and self._n != len(xa):
-            self._band = None  # another tensor
-        self._n = len(xa)
         if self._bounds is not None:
             got = self._bracketed(xa, ranks, *self._bounds)
             if got is not None:
@@ -85,33 +78,34 @@ class OrderStatistics:
                     self._frac, self._hits = max(self._frac / 2, 0.001), 0
                 return got
             self._frac, self._hits = min(self._frac * 2, 0.05), 0
-        self._band = None
         got = self._bracketed(xa, ranks, *self._estimate(xa, ranks))
         if got is None:  # the sample missed, or NaN entries hold the ranks
             self._bounds = None
             return exact_ranks(xa, ranks)
         return got
 
-    def _count(self, x: Array, op: Callable, bound: float) -> int:
-        """#(op(x, bound)) without a new array per call (numpy)."""
+    def _counts(self, x: Array, lo: float, hi: float) -> tuple[int, int, Array | None]:
+        """#(x < lo), #(x <= hi) and a mask of lo <= x <= hi (numpy only)."""
         if isinstance(x, np.ndarray):
-            if self._scratch is None or len(self._scratch) != len(x):
-                self._scratch = np.empty(len(x), bool)
-            return int(np.count_nonzero(op(x, bound, out=self._scratch)))
-        return int(op(x, bound).sum())
+            if self._scratch is None or len(self._scratch[0]) != len(x):
+                self._scratch = (np.empty(len(x), bool), np.empty(len(x), bool))
+            below, upto = self._scratch
+            np.less(x, lo, out=below)
+            np.less_equal(x, hi, out=upto)
+            return np.count_nonzero(below), np.count_nonzero(upto), below
+        return int((x < lo).sum()), int((x <= hi).sum()), None
 
     def _bracketed(
         self, x: Array, ranks: Sequence[int], lo: float, hi: float
     ) -> list[float] | None:
         """The values if every wanted rank lies in [lo, hi] (and re-centre on them), else None."""
-        numpy = isinstance(x, np.ndarray)
-        n_below = self._count(x, np.less if numpy else torch.lt, lo)
-        if n_below > ranks[0]:
+        n_below, n_upto, below = self._counts(x, lo, hi)
+        if not n_below <= ranks[0] <= ranks[-1] < n_upto:
             return None
-        n_upto = self._count(x, np.less_equal if numpy else torch.le, hi)
-        if ranks[-1] >= n_upto:
-            return None
-        inside = self._inside(x, lo, hi, n_upto - n_below)
+        if below is not None:  # below ⊆ upto: the xor is lo <= x <= hi
+            inside: Array = x[np.logical_xor(below, self._scratch[1], out=below)]
+        else:
+            inside = x[(x >= lo) & (x <= hi)]
         k, w = len(inside), max(int(self._frac * len(x)), 16)
         a, b = ranks[0] - n_below, ranks[-1] - n_below
         want = sorted(
@@ -126,29 +120,6 @@ class OrderStatistics:
         new_hi = part[b + w] if b + w < k else got[-1] + w * step
         self._bounds = (min(new_lo, got[0]), max(new_hi, got[-1]))
         return got
-
-    def _inside(self, x: Array, lo: float, hi: float, count: int) -> Array:
-        """The ``count`` values of ``x`` in [lo, hi]: from the band if it holds them all."""
-        if self._band is not None:
-            cand = x[self._band]
-            inside = cand[(cand >= lo) & (cand <= hi)]
-            if len(inside) == count:  # the band holds every entry in [lo, hi]: exact
-                return inside
-        # new band: the bracket's entries and up to `count` nearest entries on each side
-        width = hi - lo if math.isfinite(hi - lo) else 0.0
-        where = (x >= lo - width) & (x <= hi + width)
-        idx = np.flatnonzero(where) if isinstance(x, np.ndarray) else where.nonzero()[:, 0]
-        cand = x[idx]
-        keep = [idx[(cand >= lo) & (cand <= hi)]]
-        for side, near_first in ((cand < lo, False), (cand > hi, True)):
-            i, v = idx[side], cand[side]
-            if len(i) > count + 16:  # only the nearest count + 16
-                j = len(i) - count - 16 if not near_first else count + 16
-                order = np.argpartition(v, j) if isinstance(v, np.ndarray) else v.argsort()
-                i = i[order[j:]] if not near_first else i[order[:j]]
-            keep.append(i)
-        self._band = np.concatenate(keep) if isinstance(x, np.ndarray) else torch.cat(keep)
-        return x[keep[0]]
 
     def _estimate(self, x: Array, ranks: Sequence[int]) -> tuple[float, float]:
         """A bracket around ``ranks`` from a strided sample of ~4096 entries (±4σ, plus margin)."""

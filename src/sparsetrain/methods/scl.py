@@ -108,33 +108,18 @@ def ste_grad(
 
 
 def normalize_per_feature(
-    g: torch.Tensor,
-    kind: str = "rms",
-    eps: float = 1e-12,
-    *,
-    inplace: bool = False,
-    add: float | None = None,
+    g: torch.Tensor, kind: str = "rms", eps: float = 1e-12, *, inplace: bool = False
 ) -> torch.Tensor:
-    """Divide each output feature g[o] by its RMS, mean |·|, max |·|, L2 norm (or by 1).
-
-    ``add``: a number then added to every entry (in the same pass: ``addcdiv`` rounds the
-    quotient, then the sum, exactly as a division followed by an addition).
-    """
+    """Divide each output feature g[o] by its RMS, mean |·|, max |·|, L2 norm (or by 1)."""
     if kind == "none":
-        if add is None:
-            return g
-        return g.add_(add) if inplace else g + add
+        return g
     rows = g.reshape(g.shape[0], -1)  # (C_out, fan_in)
     order = math.inf if kind == "max_abs" else 1 if kind == "mean_abs" else 2
     scale = torch.linalg.vector_norm(rows, order, dim=1, keepdim=True)  # (C_out, 1)
     if kind in ("rms", "mean_abs"):
         scale.mul_(rows.shape[1] ** (-0.5 if kind == "rms" else -1.0))
     scale.add_(eps)
-    if add is None:
-        return (rows.div_(scale) if inplace else rows / scale).view_as(g)
-    term = torch.tensor(add, dtype=rows.dtype, device=rows.device)
-    out = rows if inplace else torch.empty_like(rows)
-    return torch.addcdiv(term, rows, scale, out=out).view_as(g)
+    return (rows.div_(scale) if inplace else rows / scale).view_as(g)
 
 
 class SCL(InPlaceMethod):
@@ -263,8 +248,8 @@ class SCL(InPlaceMethod):
         Written into ``out`` (a tensor like ``grad``) if given, else into a new tensor.
         """
         prod = grad * weight if out is None else torch.mul(grad, weight, out=out)
-        lam_a = self.lam * self.costs[index]
-        out = normalize_per_feature(prod, self.normalization, inplace=True, add=lam_a)
+        out = normalize_per_feature(prod, self.normalization, inplace=True)
+        out.add_(self.lam * self.costs[index])
         d = ste_grad(self.ste, self.mask_vars[index].detach(), self.ste_slope, self._fmasks[index])
         return out if d is None else out.mul_(d)
 
@@ -347,7 +332,7 @@ class SCL(InPlaceMethod):
             m = self.mask_vars[i]
             if g is None or self.frozen:
                 m.grad = None
-            else:  # into the buffer from the last step: no allocation
+            else:  # into last step's gradient: a fresh 1 MB tensor per step can cost page faults
                 buf = m.grad if m.grad is not None and m.grad.shape == g.shape else None
                 m.grad = self.mask_grad(i, g, w, buf)
             if g is None:

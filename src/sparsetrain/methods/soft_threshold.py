@@ -137,7 +137,7 @@ class STR(InPlaceMethod):
                 continue
             sign = self._sign(t.param.data)  # sign(w_eff) = sign(w)·1[|w| > t]
             dots.append(torch.dot(g.reshape(-1), sign.reshape(-1)).to(s.dtype))
-            g.mul_(t.mask.view(torch.uint8))  # ∂L/∂w = g·1[|w| > t]; the mask is w_eff ≠ 0
+            g.mul_(sign.abs_())  # ∂L/∂w = g·1[|w| > t]
         if s is not None and s.requires_grad:  # ∂L/∂s_l = σ'(s_l) · Σ −g·sign(w_eff)
             d = torch.stack(dots).mul_(self._dsig).neg_()
             s.grad = d  # g already sums every backward since the last step
