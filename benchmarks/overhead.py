@@ -17,6 +17,7 @@ import argparse
 import statistics
 import time
 
+import _machine
 import torch
 from torch import nn
 
@@ -67,7 +68,10 @@ def measure(
     rounds: int = 200,
     warmup: int = 20,
 ) -> list[dict[str, object]]:
-    """Interleaved per-step timings; one row per (model, method) with its ratio to dense."""
+    """Interleaved per-step timings; one row per (model, method) with its ratio to dense.
+
+    ``cpu_pressure``: % of the model's measuring time in which some task waited for a CPU.
+    """
     loss_fn = nn.CrossEntropyLoss()
     rows: list[dict[str, object]] = []
     for model_name in models:
@@ -79,6 +83,7 @@ def measure(
         names = ["dense", *methods]
         runs = {n: build(model_name, n, sparsity) for n in names}
         times: dict[str, list[float]] = {n: [] for n in names}
+        window = _machine.Window()
         for r in range(warmup + rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for n in order:
@@ -91,6 +96,7 @@ def measure(
                 if r >= warmup:
                     times[n].append(time.perf_counter() - t0)
         dense = statistics.median(times["dense"])
+        pressure = window.share()
         for n in methods:
             ratio = statistics.median(a / b for a, b in zip(times[n], times["dense"], strict=True))
             rows.append(
@@ -100,6 +106,7 @@ def measure(
                     "step_ms": statistics.median(times[n]) * 1e3,
                     "dense_ms": dense * 1e3,
                     "ratio": ratio,
+                    "cpu_pressure": pressure,
                 }
             )
     return rows
@@ -113,10 +120,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    _machine.add_arguments(parser)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}")
-    print("| model | method | median step (ms) | dense (ms) | ratio vs dense |")
-    print("|---|---|---|---|---|")
+    load = _machine.MachineLoad.start(args)
+    print(f"batch {args.batch_size}, rounds {args.rounds}")
+    print("| model | method | median step (ms) | dense (ms) | ratio vs dense | CPU pressure % |")
+    print("|---|---|---|---|---|---|")
     rows = measure(
         args.models,
         args.methods,
@@ -128,8 +137,9 @@ def main() -> None:
     for r in rows:
         print(
             f"| {r['model']} | {r['method']} | {r['step_ms']:.3f} | {r['dense_ms']:.3f} "
-            f"| {r['ratio']:.3f} |"
+            f"| {r['ratio']:.3f} | {_machine.fmt(r['cpu_pressure'])} |"
         )
+    load.finish()
 
 
 if __name__ == "__main__":

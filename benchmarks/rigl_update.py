@@ -14,6 +14,7 @@ import argparse
 import statistics
 import time
 
+import _machine
 import torch
 from torch import nn
 
@@ -72,15 +73,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=5)
+    _machine.add_arguments(parser)
     args = parser.parse_args()
+    load = _machine.MachineLoad.start(args)
     r = time_update(args.sparsity, args.repeats)
     n_w, n_t = r["weights"] / 1e6, int(r["tensors"])
     print(f"weights: {n_w:.2f}M in {n_t} tensors, sparsity {args.sparsity}")
-    print(f"threads: {torch.get_num_threads()}")
     print(
         f"rigl update: median {r['median_s']:.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f})"
     )
     print(f"mask memory: {r['mask_bytes_per_weight']:.2f} bytes per weight")
+    load.finish()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import _machine
 import torch
 from torch import nn
 
@@ -156,9 +157,11 @@ def run_width(width: int, sparsities: list[float], rounds: int, warmup: int) -> 
             build(width, "sparsetrain-infer", s) if kind == "sparsetrain" else build(width, kind, s)
         )
         infer1[key], infer64[key] = infer_step(inf, 1), infer_step(inf, 64)
+    window = _machine.Window()
     t_train = interleaved(train, rounds, warmup)
     t_b1 = interleaved(infer1, rounds * 4, warmup)
     t_b64 = interleaved(infer64, rounds * 2, warmup)
+    pressure = _machine.fmt(window.share())
     mem = {k: state_bytes(models[k], opts[k]) for k in models}
     rows = []
     for key in train:
@@ -171,7 +174,7 @@ def run_width(width: int, sparsities: list[float], rounds: int, warmup: int) -> 
             f"{t_b1[key][1]:.2f} ({t_b1[key][0]:.3f} / {t_b1['dense'][0]:.3f} ms) | "
             f"{t_b64[key][1]:.2f} ({t_b64[key][0]:.2f} / {t_b64['dense'][0]:.2f} ms) | "
             f"{mem[key] / 2**20:.1f} / {mem['dense'] / 2**20:.1f} MiB = "
-            f"{mem[key] / mem['dense']:.3f} |"
+            f"{mem[key] / mem['dense']:.3f} | {pressure} |"
         )
     return rows
 
@@ -180,17 +183,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="width 1024 only, few rounds")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (training)")
+    _machine.add_arguments(parser)
     args = parser.parse_args()
     widths = [1024] if args.quick else [1024, 4096]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, fp32")
+    load = _machine.MachineLoad.start(args)
+    print(f"batch {BATCH}, fp32")
     if sparselab is None:
         print("sparselab not importable: its rows are omitted")
     print()
     print(
         "| MLP | sparsity | layer | train step sparse/dense | infer b1 sparse/dense | "
-        "infer b64 sparse/dense | train memory (w + grad + momentum) |"
+        "infer b64 sparse/dense | train memory (w + grad + momentum) | CPU pressure % |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for width in widths:
         if args.rounds is not None:
             rounds = args.rounds
@@ -200,6 +205,7 @@ def main() -> None:
             rounds = 60 if width <= 1024 else 20
         for row in run_width(width, [0.9, 0.98], rounds, warmup=3):
             print(row, flush=True)
+    load.finish()
 
 
 if __name__ == "__main__":

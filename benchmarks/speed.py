@@ -7,7 +7,9 @@ Runs the two measurements of ``overhead.py`` (interleaved per-step timings vs de
 and LeNet-5-Caffe, batch 128, SGD momentum 0.9, topology updates pushed past the benchmark) and
 ``rigl_update.py`` (one RigL update over ResNet-50's 25.5M weights, 90%, ERK, momentum surgery),
 then prints one Markdown table with each goal and whether it was met. Run it on a quiet machine:
-timings taken while other jobs run are not comparable.
+timings taken while other jobs run are not comparable. The machine's state (CPU model, versions,
+threads, CPU pressure before, during each block and after) is printed with the table; a busy
+machine gets a warning, and ``--strict`` refuses to run on one (exit 2).
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
 import overhead
 import rigl_update
 
@@ -39,31 +40,38 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few rounds, one update repeat")
     parser.add_argument("--models", nargs="+", default=["lenet300_100", "lenet5"])
     parser.add_argument("--methods", nargs="+", default=HARD_MASK + FORWARD_FN)
+    _machine.add_arguments(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.methods) - set(GOAL))
     if unknown:
         parser.error(f"no speed goal for {unknown}; valid: {sorted(GOAL)}")
     rounds, warmup, repeats = (20, 5, 1) if args.quick else (150, 20, 7)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rounds {rounds}")
+    load = _machine.MachineLoad.start(args)
+    print(f"rounds {rounds}")
     print()
-    print("| benchmark | model | method | median | dense | ratio | goal | verdict |")
-    print("|---|---|---|---:|---:|---:|---:|---|")
+    print(
+        "| benchmark | model | method | median | dense | ratio | goal | verdict | CPU pressure % |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---|---:|")
     for row in overhead.measure(args.models, args.methods, rounds=rounds, warmup=warmup):
         goal = GOAL[str(row["method"])]
         ratio = float(row["ratio"])
         print(
             f"| step overhead | {row['model']} | {row['method']} | {row['step_ms']:.2f} ms "
-            f"| {row['dense_ms']:.2f} ms | {ratio:.3f} | ≤ {goal:.2f} | {verdict(ratio, goal)} |",
+            f"| {row['dense_ms']:.2f} ms | {ratio:.3f} | ≤ {goal:.2f} | {verdict(ratio, goal)} "
+            f"| {_machine.fmt(row['cpu_pressure'])} |",
             flush=True,
         )
+    window = _machine.Window()
     upd = rigl_update.time_update(0.9, repeats)
     print(
         f"| RigL update | ResNet-50 shapes ({upd['weights'] / 1e6:.1f}M weights) | rigl "
         f"| {upd['median_s']:.3f} s | | | ≤ {RIGL_UPDATE_GOAL_S} s "
-        f"| {verdict(upd['median_s'], RIGL_UPDATE_GOAL_S)} |"
+        f"| {verdict(upd['median_s'], RIGL_UPDATE_GOAL_S)} | {_machine.fmt(window.share())} |"
     )
     print()
     print(f"mask memory: {upd['mask_bytes_per_weight']:.2f} bytes per weight")
+    load.finish()
 
 
 if __name__ == "__main__":

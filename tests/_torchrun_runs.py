@@ -43,4 +43,5 @@ codes = {
 }
 if dist.get_rank() == 0:
     (out / "codes.json").write_text(json.dumps(codes))
+dist.barrier()  # both ranks done before the group goes
 dist.destroy_process_group()

@@ -302,14 +302,22 @@ def test_set_structure_moves_weights_and_state():
     assert torch.equal(
         opt.state[param]["momentum_buffer"], torch.tensor([mom[0], 0.0, mom[2], 0.0])
     )
-    # reset: a kept position restarts from zero; nnz may change
+    # reset: a kept position restarts from zero; nnz may change (a new Parameter, in the
+    # optimizer at the old one's place, with its state)
     reset = torch.zeros(2, 4, dtype=torch.bool)
     reset[0, 0] = True
+    loss = layer(torch.ones(3, 4)).sum()  # a graph using the 4 values, alive across the change
+    loss.backward()
     layer.set_structure(torch.ones(2, 4, dtype=torch.bool), opt, reset=reset)
     assert layer.nnz == 8 and layer.values[0].item() == 0.0
-    assert opt.state[param]["momentum_buffer"].shape == (8,)
-    layer(torch.ones(3, 4)).sum().backward()  # trains on after the resize
+    assert layer.values is not param and opt.param_groups[0]["params"][0] is layer.values
+    assert param not in opt.state
+    assert opt.state[layer.values]["momentum_buffer"].shape == (8,)
+    assert [n for n, _ in layer.named_parameters()] == ["values"]
+    loss = layer(torch.ones(3, 4)).sum()  # trains on after the resize
+    loss.backward()
     opt.step()
+    assert torch.equal(layer.values.grad, torch.full((8,), 3.0))
 
 
 def test_state_dict_round_trip_adopts_other_nnz():

@@ -86,6 +86,95 @@ def test_sparse_matches_masked_dense_over_50_steps(name):
         torch.testing.assert_close(sparse_w[k], dense_w[k], rtol=1e-4, atol=1e-5)
 
 
+# GMP / GraNet: dense start, pruning every 4 steps to 90% at step 24; GraNet also drops and
+# regrows (dense gradient) on every update step, after the pruning window too
+SHRINKING = {"interval": 4, "end_step": 24, "sparsity": 0.9}
+
+
+def _run_shrinking(name: str, execution: str, steps: int = STEPS, **extra: object):
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    method = sparsetrain.create_method(
+        name, total_steps=STEPS, seed=3, execution=execution, **SHRINKING, **extra
+    ).attach(model, opt)
+    losses, masks = _train(model, method, opt, _data()[:steps])
+    return model, opt, method, losses, masks
+
+
+@pytest.mark.parametrize("name", ["gmp", "granet"])
+def test_shrinking_methods_switch_layers_to_sparse_and_match_dense(name):
+    _, _, dense_m, dense_losses, dense_masks = _run_shrinking(name, "dense")
+    model, opt, sparse_m, sparse_losses, sparse_masks = _run_shrinking(name, "sparse")
+    torch.testing.assert_close(
+        torch.tensor(sparse_losses), torch.tensor(dense_losses), rtol=1e-5, atol=1e-6
+    )
+    for step, (a, b) in enumerate(zip(dense_masks, sparse_masks, strict=True), start=1):
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"mask {k} differs at step {step}"
+    assert [h["step"] for h in dense_m.history] == [h["step"] for h in sparse_m.history]
+    rows = {r["layer"]: r for r in sparse_m.execution_decisions}
+    for i in (0, 2, 4):  # every layer moved at the first step that left it at density <= 0.3
+        name_i = f"{i}.weight"
+        first = next(s for s, m in enumerate(dense_masks, 1) if m[name_i].float().mean() <= 0.3)
+        assert isinstance(model[i], SparseLinear)
+        assert rows[name_i]["decision"] == "sparse"
+        assert rows[name_i]["note"].startswith(f"sparse from step {first} ")
+    # the optimizer trains the live values only
+    assert [p.shape for p in opt.param_groups[0]["params"][::2]] == [
+        (model[i].nnz,) for i in (0, 2, 4)
+    ]
+    dense_w = {t.name: t.param.detach() for t in dense_m.targets}
+    for t in sparse_m.targets:
+        layer = sparse_m.sparse_layers()[t.name]
+        assert torch.equal(layer.mask(), t.mask)
+        torch.testing.assert_close(layer.to_dense(), dense_w[t.name], rtol=1e-4, atol=1e-5)
+
+
+def test_shrinking_methods_keep_dense_layers_until_the_density_limit():
+    model, _, method, _, _ = _run_shrinking("gmp", "sparse", steps=4)  # one prune: density 0.7+
+    assert all(type(model[i]) is nn.Linear for i in (0, 2, 4))
+    assert all("dense until density <= 0.3" in r["note"] for r in method.execution_decisions)
+    erk = {"initial_sparsity": 0.8, "regrow_fraction": 0.3}  # GraNet from an ERK mask
+    model, _, method, _, _ = _run_shrinking("granet", "sparse", steps=2, **erk)
+    dens = {t.name: t.nnz / t.numel for t in method.targets}
+    for i in (0, 2, 4):
+        expected = SparseLinear if dens[f"{i}.weight"] <= 0.3 else nn.Linear
+        assert type(model[i]) is expected
+
+
+def test_shrinking_methods_auto_measure_layers_once_pruned_to_half():
+    model, _, method, _, _ = _run_shrinking("gmp", "auto", steps=30, execution_batch_size=32)
+    for i, row in zip((0, 2, 4), method.execution_decisions, strict=True):
+        assert row["dense_ms"] > 0 and row["sparse_ms"] > 0  # measured during the run
+        assert isinstance(model[i], SparseLinear) == (row["decision"] == "sparse")
+        if row["decision"] == "dense":
+            assert row["note"].startswith("measured dense at step")
+
+
+@pytest.mark.parametrize(("name", "at"), [("gmp", 10), ("gmp", 14), ("granet", 10)])
+def test_shrinking_methods_resume_in_sparse_mode(name, at):
+    _, _, _, full_losses, full_masks = _run_shrinking(name, "sparse")
+    model, opt, method, _, _ = _run_shrinking(name, "sparse", steps=at)
+    saved = copy.deepcopy(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "method": method.state_dict()}
+    )
+    model2 = _mlp()
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    method2 = sparsetrain.create_method(
+        name, total_steps=STEPS, seed=3, execution="sparse", **SHRINKING
+    ).attach(model2, opt2)
+    method2.adopt_execution(saved["method"])
+    assert method2.state_dict()["execution"] == saved["method"]["execution"]
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    method2.load_state_dict(saved["method"])
+    losses, masks = _train(model2, method2, opt2, _data()[at:])
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(full_losses[at:]))
+    for a, b in zip(masks, full_masks[at:], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(isinstance(model2[i], SparseLinear) for i in (0, 2, 4))
+
+
 @pytest.mark.parametrize("name", ["static", "rigl"])
 def test_resume_in_sparse_mode_continues_exactly(name):
     _, _, _, full_losses, full_masks = _run(name, "sparse")
@@ -138,7 +227,7 @@ def test_detach_puts_back_the_original_modules_and_optimizer_state():
     assert opt.param_groups[0]["params"][0] is first.weight
 
 
-@pytest.mark.parametrize("name", ["st3", "optg", "gmp"])
+@pytest.mark.parametrize("name", ["st3", "optg", "dnw"])
 def test_methods_needing_dense_path_refuse_sparse_execution(name):
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

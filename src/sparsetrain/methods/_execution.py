@@ -8,6 +8,13 @@ updates the layer trains on sparse kernels; on an update step that needs the den
 the original parameter for the hooks, the structure is rebuilt, and the optimizer state follows
 the weights that stay. Methods needing dense gradients every step keep the dense path.
 
+Methods whose masks start dense and only shrink between regrowths (GMP, GraNet) set
+``sparse_from_density``: a Linear target stays masked-dense while CSR kernels would be slower,
+and moves to sparse kernels at the end of the first topology update that leaves its density at
+or below that value (``execution="auto"``: measured from :data:`AUTO_FROM_DENSITY` on, and moved
+only where faster). The swap replaces the module in the model and the weight's ``Parameter`` in
+the optimizer (same index, state gathered), as at attach.
+
 Only plain ``nn.Linear`` targets can run sparse. Conv, ConvTranspose, attention in-projections,
 recurrent weights, embeddings and other tensors keep the masked-dense path, and so do a weight
 tied to another name (an output head tied to an embedding) and a Linear registered under
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -32,8 +39,21 @@ if TYPE_CHECKING:
     from sparsetrain.sparse.layers import SparseLinear
 
 
+AUTO_FROM_DENSITY = 0.5
+"""``execution="auto"`` with a deferred switch: layers are measured from this density on."""
+
+
 class SparseExecution:
     """Sparse-execution behaviour mixed into ``SparsityMethod`` (see the module docstring)."""
+
+    sparse_from_density: ClassVar[float | None] = None
+    """Density at or below which a dense-started Linear target moves to sparse kernels (GMP,
+    GraNet); ``None``: every eligible target is decided once, at attach."""
+
+    @property
+    def _deferred(self) -> list[tuple[Target, str]]:
+        """Eligible targets still masked-dense that may move to sparse kernels later."""
+        return self.__dict__.setdefault("_deferred_targets", [])
 
     def _check_execution(self) -> None:
         """Raise before attach if this method cannot run with its ``execution`` option."""
@@ -53,7 +73,6 @@ class SparseExecution:
     def _setup_execution(self) -> None:
         """Choose dense or sparse per target and swap the sparse Linear layers in (attach)."""
         from sparsetrain.sparse.bench import plan_layers
-        from sparsetrain.sparse.convert import swap_to_sparse
 
         model = self._require_attached()
         names = {id(m): n for n, m in model.named_modules()}
@@ -80,6 +99,14 @@ class SparseExecution:
             else:
                 eligible.append((t, mod_name))
         chosen: list[tuple[Target, str]] = []
+        self._deferred.clear()
+        limit = self._switch_density()
+        if limit is not None:  # dense-started masks: layers above the limit wait
+            for t, mn in eligible:
+                if t.nnz / t.numel > limit:
+                    self._deferred.append((t, mn))
+                    rows[t.name]["note"] = f"dense until density <= {limit:g}"
+            eligible = [e for e in eligible if e not in self._deferred]
         if self.execution == "sparse":
             chosen = eligible
             for t, _ in eligible:
@@ -95,13 +122,69 @@ class SparseExecution:
                 if d.choice == "sparse":
                     chosen.append((t, mn))
         for t, mod_name in chosen:
-            layer = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
-            self._sparse[t.name] = layer
-            self._dense_layers[t.name] = (t.module, mod_name)
-            t.param.data = _placeholder(t.param)
-        self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+            self._swap_in(t, mod_name)
         self.execution_decisions = [rows[t.name] for t in self.targets]
         self._arm(self.step + 1)
+
+    def _swap_in(self, t: Target, mod_name: str) -> None:
+        """Replace target ``t``'s ``nn.Linear`` by a :class:`SparseLinear` (optimizer included)."""
+        from sparsetrain.sparse.convert import swap_to_sparse
+
+        model = self._require_attached()
+        t.param.grad = None  # the optimizer holds the layer's values from now on
+        layer = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
+        self._sparse[t.name] = layer
+        self._dense_layers[t.name] = (t.module, mod_name)
+        t.param.data = _placeholder(t.param)
+        self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+
+    def _switch_density(self) -> float | None:
+        """Density from which deferred layers are considered (``None``: no deferral)."""
+        limit = self.sparse_from_density
+        if limit is None or self.execution == "dense":
+            return None
+        return max(limit, AUTO_FROM_DENSITY) if self.execution == "auto" else limit
+
+    def switch_shrunk_layers(self, step: int) -> None:
+        """Move deferred targets whose density fell to the limit onto sparse kernels.
+
+        Called by methods with ``sparse_from_density`` at the end of their post-step work on a
+        topology update (GMP, GraNet); a no-op in dense execution or with nothing deferred.
+        """
+        limit = self._switch_density()
+        if limit is None or not self._deferred:
+            return
+        ready = [(t, mn) for t, mn in self._deferred if t.nnz / t.numel <= limit]
+        if not ready:
+            return
+        rows = {r["layer"]: r for r in self.execution_decisions}
+        chosen = ready
+        if self.execution == "auto":
+            from sparsetrain.sparse.bench import plan_layers
+
+            sub = nn.ModuleDict({mn.replace(".", "/"): t.module for t, mn in ready})
+            masks = {f"{mn.replace('.', '/')}.weight": t.mask for t, mn in ready}
+            with torch.enable_grad():  # the measurement trains copies of the layers
+                decisions = plan_layers(
+                    sub, self.execution_batch_size or 1, mode="train", masks=masks, repeats=10
+                )
+            chosen = []
+            for (t, mn), d in zip(ready, decisions, strict=True):
+                rows[t.name].update(dense_ms=d.dense_ms, sparse_ms=d.sparse_ms)
+                if d.choice == "sparse":
+                    chosen.append((t, mn))
+                else:
+                    rows[t.name]["note"] = f"measured dense at step {step}"
+        for t, mn in chosen:
+            self._swap_in(t, mn)
+            self._deferred.remove((t, mn))
+            rows[t.name].update(
+                density=t.nnz / t.numel,
+                decision="sparse",
+                note=f"sparse from step {step} (density {t.nnz / t.numel:.4f})",
+            )
+        if chosen:
+            self._arm(step + 1)
 
     def _sparse_hook(self, step: int, *, backward: bool) -> None:
         """The subclass hook of ``step``, with dense views of sparse targets on update steps."""
@@ -218,8 +301,12 @@ class SparseExecution:
                 self._sparse[t.name] = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
                 self._dense_layers[t.name] = (t.module, mod_name)
                 t.param.data = _placeholder(t.param)
+                self._deferred[:] = [d for d in self._deferred if d[0] is not t]
             elif want == "dense" and has:
                 self._restore_dense_layers([t.name])
+                if self._switch_density() is not None:
+                    names = {id(m): n for n, m in model.named_modules()}
+                    self._deferred.append((t, names.get(id(t.module), "")))
             row = next((r for r in self.execution_decisions if r["layer"] == t.name), None)
             if row is not None and row["decision"] != want:
                 row.update(decision=want, note="from checkpoint")

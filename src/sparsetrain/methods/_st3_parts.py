@@ -2,10 +2,10 @@
 
 Selection: ``torch.kthvalue`` and ``torch.topk`` cost milliseconds per 10⁵ entries on a CPU and
 ``torch.quantile`` refuses more than 16M entries, too slow for a threshold recomputed after every
-step. :class:`OrderStatistics` stays exact with about two counting passes per call (see its
-docstring). On the CPU it works on a numpy view of the buffer: on this torch build, comparisons
-into ``bool`` tensors, ``bool`` reductions, ``nonzero`` and ``torch.where`` are 3-10x slower than
-their numpy counterparts or than float ops with ``out=`` (hence also the float scratch buffers).
+step. :class:`OrderStatistics` stays exact with two counting passes and one gather per call (see
+its docstring). On the CPU it works on a numpy view of the buffer: on this torch build,
+comparisons into ``bool`` tensors, ``bool`` reductions, ``nonzero`` and boolean indexing are 3-10x
+slower than their numpy counterparts.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ WD_SCOPES = ("weights", "as_given")
 SIGMAS = ("dims", "glorot")
 # The official CIFAR budget (configs/*.toml): ramp over epochs 5 → 80, fix at 160, 10 more epochs.
 _BEGIN, _END, _FT = 5 / 170, 80 / 170, 10 / 170
-_SMALL = 8192  # below this many entries a full sort is cheaper than the band bookkeeping
+_SMALL = 8192  # below this many entries a full selection is cheaper than the bracket's passes
 
 
 Array = np.ndarray | torch.Tensor  # CPU tensors are handled as numpy views (faster masks there)
@@ -40,31 +40,25 @@ def exact_ranks(x: Array, ranks: Sequence[int]) -> list[float]:
     return x.sort().values[list(ranks)].tolist()
 
 
-def _count(mask: Array) -> int:
-    return int(np.count_nonzero(mask)) if isinstance(mask, np.ndarray) else int(mask.sum())
-
-
-def _where(mask: Array) -> Array:
-    return np.flatnonzero(mask) if isinstance(mask, np.ndarray) else mask.nonzero().squeeze(1)
-
-
 class OrderStatistics:
     """Exact order statistics of a 1-D float tensor that drifts a little between calls.
 
-    Keeps a band: the indices of every entry whose value lay in [L', U'] when the band was
-    built, around an inner window [L, U] that holds the wanted ranks. A call counts the entries
-    below L and up to U (two passes), and if the band's entries now inside [L, U] number exactly
-    ``#(x <= U) - #(x < L)``, the band holds all of them and the ranks are read from them: exact,
-    with no full selection. Otherwise the band is rebuilt (a sampled estimate, one masked pass,
-    then trimmed around the ranks). The window widens when rebuilds come often (a sparsity ramp
-    moves the ranks; large steps move entries) and narrows when they are rare.
+    Keeps a bracket [lo, hi] of values around the ranks answered last time (the previous
+    threshold, widened by a margin of ``frac``·n ranks each side). A call counts the entries
+    ``< lo`` and ``<= hi`` (two passes); when the wanted ranks lie between the two counts, every
+    entry of those ranks is in the bracket, so they are read exactly from a partition of the
+    bracket's few values (one gather). Otherwise a bracket estimated from a strided sample is
+    tried, then a full selection. The answer re-centres the bracket; its margin doubles after a
+    miss and halves after a long run of hits. NaN entries count as larger than any number, as in
+    a sort.
     """
 
-    def __init__(self) -> None:
-        self._idx: Array | None = None
-        self._window = (0.0, 0.0)
-        self._frac = {"rank": 0.002, "count": 0.004}  # window and extra band, fractions of n
-        self._age = 0
+    def __init__(self, frac: float = 0.004, *, use_numpy: bool = True) -> None:
+        self._bounds: tuple[float, float] | None = None
+        self._frac = frac  # bracket margin each side, in ranks / n
+        self._hits = 0
+        self._numpy = use_numpy  # False: the torch path other devices take (tested on the CPU)
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, x: torch.Tensor, ranks: Sequence[int]) -> list[float]:
         """``sorted(x)[r]`` for each 0-based rank ``r`` (ascending), as Python floats.
@@ -72,65 +66,71 @@ class OrderStatistics:
         >>> OrderStatistics()(torch.tensor([0.5, 0.1, 0.3]), [0, 2])
         [0.10000000149011612, 0.5]
         """
-        xa: Array = x.detach().numpy() if x.device.type == "cpu" else x
+        cpu = x.device.type == "cpu" and self._numpy
+        xa: Array = x.detach().numpy() if cpu else x.detach()
         if len(xa) <= _SMALL:
             return exact_ranks(xa, ranks)
-        if self._idx is not None and type(self._idx) is not type(xa):
-            self._idx = None  # the device changed
-        got = self._from_band(xa, ranks)
-        if isinstance(got, str):  # widen what failed if it failed soon; narrow all if it lasted
-            if self._age < 8:
-                self._frac[got] = min(self._frac[got] * 2, 0.25)
-            elif self._age > 64:
-                self._frac = {k: max(v / 2, 0.001) for k, v in self._frac.items()}
-            self._build(xa, ranks)
-            got = self._from_band(xa, ranks)
-        if isinstance(got, str):  # only with NaN entries
-            self._idx = None
+        if self._bounds is not None:
+            got = self._bracketed(xa, ranks, *self._bounds)
+            if got is not None:
+                self._hits += 1
+                if self._hits >= 64:
+                    self._frac, self._hits = max(self._frac / 2, 0.001), 0
+                return got
+            self._frac, self._hits = min(self._frac * 2, 0.05), 0
+        got = self._bracketed(xa, ranks, *self._estimate(xa, ranks))
+        if got is None:  # the sample missed, or NaN entries hold the ranks
+            self._bounds = None
             return exact_ranks(xa, ranks)
-        self._age += 1
         return got
 
-    def _from_band(self, x: Array, ranks: Sequence[int]) -> list[float] | str:
-        """The values, or why the band cannot give them: ``"rank"`` or ``"count"``."""
-        if self._idx is None:
-            return "rank"
-        lo, hi = self._window
-        below, upto = _count(x < lo), _count(x <= hi)
-        if not below <= ranks[0] <= ranks[-1] < upto:
-            return "rank"  # the ranks left the window
-        cand = x[self._idx]
-        inside = cand[(cand >= lo) & (cand <= hi)]
-        if len(inside) != upto - below:
-            return "count"  # an entry entered the window from outside the band
-        return exact_ranks(inside, [r - below for r in ranks])
+    def _counts(self, x: Array, lo: float, hi: float) -> tuple[int, int, Array | None]:
+        """#(x < lo), #(x <= hi) and a mask of lo <= x <= hi (numpy only)."""
+        if isinstance(x, np.ndarray):
+            if self._scratch is None or len(self._scratch[0]) != len(x):
+                self._scratch = (np.empty(len(x), bool), np.empty(len(x), bool))
+            below, upto = self._scratch
+            np.less(x, lo, out=below)
+            np.less_equal(x, hi, out=upto)
+            return np.count_nonzero(below), np.count_nonzero(upto), below
+        return int((x < lo).sum()), int((x <= hi).sum()), None
 
-    def _build(self, x: Array, ranks: Sequence[int]) -> None:
+    def _bracketed(
+        self, x: Array, ranks: Sequence[int], lo: float, hi: float
+    ) -> list[float] | None:
+        """The values if every wanted rank lies in [lo, hi] (and re-centre on them), else None."""
+        n_below, n_upto, below = self._counts(x, lo, hi)
+        if not n_below <= ranks[0] <= ranks[-1] < n_upto:
+            return None
+        if below is not None:  # below ⊆ upto: the xor is lo <= x <= hi
+            inside: Array = x[np.logical_xor(below, self._scratch[1], out=below)]
+        else:
+            inside = x[(x >= lo) & (x <= hi)]
+        k, w = len(inside), max(int(self._frac * len(x)), 16)
+        a, b = ranks[0] - n_below, ranks[-1] - n_below
+        want = sorted(
+            {a, b, *[r - n_below for r in ranks], *(r for r in (a - w, b + w) if 0 <= r < k)}
+        )
+        part = dict(zip(want, exact_ranks(inside, want), strict=True))
+        got = [part[r - n_below] for r in ranks]
+        # next bracket: `w` ranks beyond the answer where the values are known, else the same
+        # distance at the bracket's mean density
+        step = (hi - lo) / k if math.isfinite(hi - lo) and k else 0.0
+        new_lo = part[a - w] if a - w >= 0 else got[0] - w * step
+        new_hi = part[b + w] if b + w < k else got[-1] + w * step
+        self._bounds = (min(new_lo, got[0]), max(new_hi, got[-1]))
+        return got
+
+    def _estimate(self, x: Array, ranks: Sequence[int]) -> tuple[float, float]:
+        """A bracket around ``ranks`` from a strided sample of ~4096 entries (±4σ, plus margin)."""
         n = len(x)
-        w, extra = (max(int(self._frac[k] * n), 16) for k in ("rank", "count"))
         sample = x[:: max(1, n // 4096)]
         m = len(sample)
-        pad = int(4 * math.sqrt(m) + (w + extra) * m / n) + 2
-        first, last = ranks[0] * (m - 1) // (n - 1), -(-ranks[-1] * (m - 1) // (n - 1))
-        inner = [i for i in (first - pad, last + pad) if 0 <= i < m]
+        pad = int(4 * math.sqrt(m) + self._frac * m) + 2
+        first, last = ranks[0] * (m - 1) // (n - 1) - pad, -(-ranks[-1] * (m - 1) // (n - 1)) + pad
+        inner = [i for i in (first, last) if 0 <= i < m]
         est = dict(zip(inner, exact_ranks(sample, inner), strict=True))
-        lo, hi = est.get(first - pad, -math.inf), est.get(last + pad, math.inf)
-        idx = _where((x >= lo) & (x <= hi))
-        vals = x[idx]
-        below, k = _count(x < lo), len(vals)
-        a, b = ranks[0] - below, ranks[-1] - below
-        self._age = 0
-        if a < 0 or b >= k:  # the sample missed: the band is everything
-            self._idx, self._window = _where(x == x), (-math.inf, math.inf)
-            return
-        # window: ranks ± w; band: window ± extra; both cut exactly on the band's values
-        pos = sorted(
-            {max(a - w - extra, 0), max(a - w, 0), min(b + w, k - 1), min(b + w + extra, k - 1)}
-        )
-        cut = dict(zip(pos, exact_ranks(vals, pos), strict=True))
-        self._window = (cut[max(a - w, 0)], cut[min(b + w, k - 1)])
-        keep = (vals >= cut[max(a - w - extra, 0)]) & (vals <= cut[min(b + w + extra, k - 1)])
-        self._idx = idx[keep]
+        return est.get(first, -math.inf), est.get(last, math.inf)
 
 
 def quantile(x: torch.Tensor, q: float, select: OrderStatistics | None = None) -> float:
@@ -141,32 +141,44 @@ def quantile(x: torch.Tensor, q: float, select: OrderStatistics | None = None) -
     """
     select = OrderStatistics() if select is None else select
     n = x.numel()
-    # torch.quantile's arithmetic (float32 rank and weight) up to its 2**24 limit, float64 above
-    rank = torch.tensor(q, dtype=torch.float32 if n <= 1 << 24 else torch.float64) * (n - 1)
+    # torch.quantile's arithmetic (float32 rank and weight) up to its 2**24 limit, float64 above;
+    # IEEE products and differences, so numpy scalars give the same bits as torch's 0-d tensors
+    real = np.float32 if n <= 1 << 24 else np.float64
+    rank = real(q) * real(n - 1)
     lo = int(rank)
-    frac = (rank - lo).float()
-    if frac.item() == 0.0 or lo + 1 >= n:
+    frac = np.float32(rank - real(lo))
+    if frac == 0.0 or lo + 1 >= n:
         return select(x, [lo])[0]
     v_lo, v_hi = select(x, [lo, lo + 1])
-    return torch.lerp(torch.tensor(v_lo), torch.tensor(v_hi), frac).item()
+    if v_lo == v_hi and math.isfinite(v_lo):  # lerp of equal ends: that value
+        return v_lo
+    return torch.lerp(torch.tensor(v_lo), torch.tensor(v_hi), torch.tensor(frac)).item()
 
 
 def abs_buffer(
     targets: Sequence[Target], cache: list[torch.Tensor], scales: Sequence[float] | None = None
 ) -> torch.Tensor:
-    """|W| of all targets (times ``scales``) concatenated in one reused float32 buffer."""
+    """|W| of all targets (times ``scales``) concatenated in one reused float32 buffer.
+
+    ``cache`` holds the buffer, then each target's view of it in the target's shape.
+    """
     n = sum(t.numel for t in targets)
     dev = targets[0].param.device
     if not cache or cache[0].numel() != n or cache[0].device != dev:
-        cache[:] = [torch.empty(n, dtype=torch.float32, device=dev)]
-    buf, start = cache[0], 0
-    for i, t in enumerate(targets):
-        dst = buf[start : start + t.numel].view(t.shape)
-        torch.abs(t.param.detach().float(), out=dst)
+        buf = torch.empty(n, dtype=torch.float32, device=dev)
+        cache[:] = [
+            buf,
+            *(
+                v.view(t.shape)
+                for v, t in zip(buf.split([t.numel for t in targets]), targets, strict=True)
+            ),
+        ]
+    for i, (t, dst) in enumerate(zip(targets, cache[1:], strict=True)):
+        w = t.param.detach()
+        torch.abs(w if w.dtype == torch.float32 else w.float(), out=dst)
         if scales is not None and scales[i] != 1.0:
             dst.mul_(scales[i])
-        start += t.numel
-    return buf
+    return cache[0]
 
 
 def flat_layout(
@@ -179,6 +191,26 @@ def flat_layout(
         start += t.numel
     rows = [(t.shape[0], g * t.shape[0] / t.numel) for t, g in zip(targets, sigmas, strict=True)]
     return spans, torch.cat([torch.full((r,), v, device=dev) for r, v in rows])
+
+
+def rescale(kept: torch.Tensor, full: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """ST-3's per-row rescale c = 1.01/((kept·k + 1e-6)/(full·k + 1e-6) + 0.01), a new tensor.
+
+    On the CPU the same float32 operations run in numpy (a few hundred rows: torch's per-call
+    cost would dominate); ``1.01 / x`` is torch's ``reciprocal(x) * 1.01``, kept as such.
+    """
+    if kept.device.type != "cpu" or kept.dtype != torch.float32:
+        return 1.01 / ((kept * k + 1e-6) / (full * k + 1e-6) + 0.01)
+    f32, kn = np.float32, k.numpy()
+    num = np.multiply(kept.numpy(), kn)
+    num += f32(1e-6)
+    den = np.multiply(full.numpy(), kn)
+    den += f32(1e-6)
+    num /= den
+    num += f32(0.01)
+    np.reciprocal(num, out=num)
+    num *= f32(1.01)
+    return torch.from_numpy(num)
 
 
 def exact_mask(x: torch.Tensor, tau: float, keep: int) -> torch.Tensor:

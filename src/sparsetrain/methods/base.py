@@ -59,8 +59,9 @@ so every criterion reads weights exactly as in dense mode. A mask change calls
 ``layer.set_structure``: kept weights keep their value and optimizer state, dropped ones vanish,
 grown ones start at zero. The post-step hook of step ``t - 1`` arms ``capture_dense_grad`` when
 step ``t`` needs the dense gradient (RigL growth, SNIP), so it is computed for that step only.
-Only methods with ``supports_sparse_execution`` (static, the DST family) accept it; the others
-need dense gradients every step and keep the dense path. ``detach``/``squash`` put the original
+Only methods with ``supports_sparse_execution`` (static, the DST family, GMP and GraNet, whose
+layers move to sparse kernels once pruned far enough) accept it; the others need dense
+gradients every step and keep the dense path. ``detach``/``squash`` put the original
 ``nn.Linear`` modules back (original names, zeros at pruned positions).
 """
 

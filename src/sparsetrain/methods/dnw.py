@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from itertools import pairwise
 from typing import Any
 
@@ -65,7 +66,8 @@ class DNW(InPlaceMethod):
         self.scope, self.ramp_begin_step, self.ramp_end_step = scope, ramp_begin_step, ramp_end_step
         self.update_interval = check_interval(update_interval)
         self._cut: list[float | torch.Tensor | None] = []  # per target: λ (|W| > λ), mask, all
-        self._tmp: list[torch.Tensor] = []
+        self._fresh: list[bool] = []  # per target: its mask still to be set from the new cut
+        self._ends: list[int] = []  # each target's span in the magnitude buffer
         self._selects: list[OrderStatistics] = []
         self._buf: list[torch.Tensor] = []
         self._counts: tuple[float, list[int]] = (-1.0, [])
@@ -81,6 +83,9 @@ class DNW(InPlaceMethod):
             return False
         if isinstance(cut, float):
             torch.hardshrink(raw, cut, out=out)  # keeps |W| > λ: exactly the top k
+            if self._fresh[index]:  # the mask of a new cut: out ≠ 0, i.e. |W| > λ
+                self.targets[index].mask.copy_(out)
+                self._fresh[index] = False
         else:
             torch.mul(raw, cut, out=out)
         return True
@@ -134,32 +139,26 @@ class DNW(InPlaceMethod):
         keep = self._keep(s)
         if len(self._selects) != len(keep):
             self._selects = [OrderStatistics() for _ in keep]
-        ends = [0]
-        for t in self.targets:
-            ends.append(ends[-1] + t.numel)
+        if len(self._ends) != len(self.targets) + 1:
+            self._ends = list(itertools.accumulate((t.numel for t in self.targets), initial=0))
+        spans = list(pairwise(self._ends))
         if self.scope == "global":
             cut = self._select(buf, keep[0], self._selects[0])
-            cuts = [cut if isinstance(cut, float | None) else cut[a:b] for a, b in pairwise(ends)]
+            cuts = [cut if isinstance(cut, float | None) else cut[a:b] for a, b in spans]
         else:
             cuts = [
                 self._select(buf[a:b], k, sel)
-                for (a, b), k, sel in zip(pairwise(ends), keep, self._selects, strict=True)
+                for (a, b), k, sel in zip(spans, keep, self._selects, strict=True)
             ]
-        self._cut = []
-        for t, c, (a, b) in zip(self.targets, cuts, pairwise(ends), strict=True):
+        self._cut, self._fresh = [], []
+        for t, c in zip(self.targets, cuts, strict=True):
             if c is None:
                 t.mask.fill_(True)
-            elif isinstance(c, float):
-                t.mask.copy_(torch.gt(buf[a:b], c, out=self._scratch(b - a)).view(t.shape))
-            else:
+            elif not isinstance(c, float):
                 c = c.view(t.shape).to(t.param.dtype)
                 t.mask.copy_(c)
             self._cut.append(c)
-
-    def _scratch(self, n: int) -> torch.Tensor:
-        if not self._tmp or self._tmp[0].numel() < n or self._tmp[0].device != self._buf[0].device:
-            self._tmp = [torch.empty(self._buf[0].numel(), device=self._buf[0].device)]
-        return self._tmp[0][:n]
+            self._fresh.append(isinstance(c, float))  # effective() sets that mask, one pass
 
     @staticmethod
     def _select(a: torch.Tensor, k: int, select: OrderStatistics) -> float | torch.Tensor | None:

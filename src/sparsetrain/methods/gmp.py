@@ -22,7 +22,9 @@ class GMP(SparsityMethod):
     lowest-|w| active weights so that sparsity follows
     s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(t₁ − t₀))³. ``scope="layer"`` (the original) prunes each
     tensor to its own allocation (``distribution``); ``scope="global"`` ranks all tensors together.
-    Pruned weights are frozen at zero (hard mask).
+    Pruned weights are frozen at zero (hard mask). With ``execution="sparse"`` a Linear target
+    trains masked-dense until a pruning step leaves it at density ≤ ``sparse_from_density``
+    (0.3), then on sparse kernels (see :mod:`~sparsetrain.methods._execution`).
 
     References:
         Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
@@ -39,10 +41,8 @@ class GMP(SparsityMethod):
     """
 
     name = "gmp"
-    sparse_execution_note = (
-        "prunes a dense model until its last pruning step; switching its layers to sparse "
-        "kernels after that step is not implemented, so it keeps the dense path"
-    )
+    supports_sparse_execution = True
+    sparse_from_density = 0.3
 
     def __init__(
         self,
@@ -115,7 +115,16 @@ class GMP(SparsityMethod):
             steps.append(self.end_step)
         return steps
 
+    def is_update_step(self, step: int) -> bool:
+        return self.schedule.is_update(step) or step == self.end_step
+
     def _after_step(self, step: int) -> None:
+        if self.is_update_step(step):
+            self._update(step)
+            self.switch_shrunk_layers(step)  # sparse execution: layers pruned far enough
+
+    def _update(self, step: int) -> None:
+        """The topology update ending step ``step`` (GMP: prune to the schedule)."""
         if self.schedule.is_update(step) or step == self.end_step:
             self._prune_to(step)
 
@@ -147,5 +156,5 @@ register_method(
     "gmp",
     description="gradual magnitude pruning, cubic ramp (Zhu & Gupta)",
     paper="Zhu & Gupta 2017, arXiv 1710.01878",
-    sparse_execution=False,
+    sparse_execution=True,
 )(GMP)

@@ -150,8 +150,14 @@ class GraNet(GMP):
                 if t.param.grad is not None
             }
 
-    def _after_step(self, step: int) -> None:
-        super()._after_step(step)  # gradual magnitude pruning on its schedule
+    def is_update_step(self, step: int) -> bool:
+        return super().is_update_step(step) or self.is_regrow_step(step)
+
+    def needs_dense_grad(self, step: int) -> bool:
+        return self.is_regrow_step(step)
+
+    def _update(self, step: int) -> None:
+        super()._update(step)  # gradual magnitude pruning on its schedule
         if self.is_regrow_step(step):
             self.regrow(step, self._grads or {})
 
@@ -187,5 +193,5 @@ register_method(
     description="GraNet: global GMP (cubic) + gradient neuroregeneration with cosine-decaying ζ",
     paper="Liu et al., NeurIPS 2021, arXiv 2106.10404",
     dense_grad="update",
-    sparse_execution=False,
+    sparse_execution=True,
 )(GraNet)

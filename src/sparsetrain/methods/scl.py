@@ -252,10 +252,20 @@ class SCL(InPlaceMethod):
             return self.sparsity
         return cubic(step, final=self.sparsity, start=0, end=round(end))
 
-    def mask_grad(self, index: int, grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """dm̂ = (normalize_per_feature(g ⊙ Ŵ) + λ·a_l) · ste'(m̂) for target ``index``."""
-        out = normalize_per_feature(grad * weight, self.normalization, inplace=True)
-        out.add_(self.lam * self.costs[index])  # out is a fresh tensor
+    def mask_grad(
+        self,
+        index: int,
+        grad: torch.Tensor,
+        weight: torch.Tensor,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """dm̂ = (normalize_per_feature(g ⊙ Ŵ) + λ·a_l) · ste'(m̂) for target ``index``.
+
+        Written into ``out`` (a tensor like ``grad``) if given, else into a new tensor.
+        """
+        prod = grad * weight if out is None else torch.mul(grad, weight, out=out)
+        out = normalize_per_feature(prod, self.normalization, inplace=True)
+        out.add_(self.lam * self.costs[index])
         d = ste_grad(self.ste, self.mask_vars[index].detach(), self.ste_slope, self._fmasks[index])
         return out if d is None else out.mul_(d)
 
@@ -335,7 +345,12 @@ class SCL(InPlaceMethod):
         for i, t in enumerate(self.targets):
             g, w, q = t.param.grad, self.raw_weight(i), t.param.data  # Ŵ and W_eff = Ŵ ⊙ M
             # overwritten, not accumulated: g sums every backward since the last step
-            self.mask_vars[i].grad = None if g is None or self.frozen else self.mask_grad(i, g, w)
+            m = self.mask_vars[i]
+            if g is None or self.frozen:
+                m.grad = None
+            else:  # into last step's gradient: a fresh 1 MB tensor per step can cost page faults
+                buf = m.grad if m.grad is not None and m.grad.shape == g.shape else None
+                m.grad = self.mask_grad(i, g, w, buf)
             if g is None:
                 continue
             g.mul_(self._fmasks[i])

@@ -115,7 +115,7 @@ class STR(InPlaceMethod):
         torch._C._nn.softshrink(raw, self._lam[index], out=out)  # sign(w)·ReLU(|w| − t)
         t = self.targets[index]
         t.mask.copy_(out)  # w_eff ≠ 0
-        if index not in self._dead and not t.mask.any():
+        if index not in self._dead and not _any(t.mask):
             self._dead.add(index)  # the layer passes nothing on: the network output is constant
             self.history.append({"step": self.step, "event": "layer_at_density_0", "layer": t.name})
             warnings.warn(
@@ -177,6 +177,11 @@ class STR(InPlaceMethod):
         self.unpublish()
         self.refresh(self.step)
         self.publish()
+
+
+def _any(mask: torch.Tensor) -> bool:
+    """Whether a ``bool`` tensor has a true entry (numpy's is ~10x faster on a CPU tensor)."""
+    return bool(mask.numpy().any()) if mask.device.type == "cpu" else bool(mask.any())
 
 
 register_method(

@@ -12,6 +12,7 @@ steps_per_epoch``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ from sparsetrain.methods._st3_parts import (
     exact_mask,
     flat_layout,
     quantile,
+    rescale,
     resolve_schedule,
     set_bn_momentum,
     sigma_of,
@@ -116,6 +118,9 @@ class ST3(InPlaceMethod):
         self._buf: list[torch.Tensor] = []  # |W_l|/σ_l of all targets, flat
         self._spans: list[slice] = []  # each target's entries in it
         self._row_k = torch.empty(0)  # per output row: σ_l / fan_in (row sum → row mean of |W|)
+        self._row_ends: list[tuple[int, int]] = []  # each target's rows in the row vectors
+        self._sums: list[torch.Tensor] = []  # row sums of |W_l|/σ_l and of the kept part
+        self._inv_sigmas: list[float] = []
         self._undo: list[Callable[[], None]] = []
         self._free: Companion | None = None  # trains biases/normalisation without decay
 
@@ -123,7 +128,11 @@ class ST3(InPlaceMethod):
         sig = self.sigma
         self._sigmas = [1.0 if sig is None else sigma_of(t.shape, sig) for t in self.targets]
         self._scale = [None] * len(self.targets)
+        self._inv_sigmas = [1.0 / g for g in self._sigmas]
         self._spans, self._row_k = flat_layout(self.targets, self._sigmas)
+        rows = list(itertools.accumulate(t.shape[0] for t in self.targets))
+        self._row_ends = list(itertools.pairwise([0, *rows]))
+        self._sums = [torch.empty(rows[-1], device=self._row_k.device) for _ in range(2)]
         super()._on_attach()  # raw-weight buffers, refresh(0), publish(): may raise, so first
         model, opt = self._require_attached(), self.optimizer
         if opt is not None and self.weight_decay_scope == "weights":
@@ -183,28 +192,36 @@ class ST3(InPlaceMethod):
             for t in self.targets:
                 t.mask.fill_(True)
             return
-        buf = abs_buffer(self.targets, self._buf, [1.0 / g for g in self._sigmas])
+        buf = abs_buffer(self.targets, self._buf, self._inv_sigmas)
         tau = quantile(buf, s, self._select)
         if not math.isfinite(tau):
             raise FloatingPointError(f"{self.name}: threshold {tau} (non-finite weights)")
         self._tau = [tau * g for g in self._sigmas]
-        views = list(zip(self._spans, self.targets, strict=True))
-        full = torch.cat([buf[v].view(t.shape[0], -1).sum(1) for v, t in views])
+        full = self._row_sums(self._buf[1:], 0)
         if exact:  # the fix: exactly round((1 - s)·N) weights, ties at τ broken by top-k
             mf = exact_mask(buf, tau, round((1.0 - s) * buf.numel()))
+            views = list(zip(self._spans, self.targets, strict=True))
             self._masks_f = [mf[v].view(t.shape).to(t.param.dtype, copy=True) for v, t in views]
             for t, m in zip(self.targets, self._masks_f, strict=True):
                 t.mask.copy_(m)
-            kept_buf = mf.mul_(buf)
+            mf.mul_(buf)
+            kept_views = [mf[v].view(t.shape) for v, t in views]
         else:
-            kept_buf = torch.nn.functional.threshold_(buf, tau, 0.0)  # |W|·M in place, one pass
+            torch.nn.functional.threshold_(buf, tau, 0.0)  # |W|·M in place, one pass
+            kept_views = self._buf[1:]
         if self.rescale:  # c_o = 1.01/(ρ_o + 0.01), all rows of all layers at once
-            kept = torch.cat([kept_buf[v].view(t.shape[0], -1).sum(1) for v, t in views])
-            k = self._row_k
-            c = 1.01 / ((kept * k + 1e-6) / (full * k + 1e-6) + 0.01)
-            rows = [t.shape[0] for t in self.targets]
-            for i, (part, t) in enumerate(zip(c.split(rows), self.targets, strict=True)):
-                self._scale[i] = part.to(t.param.dtype).view(-1, *([1] * (len(t.shape) - 1)))
+            c = rescale(self._row_sums(kept_views, 1), full, self._row_k)
+            for i, (a, b) in enumerate(self._row_ends):
+                t = self.targets[i]
+                part = c[a:b].view(-1, *([1] * (len(t.shape) - 1)))
+                self._scale[i] = part if t.param.dtype == c.dtype else part.to(t.param.dtype)
+
+    def _row_sums(self, views: list[Tensor], slot: int) -> Tensor:
+        """Per-output-row sums of each target's view, into one reused vector of all rows."""
+        out = self._sums[slot]
+        for (a, b), v in zip(self._row_ends, views, strict=True):
+            torch.sum(v.view(v.shape[0], -1), 1, out=out[a:b])
+        return out
 
     @torch.no_grad()
     def _fix(self) -> None:

@@ -69,6 +69,18 @@ def remap_values(
     return out
 
 
+def _replace_in(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor) -> None:
+    """Put ``new`` where ``old`` sits in the optimizer's groups, and move its state to it."""
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p is old:
+                group["params"][i] = new
+                if old in optimizer.state:
+                    optimizer.state[new] = optimizer.state.pop(old)
+                return
+    raise ValueError("the optimizer does not hold this layer's values")
+
+
 class _CSRModule(nn.Module):
     """A module whose weight pattern lives in ``crow_indices``/``col_indices`` buffers."""
 
@@ -202,8 +214,12 @@ class SparseLinear(_CSRModule):
     ) -> None:
         """Replace the pattern; kept weights and their optimizer state follow, new ones are zero.
 
-        The ``values`` Parameter stays the same object (its ``.data`` is resized), so
-        optimizer param groups need no change; its ``.grad`` is cleared.
+        With the same number of live weights the ``values`` Parameter stays the same object (its
+        ``.data`` is replaced), so optimizer param groups need no change. With another number,
+        ``values`` becomes a new Parameter (autograd keeps the old one's shape for as long as a
+        graph that used it is alive, e.g. the last step's loss) and takes the old one's place in
+        ``optimizer`` (same group, same index, state moved): pass the optimizer that trains it.
+        Its ``.grad`` is cleared either way.
 
         Args:
             mask: New ``bool`` ``(out, in)`` mask.
@@ -235,8 +251,14 @@ class SparseLinear(_CSRModule):
                     )
                 state[key] = remap_values(value, old_flat, new_flat, reset_v)
         self._set_buffers(new)
-        self.values.data = new_vals
-        self.values.grad = None
+        if new_vals.shape == self.values.shape:
+            self.values.data = new_vals
+            self.values.grad = None
+        else:
+            old = self.values
+            self.values = nn.Parameter(new_vals, requires_grad=old.requires_grad)
+            if optimizer is not None:
+                _replace_in(optimizer, old, self.values)
         self.dense_grad = None
 
     # ------------------------------------------------------------------ forward

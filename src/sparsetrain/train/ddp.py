@@ -61,6 +61,10 @@ def process_group(device: str) -> Iterator[None]:
     try:
         yield
     finally:
+        # every rank leaves its last collective before the group goes (a rank torn down while
+        # another still talks to it aborts in gloo's threads)
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
         dist.destroy_process_group()
 
 
