@@ -32,11 +32,22 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 RUNS_SCRIPT = str(Path(__file__).parents[1] / "_torchrun_runs.py")
 
 
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def torchrun(*args: str, cwd: Path, retry_abort: bool = False) -> subprocess.CompletedProcess[str]:
+    """One ``torchrun`` launch; with ``retry_abort``, relaunched once if a worker aborted.
+
+    On a heavily loaded 2-core machine a worker has been seen to die with SIGABRT ("terminate
+    called without an active exception", no Python traceback) inside gloo's C++ threads. For a
+    ``--resume`` launch a relaunch is idempotent (a finished run is left alone, a stopped one
+    continues from its checkpoint), so it keeps that flake out of the bit-exactness check.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*TORCHRUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
-    )
+    for _ in range(2 if retry_abort else 1):
+        done = subprocess.run(
+            [*TORCHRUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
+        )
+        if done.returncode == 0 or "SIGABRT" not in done.stderr:
+            return done
+    return done
 
 
 def test_torchrun_compare_train_and_bit_exact_resume(
@@ -69,7 +80,16 @@ def test_torchrun_compare_train_and_bit_exact_resume(
     assert len(rows(b / "steps.csv")) == 5
 
     resumed = torchrun(
-        "-m", "sparsetrain", "train", str(config), "--out", "b", "--resume", "--quiet", cwd=tmp_path
+        "-m",
+        "sparsetrain",
+        "train",
+        str(config),
+        "--out",
+        "b",
+        "--resume",
+        "--quiet",
+        cwd=tmp_path,
+        retry_abort=True,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming b at step 5/8" in (b / "train.log").read_text()
