@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 import sparsetrain
+from sparsetrain import get_method_info
 from sparsetrain.data import DatasetSplits, load_dataset
 from sparsetrain.export import squash
 from sparsetrain.models import create_model
@@ -88,13 +89,22 @@ class Run:
     """(step, fraction of live weights) sampled along training: forward FLOPs vs dense here."""
 
 
-def method_options(name: str, recipe: Recipe, total_steps: int) -> dict[str, Any]:
+def target_methods() -> list[str]:
+    """The registered methods that reach a set sparsity (emergent ones need their own tuning)."""
+    return [m for m in sparsetrain.list_methods() if get_method_info(m).sparsity_mode == "target"]
+
+
+def method_options(
+    name: str, recipe: Recipe, total_steps: int, steps_per_epoch: int
+) -> dict[str, Any]:
     """The options of ``name`` in this demo: the method's defaults plus its own init."""
     options: dict[str, Any] = {"total_steps": total_steps, "seed": recipe.seed}
+    if name == "optg":  # its sigmoid ramp and mask updates count epochs
+        options["steps_per_epoch"] = steps_per_epoch
     if name != "dense":
         options["sparsity"] = recipe.sparsity
     options["weight_init"] = "sparse_layer_scaled" if name in START_SPARSE else "kaiming_normal"
-    if sparsetrain.get_method_info(name).sparse_execution:
+    if get_method_info(name).sparse_execution:
         options["execution"] = recipe.execution
     return options
 
@@ -111,7 +121,9 @@ def lr_lambda(total_steps: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
-def build_run(name: str, recipe: Recipe, data: DatasetSplits, total_steps: int) -> Run:
+def build_run(
+    name: str, recipe: Recipe, data: DatasetSplits, total_steps: int, steps_per_epoch: int
+) -> Run:
     """Model, optimizer, the method attached (two lines), then the LR schedule."""
     torch.manual_seed(recipe.seed)
     model = create_model(
@@ -127,7 +139,8 @@ def build_run(name: str, recipe: Recipe, data: DatasetSplits, total_steps: int) 
         nesterov=True,
         weight_decay=recipe.weight_decay,
     )
-    method = sparsetrain.create_method(name, **method_options(name, recipe, total_steps))
+    options = method_options(name, recipe, total_steps, steps_per_epoch)
+    method = sparsetrain.create_method(name, **options)
     method.attach(model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, recipe.warmup))
     return Run(name, model, optimizer, scheduler, method)
@@ -162,7 +175,7 @@ def live_fraction(method: sparsetrain.SparsityMethod) -> float:
 
 def dense_grad_fraction(run: Run, total_steps: int) -> float:
     """Fraction of the steps on which the method needs the gradient of every weight."""
-    info = sparsetrain.get_method_info(run.name)
+    info = get_method_info(run.name)
     if info.dense_grad == "always" or run.name == "dense":
         return 1.0
     if info.dense_grad == "never":
@@ -193,7 +206,7 @@ def train_all(names: Sequence[str], recipe: Recipe, data: DatasetSplits) -> list
     steps_per_epoch = -(-len(x) // recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
     sample_every = max(1, total_steps // 300)  # ~300 sparsity samples per run
-    runs = [build_run(name, recipe, data, total_steps) for name in names]
+    runs = [build_run(name, recipe, data, total_steps, steps_per_epoch) for name in names]
     generator = torch.Generator().manual_seed(recipe.seed)
     loss_fn = nn.CrossEntropyLoss()
     for run in runs:
@@ -313,7 +326,9 @@ def positive_int(text: str) -> int:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description="sparsetrain demo: why sparse training")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", default=list(DEFAULT_METHODS), choices=target_methods()
+    )
     parser.add_argument("--sparsity", type=float, default=Recipe.sparsity)
     parser.add_argument("--epochs", type=positive_int, default=Recipe.epochs)
     parser.add_argument("--execution", choices=("sparse", "dense"), default=Recipe.execution)
