@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -x -q
+	$(PY) -m pytest -x
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

@@ -1,6 +1,6 @@
 """Per-step overhead of sparsity methods vs dense training (masked-dense execution).
 
-    .venv/bin/python benchmarks/overhead.py                       # issue-2 methods
+    .venv/bin/python benchmarks/overhead.py                       # the default method set
     .venv/bin/python benchmarks/overhead.py --methods st3 optg scl dnw str
     .venv/bin/python benchmarks/overhead.py --rounds 300 --models lenet300_100
 

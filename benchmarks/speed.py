@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead
 import rigl_update
 
-# Goals from the issues: masked-dense hard-mask methods within 5% of dense, methods with a
+# Our goals: masked-dense hard-mask methods within 5% of dense, methods with a
 # forward function (thresholds, STEs, scores) within 20%; one RigL update on ResNet-50 <= 0.3 s.
 HARD_MASK = ["static", "gmp", "set", "rigl"]
 FORWARD_FN = ["optg", "st3", "st3_sigma", "scl", "str", "dnw", "granet"]

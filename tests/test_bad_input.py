@@ -219,6 +219,49 @@ def test_optimizer_missing_one_layer(tiny_mlp: nn.Module) -> None:
     )
 
 
+def test_closure_optimizer_refused_at_attach(tiny_mlp: nn.Module) -> None:
+    opt = torch.optim.LBFGS(tiny_mlp.parameters(), lr=0.1)
+    for name in ("static", "dnw"):
+        fails_cleanly(
+            tiny_mlp,
+            lambda n=name: create_method(n, sparsity=0.5).attach(tiny_mlp, opt),
+            TypeError,
+            "LBFGS needs step(closure)",
+            "loss.backward(); optimizer.step()",
+        )
+    assert opt.state == {} and len(opt.param_groups[0]["params"]) == 4
+    assert_attachable(tiny_mlp)
+
+
+@pytest.mark.parametrize("name", ["rigl", "dnw"])
+def test_step_with_closure_fails_before_any_change(
+    name: str, tiny_mlp: nn.Module, batch: tuple[torch.Tensor, ...]
+) -> None:
+    opt = sgd(tiny_mlp)
+    method = create_method(name, sparsity=0.5, total_steps=10).attach(tiny_mlp, opt)
+    x, y = batch
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(tiny_mlp(x), y)
+        loss.backward()
+        return loss
+
+    closure()
+    grads = [p.grad.clone() for p in tiny_mlp.parameters()]
+    fails_cleanly(
+        tiny_mlp,
+        lambda: opt.step(closure),
+        TypeError,
+        "optimizer.step(closure) is not supported",
+        attached=method,
+    )
+    assert method.step == 0 and opt.state == {}
+    assert all(torch.equal(p.grad, g) for p, g in zip(tiny_mlp.parameters(), grads, strict=True))
+    opt.step()  # the supported call still works afterwards
+    assert method.step == 1
+
+
 def test_not_an_optimizer(tiny_mlp: nn.Module) -> None:
     fails_cleanly(
         tiny_mlp,
@@ -305,47 +348,37 @@ def test_include_as_single_string(tiny_mlp: nn.Module) -> None:
     )
 
 
-class WithBilinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 3)
-        self.bil = nn.Bilinear(3, 3, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)
-        return self.bil(h, h)
-
-
-def test_include_unsupported_module_type() -> None:
-    torch.manual_seed(0)
-    model = WithBilinear()
-    fails_cleanly(
-        model,
-        lambda: create_method("static", sparsity=0.5, include=["*"]).attach(model, sgd(model)),
-        TypeError,
-        "'bil.weight'",
-        "Bilinear",
-        "exclude=['bil.weight']",
-    )
-    # following the message's advice works: only fc.weight is masked
-    method = create_method("static", sparsity=0.5, include=["*"], exclude=["bil.weight"])
-    method.attach(model, sgd(model))
-    assert [t.name for t in method.targets] == ["fc.weight"]
+def test_include_lazy_module_before_its_first_forward() -> None:
+    model = nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2))
+    before = model[2].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"'0.weight' is not materialised yet.*one forward pass"):
+        create_method("static", sparsity=0.5).attach(model, sgd(model))
+    assert attached_method(model) is None and torch.equal(model[2].weight, before)
+    model(torch.zeros(1, 4))
+    method = create_method("static", sparsity=0.5).attach(model, sgd(model))
+    assert [t.name for t in method.targets] == ["0.weight", "2.weight"]
 
 
 def test_include_names_recurrent_weight() -> None:
-    # a 2-D weight of an unsupported module under a non-"weight" name is not silently skipped
+    # a recurrent weight named by an include pattern is a target; biases matched are skipped
     torch.manual_seed(0)
     model = nn.ModuleDict({"rnn": nn.GRU(3, 4), "fc": nn.Linear(4, 2)})
+    method = create_method("static", sparsity=0.5, include=["rnn.*_l0", "fc.*"])
+    method.attach(model, sgd(model))
+    assert [t.name for t in method.targets] == ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "fc.weight"]
+
+
+def test_include_embedding_with_sparse_gradients() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(12, 2))
     fails_cleanly(
         model,
-        lambda: create_method(
-            "static", sparsity=0.5, include=["rnn.weight_ih_l0", "fc.weight"]
-        ).attach(model, sgd(model)),
+        lambda: create_method("rigl", sparsity=0.5, include=["*"], total_steps=10).attach(
+            model, sgd(model)
+        ),
         TypeError,
-        "'rnn.weight_ih_l0'",
-        "GRU",
+        "'0.weight' gets sparse gradients (Embedding(sparse=True))",
+        "exclude=['0.weight']",
     )
-    # biases matched by a broad glob are still skipped quietly
-    method = create_method("static", sparsity=0.5, include=["fc.*"]).attach(model, sgd(model))
-    assert [t.name for t in method.targets] == ["fc.weight"]
+    method = create_method("rigl", sparsity=0.5, total_steps=10).attach(model, sgd(model))
+    assert [t.name for t in method.targets] == ["2.weight"]  # not included: no error

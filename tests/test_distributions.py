@@ -51,6 +51,37 @@ def test_erk_hand_computed() -> None:
     assert allocate(SHAPES, 0.8, "erk") == {"fc1.weight": 8, "fc2.weight": 4, "conv.weight": 7}
 
 
+def test_fused_blocks_get_the_density_of_separate_matrices() -> None:
+    # attention in-projection (3E, E) with E = 4 as 3 blocks vs three separate 4x4 Linears,
+    # next to a 4x20 Linear: block raw (4+4)/16 = 0.5, fc (4+20)/80 = 0.3, the same either way
+    fused = {"in_proj": (12, 4), "fc": (4, 20)}
+    split = {"q": (4, 4), "k": (4, 4), "v": (4, 4), "fc": (4, 20)}
+    for kind in ("er", "erk"):
+        a = allocate_densities(fused, 0.7, kind, blocks={"in_proj": 3})
+        b = allocate_densities(split, 0.7, kind)
+        assert a["in_proj"] == pytest.approx(b["q"]) and a["fc"] == pytest.approx(b["fc"])
+        # eps * (0.5 * 48 + 0.3 * 80) = 0.3 * 128  ->  eps = 0.8
+        assert a == approx({"in_proj": 0.5 * 0.8, "fc": 0.3 * 0.8})
+    # unfused the in-projection would get (12+4)/48 = 1/3 instead of 1/2
+    assert allocate_densities(fused, 0.7, "erk")["in_proj"] < a["in_proj"]
+    # LSTM (4H, in) with 4 gates of H = 3: one gate's (3 + 5) / 15
+    lstm = allocate_densities({"w_ih": (12, 5), "fc": (4, 20)}, 0.5, "erk", blocks={"w_ih": 4})
+    assert lstm["w_ih"] / lstm["fc"] == pytest.approx((8 / 15) / 0.3)
+
+
+def test_conv_transpose_gets_the_ratio_of_the_matching_conv() -> None:
+    # ConvTranspose2d(3, 5, 2) stores (in, out, kh, kw) = (3, 5, 2, 2), Conv2d(3, 5, 2) (5, 3, 2, 2)
+    up = allocate_densities({"up": (3, 5, 2, 2), "fc": (4, 8)}, 0.6, "erk")
+    conv = allocate_densities({"up": (5, 3, 2, 2), "fc": (4, 8)}, 0.6, "erk")
+    assert up == approx(conv)
+
+
+@pytest.mark.parametrize("bad", [0, 5, 2.0])
+def test_bad_blocks(bad: object) -> None:
+    with pytest.raises(ValueError, match="blocks"):
+        allocate_densities({"w": (12, 4)}, 0.5, "erk", blocks={"w": bad})
+
+
 def test_erk_iterative_dense_rule() -> None:
     # sparsity 0.5: budget 47. First solve eps = 47/29 makes fc2 0.75*47/29 = 1.216 > 1, so fc2
     # becomes dense (8 weights) and the rest re-solve: eps * (12 + 11) = 47 - 8 = 39

@@ -133,6 +133,30 @@ def test_to_sparse_inference_always_converts_and_matches():
     torch.testing.assert_close(model(x[:1]), expected[:1], atol=1e-5, rtol=1e-5)
 
 
+def test_to_sparse_inference_keeps_attention_and_tied_layers_dense():
+    from lm_models import lm_batch, make_lm
+
+    model = make_lm("transformer")  # head tied to the embedding; attention's out_proj
+    method = sparsetrain.create_method("static", sparsity=0.8, include=["*"]).attach(model)
+    squash(method)
+    model.eval()
+    x, _ = lm_batch(0)
+    with torch.no_grad():
+        expected = model(x)
+    decisions = to_sparse_inference(model, mode="always")
+    choices = {d.name: d.choice for d in decisions}
+    assert choices == {
+        "attn.out_proj": "dense",
+        "ff.0": "sparse",
+        "ff.2": "sparse",
+        "head": "dense",
+    }
+    assert type(model.attn.out_proj) is not SparseInferenceLinear
+    assert model.head.weight is model.emb.weight
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_to_sparse_inference_measures_per_layer():
     model = mlp(64)
     with torch.no_grad():

@@ -175,3 +175,18 @@ def test_unknown_name_and_bad_arguments() -> None:
         create_model("lenet5", num_classes=10, input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match=r"cnn1d needs input_shape with 2 dims, e\.g\. \(1, 40\)"):
         create_model("cnn1d", num_classes=10, input_shape=(1, 28, 28))
+
+
+def test_models_register_themselves_by_module() -> None:
+    # the package imports each of its modules: every decorated factory is registered, no list
+    import re
+    from pathlib import Path
+
+    import sparsetrain.models as pkg
+
+    declared = {
+        name
+        for path in Path(pkg.__file__).parent.glob("*.py")
+        for name in re.findall(r'@register_model\(\s*"(\w+)"', path.read_text())
+    }
+    assert declared == EXPECTED == set(list_models())

@@ -85,15 +85,15 @@ def test_runs_differing_in_more_than_the_seed_are_separate_labelled_rows(tmp_pat
     make_run(tmp_path, "c3", 0.40, seed=3, train={"epochs": 1}, data={"train_size": 100})
     rows = rows_by_label(tmp_path)
     assert set(rows) == {
-        "rigl 0.9 [data.train_size=(unset), train.epochs=6]",
-        "rigl 0.9 [data.train_size=(unset), train.epochs=3]",
+        "rigl 0.9 [data.train_size=null, train.epochs=6]",
+        "rigl 0.9 [data.train_size=null, train.epochs=3]",
         "rigl 0.9 [data.train_size=100, train.epochs=1]",
     }
-    six = rows["rigl 0.9 [data.train_size=(unset), train.epochs=6]"]
+    six = rows["rigl 0.9 [data.train_size=null, train.epochs=6]"]
     assert six["n"] == 2 and six["seeds"] == [0, 1]
     assert six["acc_mean"] == pytest.approx(0.82)
     assert six["acc_std"] == pytest.approx(0.04 / math.sqrt(2))
-    assert six["variant"] == {"data.train_size": "(unset)", "train.epochs": "6"}
+    assert six["variant"] == {"data.train_size": "null", "train.epochs": "6"}
 
 
 def test_seed_and_keys_that_change_no_number_pool_into_one_row(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_sparse_and_dense_execution_of_one_seed_are_two_rows_of_n1(tmp_path: Pat
     make_run(tmp_path, "sparse-exec", 0.80, method=sparse)
     rows = rows_by_label(tmp_path)
     assert sorted(rows) == [
-        "rigl 0.9 [method.execution=(unset)]",
+        "rigl 0.9 [method.execution=dense]",
         "rigl 0.9 [method.execution=sparse]",
     ]
     assert all(r["n"] == 1 and r["acc_std"] is None for r in rows.values())
@@ -270,3 +270,11 @@ def test_report_never_overwrites_a_file_it_did_not_write(
     (out / "report.json").write_text('{"mine": true}')
     assert main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 2
     assert (out / "report.json").read_text() == '{"mine": true}'
+
+
+def test_a_config_saved_before_an_option_existed_pools_with_its_default(tmp_path: Path) -> None:
+    make_run(tmp_path, "old", 0.80, seed=0)  # no method.rank_check: saved before it existed
+    method = {"name": "rigl", "sparsity": 0.9, "rank_check": True}  # its default, written out
+    make_run(tmp_path, "new", 0.84, seed=1, method=method)
+    rows = rows_by_label(tmp_path)
+    assert list(rows) == ["rigl 0.9"] and rows["rigl 0.9"]["n"] == 2

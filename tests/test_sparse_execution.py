@@ -30,10 +30,10 @@ def _data() -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
-def _method(name: str, execution: str) -> sparsetrain.SparsityMethod:
+def _method(name: str, execution: str, **extra: object) -> sparsetrain.SparsityMethod:
     opts = {"update_interval": 10} if name in ("set", "rigl") else {}
     return sparsetrain.create_method(
-        name, sparsity=0.8, total_steps=STEPS, seed=3, execution=execution, **opts
+        name, sparsity=0.8, total_steps=STEPS, seed=3, execution=execution, **opts, **extra
     )
 
 
@@ -193,3 +193,73 @@ def test_conv_targets_stay_dense_and_are_reported():
     opt.step()
     assert torch.all(model[0].weight[~method.targets[0].mask] == 0)
     assert method.report().rows[1].nnz == model[2].nnz
+
+
+class _HeadFirst(nn.Module):
+    """An output head registered before the embedding it is tied to, and one Linear used twice
+    under two names (``mid`` and ``again``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 10, bias=False)
+        self.emb = nn.Embedding(10, 16)
+        self.emb.weight = self.head.weight
+        self.mid = nn.Linear(16, 16)
+        self.again = self.mid
+        self.other = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.mid(self.emb(x)))
+        h = torch.relu(self.again(h))
+        return self.head(torch.relu(self.other(h)))
+
+
+def _tied_run(name: str, execution: str, steps: int):
+    torch.manual_seed(0)
+    model = _HeadFirst()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    # include the embedding too: head.weight = emb.weight is one target
+    method = _method(name, execution, include=["*"]).attach(model, opt)
+    g = torch.Generator().manual_seed(2)
+    losses = []
+    for _ in range(steps):
+        x = torch.randint(0, 10, (8, 5), generator=g)
+        loss = F.cross_entropy(model(x).reshape(-1, 10), ((x + 1) % 10).reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model, opt, method, losses
+
+
+@pytest.mark.parametrize("name", ["static", "rigl"])
+def test_tied_and_shared_weights_keep_the_dense_path(name):
+    _, _, _, dense_losses = _tied_run(name, "dense", 20)
+    model, opt, method, losses = _tied_run(name, "sparse", 12)
+    rows = {r["layer"]: r for r in method.execution_decisions}
+    assert [t.name for t in method.targets] == ["head.weight", "mid.weight", "other.weight"]
+    assert (
+        rows["head.weight"]["decision"] == "dense" and "'emb.weight'" in rows["head.weight"]["note"]
+    )
+    assert (
+        rows["mid.weight"]["decision"] == "dense" and "'again.weight'" in rows["mid.weight"]["note"]
+    )
+    assert rows["other.weight"]["decision"] == "sparse" and isinstance(model.other, SparseLinear)
+    assert model.emb(torch.arange(10)).abs().sum() > 0  # the embedding reads the real weights
+    assert model.mid is model.again and type(model.mid) is nn.Linear
+    # resume from the state dicts, then squash: same outputs, plain model
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict(), method.state_dict()))
+    model2, opt2, method2, _ = _tied_run(name, "sparse", 0)
+    method2.adopt_execution(saved[2])
+    model2.load_state_dict(saved[0])
+    opt2.load_state_dict(saved[1])
+    method2.load_state_dict(saved[2])
+    x = torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        torch.testing.assert_close(model2(x), model(x))
+        expected = model(x)
+    plain = method.squash()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-6)
+    assert plain.head.weight is plain.emb.weight
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(dense_losses[:12]))

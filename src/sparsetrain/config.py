@@ -256,6 +256,8 @@ class ExperimentConfig:
         if o.milestones is not None and any(m < 0 for m in o.milestones):
             raise ConfigError(f"optim.milestones must be epochs >= 0, got {list(o.milestones)}")
         sparsity = self.method.options.get("sparsity")
+        if sparsity is not None:
+            sparsity = check_type("method.sparsity", sparsity, float)
         if sparsity is not None and not 0.0 <= sparsity < 1.0:
             raise ConfigError(f"method.sparsity must be in [0, 1), got {sparsity}")
 
@@ -457,20 +459,62 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, parsed
 
 
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(
+    raw: Mapping[str, Any], overrides: Sequence[str], notes: list[str] | None = None
+) -> dict[str, Any]:
     """A deep copy of ``raw`` with each ``section.key=value`` override set.
 
-    Setting ``method.name`` (or ``data.name``, ``model.name``) to a different entry keeps that
-    section's other options; they are then validated against the new entry.
+    ``section.key=null`` removes the key, so its default applies. Setting ``method.name`` (or
+    ``data.name``, ``model.name``) to another entry drops the section's options the new entry
+    does not take, and those left at the old entry's default where the new one's differs (see
+    :func:`sparsetrain.train.build.switch_entry`); options given on the same command line are
+    kept and validated strictly. What was dropped is described in ``notes``, one line each.
 
     Raises:
         ConfigError: Malformed override or unknown section (with close matches).
     """
     out = _deepcopy(raw)
+    given: dict[str, set[str]] = {}
     for text in overrides:
         path, value = parse_override(text)
-        set_dotted(out, ".".join(path), value, what=f"override {text!r}")
+        if value is None:
+            _remove_dotted(out, path)
+        else:
+            set_dotted(out, ".".join(path), value, what=f"override {text!r}")
+        given.setdefault(path[0], set()).add(".".join(path[1:]))
+    for section in ("data", "model", "method"):
+        old, new = _entry(raw, section), _entry(out, section)
+        if old is None or new is None or old == new:
+            continue
+        from sparsetrain.train.build import switch_entry
+
+        dropped, reset = switch_entry(out[section], section, old, new, given.get(section, ()))
+        what = [f"dropped {_keys(section, dropped)} (not an option of {new})"] if dropped else []
+        what += [f"{_keys(section, reset)} back to {new}'s defaults"] if reset else []
+        if what and notes is not None:
+            notes.append(f"{section}.name {old} -> {new}: {'; '.join(what)}")
     return out
+
+
+def _entry(raw: Mapping[str, Any], section: str) -> str | None:
+    part = raw.get(section)
+    name = part.get("name", "dense" if section == "method" else None) if part else None
+    return name if isinstance(name, str) else None
+
+
+def _keys(section: str, keys: Sequence[str]) -> str:
+    return ", ".join(f"{section}.{k}" for k in keys)
+
+
+def _remove_dotted(raw: dict[str, Any], path: Sequence[str]) -> None:
+    """Remove ``raw[a][b]`` for ``path = [a, b]`` if present (``a.b=null`` on the command line)."""
+    if path[0] not in SECTIONS:
+        set_dotted(raw, ".".join(path), None)  # raises: unknown section, with close matches
+    node: Any = raw
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any, *, what: str | None = None) -> None:
@@ -507,7 +551,9 @@ def _deepcopy(raw: Any) -> Any:
     return raw
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), notes: list[str] | None = None
+) -> ExperimentConfig:
     """Load a YAML config, apply dotted overrides and validate.
 
     Registry names and their options are validated later, by
@@ -515,12 +561,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 
     Args:
         path: YAML file.
-        overrides: ``section.key=value`` strings.
+        overrides: ``section.key=value`` strings (see :func:`apply_overrides`).
+        notes: Receives one line per change the overrides implied (options dropped when
+            ``method.name`` switches to another method).
 
     Raises:
         ConfigError: Naming the offending key.
     """
-    return ExperimentConfig.from_dict(apply_overrides(read_yaml(path), overrides))
+    return ExperimentConfig.from_dict(apply_overrides(read_yaml(path), overrides, notes))
 
 
 def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:

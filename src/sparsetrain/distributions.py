@@ -7,11 +7,24 @@ construction.
 
 - ``uniform``: every tensor has the global density.
 - ``er``: Erdős–Rényi, density ∝ (n_in + n_out) / (n_in · n_out) (kernel dims ignored).
-- ``erk``: Erdős–Rényi-Kernel, density ∝ Σ dims / Π dims (spec §5.5), with the official
-  iterative rule: while the scaled density of the largest-ratio layer exceeds 1, make it dense
-  and solve again for the rest.
+- ``erk``: Erdős–Rényi-Kernel, density ∝ Σ dims / Π dims (Evci et al., ICML 2020), with the
+  Fantastic Weights code's iterative rule (``ERK_initializer``): while the scaled density of the
+  largest-ratio layer exceeds 1, make it dense and solve again for the rest.
 - ``global``: no per-tensor quota; uniform densities are returned as a starting point and the
   methods select with one global ranking.
+
+Fan-in and fan-out of each kind of tensor (the dims the ``er``/``erk`` ratios use):
+
+- ``Linear`` ``(out, in)`` and ``Conv`` ``(out, in/groups, k...)``: the stored dims, as the
+  official code; ``er`` uses ``n_out = shape[0]``, ``n_in = shape[1]``.
+- ``ConvTranspose`` ``(in, out/groups, k...)``: the stored dims too. Both ratios are symmetric
+  in the dims, so it gets the ratio of the ``Conv`` with the same channels and kernel.
+- Fused weights of ``blocks`` equal matrices stacked along dim 0: ``MultiheadAttention``'s
+  ``in_proj_weight`` ``(3E, E)`` (query, key, value: 3 blocks), LSTM ``weight_ih_l*`` /
+  ``weight_hh_l*`` ``(4H, in)`` (4 gates), GRU ``(3H, in)`` (3 gates): the ratio of one block,
+  ``(shape[0] / blocks, shape[1], ...)``, so a fused projection gets the density it would get
+  as separate ``Linear`` layers. Callers pass ``blocks`` (``Target.blocks``); default 1.
+- Any other tensor of >= 2 dims: its stored dims.
 """
 
 from __future__ import annotations
@@ -35,7 +48,13 @@ def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     return float(sparsity)
 
 
-def _raw_ratio(shape: tuple[int, ...], kind: str, power: float) -> float:
+def _raw_ratio(shape: tuple[int, ...], kind: str, power: float, blocks: int = 1) -> float:
+    if blocks != 1:
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+        if shape[0] % blocks:
+            raise ValueError(f"shape {shape} does not split into {blocks} blocks along dim 0")
+        shape = (shape[0] // blocks, *shape[1:])
     if kind == "er":
         n_out, n_in = shape[0], shape[1]
         return (n_in + n_out) / (n_in * n_out)
@@ -43,7 +62,12 @@ def _raw_ratio(shape: tuple[int, ...], kind: str, power: float) -> float:
 
 
 def allocate_densities(
-    shapes: ShapeDict, sparsity: float, kind: str = "erk", *, erk_power: float = 1.0
+    shapes: ShapeDict,
+    sparsity: float,
+    kind: str = "erk",
+    *,
+    erk_power: float = 1.0,
+    blocks: Mapping[str, int] | None = None,
 ) -> dict[str, float]:
     """Real-valued per-tensor densities whose weighted mean is ``1 - sparsity``.
 
@@ -52,6 +76,8 @@ def allocate_densities(
         sparsity: Global sparsity over these tensors, in [0, 1).
         kind: One of ``uniform``, ``er``, ``erk``, ``global``.
         erk_power: Exponent on the ERK ratio (1 in the official code).
+        blocks: Tensor name to the number of matrices stacked along dim 0 (fused attention
+            and recurrent weights; see the module docstring); missing names: 1.
 
     Returns:
         Tensor name to density in [0, 1].
@@ -63,7 +89,8 @@ def allocate_densities(
     if kind in ("uniform", "global"):
         return dict.fromkeys(shapes, density)
     sizes = {n: math.prod(s) for n, s in shapes.items()}
-    raw = {n: _raw_ratio(tuple(s), kind, erk_power) for n, s in shapes.items()}
+    fused = blocks or {}
+    raw = {n: _raw_ratio(tuple(s), kind, erk_power, fused.get(n, 1)) for n, s in shapes.items()}
     total = sum(sizes.values())
     dense: set[str] = set()
     while True:
@@ -107,13 +134,18 @@ def densities_to_counts(
 
 
 def allocate(
-    shapes: ShapeDict, sparsity: float, kind: str = "erk", *, erk_power: float = 1.0
+    shapes: ShapeDict,
+    sparsity: float,
+    kind: str = "erk",
+    *,
+    erk_power: float = 1.0,
+    blocks: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Per-tensor keep-counts for a global ``sparsity`` (see module docstring).
 
     >>> allocate({"a": (10, 10), "b": (10, 10)}, 0.5, "uniform")
     {'a': 50, 'b': 50}
     """
-    dens = allocate_densities(shapes, sparsity, kind, erk_power=erk_power)
+    dens = allocate_densities(shapes, sparsity, kind, erk_power=erk_power, blocks=blocks)
     total = sum(math.prod(s) for s in shapes.values())
     return densities_to_counts(shapes, dens, round((1.0 - sparsity) * total))

@@ -46,7 +46,7 @@ def cubic(step: int, *, final: float, start: int, end: int, initial: float = 0.0
 
 
 def sigmoid_ramp(epoch: int, *, target: float, total_epochs: int, beta: float = 1.0) -> float:
-    """OptG's ramp s(e) = s_target · σ(β(e − E/2)) (spec §2.3).
+    """OptG's ramp s(e) = s_target · σ(β(e − E/2)) (Zhang et al., arXiv 2201.12826).
 
     >>> round(sigmoid_ramp(80, target=0.9, total_epochs=160), 3)
     0.45

@@ -114,6 +114,36 @@ def test_dnw_reaches_target_in_50_steps(scope: str) -> None:
         )
 
 
+def test_dnw_float64_mask_is_the_forward_support() -> None:
+    # 0.5 + 1e-12 rounds to 0.5 in float32: a float32 ranking put the cut at 0.5, and the float64
+    # forward kept |w| > 0.5, so 0.5 + 1e-12 was live in the forward but not in the mask
+    layer = nn.Linear(3, 2, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(
+            torch.tensor([[0.1, 0.2, 0.5], [0.5 + 1e-12, 0.9, 1.0]], dtype=torch.float64)
+        )
+    method = DNW(sparsity=2 / 3).attach(layer)  # keep 2 of 6
+    expected = [[False, False, False], [False, True, True]]
+    assert method.targets[0].mask.tolist() == expected
+    assert (layer.weight != 0).tolist() == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_dnw_trains_in_other_dtypes(dtype: torch.dtype) -> None:
+    model = _mlp().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    method = create_method("dnw", sparsity=0.8, total_steps=10).attach(model, opt)
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 8, dtype=dtype), torch.randint(0, 4, (32,))
+    for _ in range(10):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x).float(), y).backward()
+        opt.step()
+    assert method.finish().nnz == method.global_target_count()
+    for t in method.targets:
+        assert torch.equal(t.mask, t.param != 0), t.name
+
+
 # ---------------------------------------------------------------------------------------- STR
 
 S01 = math.log(0.1 / 0.9)  # sigmoid(S01) = 0.1
@@ -188,7 +218,9 @@ def test_str_sparsity_is_emergent() -> None:
     assert get_method_info("str").sparsity_mode == "emergent"
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
-    method = create_method("str", sparsity=0.9, total_steps=40, s_init=-3.0).attach(model, opt)
+    with pytest.raises(ValueError, match=r"str does not take sparsity=0.9: .*emergent"):
+        create_method("str", sparsity=0.9, total_steps=40)  # a target it would silently miss
+    method = create_method("str", total_steps=40, s_init=-3.0).attach(model, opt)
     _train(model, opt, 10)
     early = method.report().sparsity
     _train(model, opt, 30)
@@ -196,6 +228,25 @@ def test_str_sparsity_is_emergent() -> None:
     assert report.global_target_nnz is None and 0.1 < early < report.sparsity < 0.6
     for i, t in enumerate(method.targets):
         assert torch.equal(t.mask, model[2 * i].weight != 0)  # the mask is w_eff != 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_str_trains_in_other_dtypes(dtype: torch.dtype) -> None:
+    model = _mlp().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    method = STR(s_init=-3.0).attach(model, opt)
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 8, dtype=dtype), torch.randint(0, 4, (32,))
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x).float(), y).backward()
+        opt.step()
+    for i, t in enumerate(method.targets):
+        assert t.param.dtype == dtype
+        lam = method.threshold_values()[t.name]
+        expected = nn.functional.softshrink(method.raw_weight(i), lam)
+        assert torch.equal(t.param.detach(), expected) and torch.equal(t.mask, t.param != 0)
+    assert method.report().sparsity > 0
 
 
 def test_str_needs_optimizer_and_round_trips() -> None:
@@ -218,3 +269,21 @@ def test_str_needs_optimizer_and_round_trips() -> None:
     assert all(
         torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters(), strict=True)
     )
+
+
+def test_str_warns_when_a_layer_reaches_density_0() -> None:
+    from sparsetrain.methods.base import SparsityTargetWarning
+
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = STR(s_init=-10.0).attach(model, opt)
+    x = torch.randn(8, 8)
+    with torch.no_grad():
+        method.threshold[1] = 5.0  # sigmoid(5) = 0.993 > every |w| of the middle layer
+    with pytest.warns(SparsityTargetWarning, match=r"'2.weight' reached density 0 at step 1"):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    assert [h for h in method.history if h.get("event")] == [
+        {"step": 1, "event": "layer_at_density_0", "layer": "2.weight"}
+    ]

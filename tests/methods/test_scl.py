@@ -206,3 +206,43 @@ def test_masks_take_their_own_sgd_steps_under_adam(tiny_mlp) -> None:
     for v in m.mask_vars:
         torch.testing.assert_close(v.detach(), 1.0 - 0.05 * v.grad)
     assert len(m.state_dict()["extra"]["mask_optimizer"]["state"]) == len(m.mask_vars)
+
+
+def test_adaptive_lambda_controls_log_density_by_hand() -> None:
+    from sparsetrain.methods.scl import MAX_LOG_STEP, adapt_lambda
+
+    # at target, no change: log(d/d*) = 0 and the density did not move
+    assert adapt_lambda(0.5, 0.98, 0.98, 0.98, gain=0.1, damping=10) == 0.5
+    # 2x too dense (d = 0.04 vs 0.02), density steady: log λ += 0.05 · ln 2
+    lam = adapt_lambda(1.0, 0.96, 0.96, 0.98, gain=0.05, damping=10)
+    assert lam == pytest.approx(math.exp(0.05 * math.log(2)))
+    # overshoot 0.98 -> 0.992 is a 2.5x density error: λ falls (the absolute error looked tiny)
+    lam = adapt_lambda(1.0, 0.992, 0.992, 0.98, gain=0.01, damping=0)
+    assert lam == pytest.approx(math.exp(0.01 * math.log(0.008 / 0.02)))
+    # masks in flight towards the target (density halving in a step) damp the push
+    assert adapt_lambda(1.0, 0.95, 0.9, 0.98, gain=0.01, damping=10) < 1.0
+    # the step of log λ is bounded, and scaled by the masks' LR ratio (anti-windup)
+    assert adapt_lambda(1.0, 0.0, 0.0, 0.99, gain=10, damping=0) == pytest.approx(
+        math.exp(MAX_LOG_STEP)
+    )
+    assert adapt_lambda(1.0, 0.96, 0.96, 0.98, gain=0.05, damping=0, lr_ratio=0.0) == 1.0
+    half = adapt_lambda(1.0, 0.96, 0.96, 0.98, gain=0.05, damping=0, lr_ratio=0.5)
+    assert half == pytest.approx(math.exp(0.025 * math.log(2)))
+
+
+def test_flops_regularizer_refuses_attention_weights() -> None:
+    model = nn.Sequential(nn.Linear(4, 8))
+    model.attn = nn.MultiheadAttention(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"'attn.in_proj_weight' \(MultiheadAttention\).*count"):
+        SCL(lam=0.1, regularizer="flops").attach(model, opt)
+    assert len(opt.param_groups) == 1 and not hasattr(model[0], "weight_raw")
+
+
+def test_adaptive_target_follows_a_cubic_ramp() -> None:
+    m = SCL(lambda_mode="adaptive", sparsity=0.9, total_steps=100, target_ramp=0.5)
+    assert m.target_at(0) == 0.0
+    assert m.target_at(25) == pytest.approx(0.9 * (1 - 0.5**3))
+    assert m.target_at(50) == m.target_at(99) == 0.9
+    flat = SCL(lambda_mode="adaptive", sparsity=0.9, total_steps=100, target_ramp=0.0)
+    assert flat.target_at(0) == 0.9

@@ -296,3 +296,14 @@ def test_state_dict_round_trip_mid_ramp() -> None:
         _step(model, opt, x)
         _step(model2, opt2, x)
         assert torch.equal(model(x), model2(x))
+
+
+def test_weight_decay_reaches_attention_targets() -> None:
+    model = nn.Sequential(nn.Linear(4, 8))
+    model.attn = nn.MultiheadAttention(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
+    method = ST3(sparsity=0.5, ramp_end_step=1).attach(model, opt)
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    assert id(model.attn.in_proj_weight) in decayed and id(model[0].weight) in decayed
+    free = {id(p) for g in method._free.groups for p in g["params"]}
+    assert id(model.attn.in_proj_bias) in free and id(model[0].bias) in free

@@ -3,13 +3,14 @@
     sparsetrain train CONFIG [section.key=value ...] [--out RUN_DIR] [--resume] [--overwrite]
     sparsetrain compare SUITE.yaml [--jobs 2] [--out DIR]
     sparsetrain report RUN_DIR... [--out DIR]
-    sparsetrain list [methods|criteria|models|datasets]
+    sparsetrain list [methods [NAME]|criteria|models|datasets]
     sparsetrain plan CONFIG [section.key=value ...]
     sparsetrain export RUN_DIR --format {compressed,dense,sparse-inference} [--out PATH]
 
 Exit codes: 0 success; 1 a sparsity target was missed or a suite run failed (everything is
 saved first); 2 a usage or config error (one line on stderr naming the key and valid options);
-128 + signal number when training was stopped by SIGINT/SIGTERM (resumable with ``--resume``).
+128 + signal number when ``train`` or ``compare`` was stopped by SIGINT (130) or SIGTERM (143)
+(resumable with ``--resume``, or by running ``compare`` again).
 
 Masked-dense training (the default execution) is not faster than dense training: sparsity
 saves theoretical FLOPs (reported in ``summary.json``), not wall time. ``method.execution=sparse``

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 from typing import Any
 
+from sparsetrain._names import plural
 from sparsetrain.cli._common import USER_ERRORS, fail
 
 
@@ -24,27 +27,44 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate the whole grid, then run it; exit 1 if any run failed or missed its target."""
+    """Validate the whole grid, then run it; exit 1 if any run failed or missed its target.
+
+    Under ``torchrun --nproc-per-node N`` every process trains each run together, one run
+    after the other (``--jobs 1``); only rank 0 writes and prints.
+    """
+    from sparsetrain.config import ConfigError
+    from sparsetrain.train import ddp
     from sparsetrain.train.suite import load_suite, run_suite
 
+    follower = ddp.launched() and os.environ.get("RANK", "0") != "0"
     if args.jobs < 1:
-        return fail(f"--jobs must be >= 1, got {args.jobs}", "compare")
+        return 2 if follower else fail(f"--jobs must be >= 1, got {args.jobs}", "compare")
+    if args.jobs > 1 and ddp.launched():
+        return 2 if follower else fail("--jobs must be 1 under torchrun", "compare")
     try:
         runs = load_suite(args.suite, args.out)
     except USER_ERRORS as exc:
-        return fail(exc, "compare")
+        return 2 if follower else fail(exc, "compare")
     root = runs[0].run_dir.parent
-    print(f"suite {args.suite}: {len(runs)} runs in {root} ({args.jobs} job(s))", flush=True)
-    outcomes = run_suite(
-        runs, jobs=args.jobs, data_dir=args.data_dir, echo=lambda s: print(s, flush=True)
-    )
+
+    def echo(line: str) -> None:
+        if not follower:
+            print(line, flush=True)
+
+    echo(f"suite {args.suite}: {plural(len(runs), 'run')} in {root} ({plural(args.jobs, 'job')})")
+    try:
+        with ddp.process_group(runs[0].cfg.train.device):
+            outcomes = run_suite(runs, jobs=args.jobs, data_dir=args.data_dir, echo=echo)
+    except ConfigError as exc:  # another compare holds the folder's lock
+        return fail(exc, "compare")
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    print(
+    echo(
         ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         + f"; report: sparsetrain report {root}"
     )
-    if counts.get("interrupted"):
-        return 130
+    if counts.get("interrupted"):  # 128 + the signal that stopped it (SIGINT 130, SIGTERM 143)
+        signums = [o.signum for o in outcomes if o.signum is not None]
+        return 128 + (signums[0] if signums else int(signal.SIGINT))
     return 0 if set(counts) <= {"finished", "skipped"} else 1

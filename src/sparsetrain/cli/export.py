@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     """Rebuild, load the chosen weights, squash and write; prints what was written."""
     from sparsetrain.export import format_decisions, save_compressed, squash, to_sparse_inference
     from sparsetrain.train.checkpoint import CheckpointError
-    from sparsetrain.train.experiment import load_run
+    from sparsetrain.train.experiment import load_run, record_export
 
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / DEFAULT_NAMES[args.format]
@@ -135,5 +135,6 @@ def run(args: argparse.Namespace) -> int:
             save_compressed(model, out)
     except (*USER_ERRORS, CheckpointError) as exc:
         return fail(exc, "export")
+    record_export(run_dir, out)  # `train --overwrite` deletes it with the run
     print(f"wrote {out} ({args.format}; {what})")
     return 0

@@ -28,10 +28,11 @@ def run(args: argparse.Namespace) -> int:
     from sparsetrain.config import load_config
     from sparsetrain.train.experiment import plan_experiment
 
+    notes: list[str] = []
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, notes)
         text = plan_experiment(cfg, args.data_dir, points=args.points)
     except USER_ERRORS as exc:
         return fail(exc, "plan")
-    print(text)
+    print("\n".join([*(f"note: {n}" for n in notes), text]))
     return 0

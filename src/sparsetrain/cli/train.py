@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in a non-empty run directory (deletes the previous run's files)",
+        help="start over in a non-empty run directory (deletes the previous run's files and "
+        "exports; other files stay)",
     )
     p.add_argument("--data-dir", help="dataset folder (overrides data.data_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -40,31 +42,50 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load, validate and train; see ``sparsetrain.train.experiment``."""
+    """Load, validate and train; see ``sparsetrain.train.experiment``.
+
+    Under ``torchrun --nproc-per-node N`` every process trains the run together (see
+    ``sparsetrain.train.ddp``); only rank 0 writes and prints.
+    """
     from sparsetrain.config import load_config
+    from sparsetrain.train import ddp
     from sparsetrain.train.experiment import RunOptions, RunResult, plan_experiment, prepare
 
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    follower = ddp.launched() and os.environ.get("RANK", "0") != "0"
     options = RunOptions(
         resume=args.resume,
         overwrite=args.overwrite,
-        quiet=args.quiet,
+        quiet=args.quiet or follower,
         tensorboard=args.tensorboard,
         data_dir=args.data_dir,
+        progress=False if follower else None,
     )
-    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
-        cfg = load_config(args.config, args.overrides)
+        notes: list[str] = []
+        cfg = load_config(args.config, args.overrides, notes)
+        for note in notes:
+            print(f"note: {note}", flush=True)
         if args.dry_run:
-            print(plan_experiment(cfg, args.data_dir))
+            if not follower:
+                print(plan_experiment(cfg, args.data_dir))
             return 0
-        prepared = prepare(cfg, run_dir, options)
     except USER_ERRORS as exc:
-        return fail(exc, "train")
-    if isinstance(prepared, RunResult):
-        print(prepared.message)
-        return prepared.exit_code
-    result = prepared.execute()
-    if result.status == "interrupted":
+        return 2 if follower else fail(exc, "train")
+    with ddp.process_group(cfg.train.device):
+        try:
+            prepared = prepare(cfg, run_dir, options)
+        except USER_ERRORS as exc:
+            return 2 if follower else fail(exc, "train")
+        if isinstance(prepared, RunResult):
+            if not follower:
+                print(prepared.message)
+            return prepared.exit_code
+        result = prepared.execute()
+    if result.status == "interrupted" and not follower:
         again = shlex.join(["sparsetrain", "train", args.config, *args.overrides])
+        if ddp.launched():
+            n = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+            again = f"torchrun --nproc-per-node {n} -m {again}"
         print(f"{result.message}: {again} --out {shlex.quote(str(run_dir))} --resume")
     return result.exit_code

@@ -28,12 +28,13 @@ from sparsetrain.data._core import (
     register_dataset,
     split_indices,
 )
-from sparsetrain.data._formats import CorruptDatasetError
+from sparsetrain.data._formats import CorruptDatasetError, DataFile
 from sparsetrain.data._tensor import BatchTransform, InMemoryDataset, RandomCropFlip
 
 __all__ = [
     "BatchTransform",
     "CorruptDatasetError",
+    "DataFile",
     "DatasetInfo",
     "DatasetSplits",
     "InMemoryDataset",

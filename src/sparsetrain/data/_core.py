@@ -20,7 +20,11 @@ import torch
 from torch.utils.data import Dataset
 
 from sparsetrain._names import unknown_name
+from sparsetrain.data._formats import DataFile, recording_reads
 from sparsetrain.data._tensor import BatchTransform, InMemoryDataset
+
+FILE_USES = ("read", "cache", "none")
+"""How a dataset uses ``data_dir``: reads its files there, caches generated data there, or none."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class DatasetSplits:
         num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
         input_shape: Per-example input shape, e.g. ``(1, 28, 28)`` or ``(1, 40)``.
         name: Registry name of the dataset.
+        files: The files the loader read, with their sizes and SHA-256 (empty for generated
+            datasets).
     """
 
     train: Dataset[tuple[torch.Tensor, torch.Tensor]]
@@ -44,6 +50,7 @@ class DatasetSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     name: str
+    files: tuple[DataFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,11 +85,15 @@ class DatasetInfo:
         name: Registry key.
         loader: ``loader(data_dir=..., augment=..., **options) -> RawData``.
         description: One line for ``sparsetrain list``.
+        files: ``read`` (the dataset's files are read from ``data_dir``, which must exist),
+            ``cache`` (generated data is cached in ``data_dir``, created if missing) or
+            ``none`` (generated in memory: a ``data_dir`` is refused rather than ignored).
     """
 
     name: str
     loader: Loader
     description: str
+    files: str = "read"
 
     def options(self) -> dict[str, Any]:
         """Dataset-specific keyword options of the loader, with their defaults."""
@@ -93,13 +104,20 @@ class DatasetInfo:
 _REGISTRY: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, *, description: str) -> Callable[[Loader], Loader]:
-    """Decorator registering a dataset loader under ``name`` (warns on duplicates)."""
+def register_dataset(
+    name: str, *, description: str, files: str = "read"
+) -> Callable[[Loader], Loader]:
+    """Decorator registering a dataset loader under ``name`` (warns on duplicates).
+
+    ``files`` says how the loader uses ``data_dir`` (see :class:`DatasetInfo`).
+    """
+    if files not in FILE_USES:
+        raise ValueError(f"unknown files={files!r}; valid: {', '.join(FILE_USES)}")
 
     def deco(loader: Loader) -> Loader:
         if name in _REGISTRY:
             warnings.warn(f"dataset {name!r} registered twice; the later one wins", stacklevel=2)
-        _REGISTRY[name] = DatasetInfo(name, loader, description)
+        _REGISTRY[name] = DatasetInfo(name, loader, description, files)
         return loader
 
     return deco
@@ -148,7 +166,9 @@ def load_dataset(
         name: Registry name (see :func:`list_datasets`).
         data_dir: Folder holding the dataset files, or where generated datasets are cached.
             Defaults to ``~/.cache/sparsetrain`` (plus system folders such as
-            ``/usr/share/datasets/fashion-mnist``). Nothing is ever downloaded.
+            ``/usr/share/datasets/fashion-mnist``). A given folder is the only place searched
+            (with its usual subfolders); it must exist for datasets read from files, and is
+            refused for datasets generated in memory. Nothing is ever downloaded.
         val_fraction: Fraction of the training set held out for validation by a permutation
             seeded with ``seed``; 0 gives ``val=None``.
         seed: Seed of the validation split (and of nothing else: test sets never depend on it).
@@ -158,12 +178,13 @@ def load_dataset(
         **options: Dataset-specific options, e.g. ``n_train`` for ``synthetic``.
 
     Returns:
-        The splits, with ``num_classes`` and the per-example ``input_shape``. Each split is an
-        :class:`~sparsetrain.data.InMemoryDataset`, whose ``batches()`` is the fast path.
+        The splits, with ``num_classes``, the per-example ``input_shape`` and the ``files``
+        read (path, size, SHA-256). Each split is an :class:`~sparsetrain.data.InMemoryDataset`,
+        whose ``batches()`` is the fast path.
 
     Raises:
-        FileNotFoundError: The dataset's files are not found; the message says where it looked
-            and how to get them.
+        FileNotFoundError: The dataset's files are not found, or ``data_dir`` does not exist;
+            the message says where it looked and how to get them.
         CorruptDatasetError: A file exists but cannot be read (a ``ValueError``).
         ValueError: Unknown name or invalid ``val_fraction``.
         TypeError: Unknown option for this dataset.
@@ -180,7 +201,18 @@ def load_dataset(
         listed = ", ".join(valid) or "none"
         raise TypeError(f"dataset {info.name!r} got unknown option(s) {bad}; valid: {listed}")
     root = None if data_dir is None else Path(data_dir).expanduser()
-    raw = info.loader(data_dir=root, augment=bool(augment), **options)
+    if root is not None and info.files == "read" and not root.is_dir():
+        raise FileNotFoundError(
+            f"data_dir {root} is not a folder; dataset {info.name!r} reads its files from it "
+            "(pass the folder that holds them)"
+        )
+    if root is not None and info.files == "none":
+        raise ValueError(
+            f"dataset {info.name!r} is generated in memory and reads no files: remove data_dir "
+            f"(--data-dir), it would be ignored"
+        )
+    with recording_reads() as files:
+        raw = info.loader(data_dir=root, augment=bool(augment), **options)
     train_idx, val_idx = split_indices(raw.x_train.shape[0], val_fraction, seed)
     if train_size is not None:
         if isinstance(train_size, bool) or not 1 <= int(train_size) <= len(train_idx):
@@ -201,6 +233,7 @@ def load_dataset(
         num_classes=raw.num_classes,
         input_shape=tuple(raw.x_train.shape[1:]),
         name=info.name,
+        files=tuple(files),
     )
 
 

@@ -67,7 +67,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-@register_dataset("mnist1d", description="MNIST-1D generated signals, 1x40, 10 classes (4000/1000)")
+@register_dataset(
+    "mnist1d", description="MNIST-1D generated signals, 1x40, 10 classes (4000/1000)", files="cache"
+)
 def mnist1d(
     *,
     data_dir: Path | None,
@@ -114,7 +116,9 @@ def mnist1d(
     )
 
 
-@register_dataset("digits", description="scikit-learn 8x8 digits, 1x8x8, 10 classes (1438/359)")
+@register_dataset(
+    "digits", description="scikit-learn 8x8 digits, 1x8x8, 10 classes (1438/359)", files="none"
+)
 def digits(*, data_dir: Path | None, augment: bool) -> RawData:
     """The 1797 8x8 digit images shipped with scikit-learn (no download).
 
@@ -137,7 +141,9 @@ def digits(*, data_dir: Path | None, augment: bool) -> RawData:
     return RawData(x[train], y[train], x[test], y[test], num_classes=10)
 
 
-@register_dataset("synthetic", description="seeded Gaussian-prototype classification, for tests")
+@register_dataset(
+    "synthetic", description="seeded Gaussian-prototype classification, for tests", files="none"
+)
 def synthetic(
     *,
     data_dir: Path | None,

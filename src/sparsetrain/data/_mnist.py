@@ -1,8 +1,9 @@
 """The MNIST family: ``mnist`` (IDX files or ``mnist.pkl.gz``) and ``fashion_mnist`` (IDX files).
 
 Searched, in order, in ``data_dir`` (default ``~/.cache/sparsetrain``), its usual subfolders
-(``mnist``, ``MNIST/raw``, ``fashion-mnist``, ``FashionMNIST/raw``, ...) and, for Fashion-MNIST,
-``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``). IDX files may
+(``mnist``, ``MNIST/raw``, ``fashion-mnist``, ``FashionMNIST/raw``, ...) and, for Fashion-MNIST
+without a ``data_dir``, ``/usr/share/datasets/fashion-mnist`` (Debian package
+``dataset-fashion-mnist``). IDX files may
 be gzipped and may use the ``train-images.idx3-ubyte`` spelling. Nothing is downloaded.
 
 Normalisation: MNIST (0.1307, 0.3081); Fashion-MNIST (0.5, 0.5) as in Fantastic Weights. No
@@ -125,11 +126,13 @@ def mnist(*, data_dir: Path | None, augment: bool) -> RawData:
 def fashion_mnist(*, data_dir: Path | None, augment: bool) -> RawData:
     """Fashion-MNIST from the four IDX files, normalised with (0.5, 0.5) as in Fantastic Weights.
 
-    Found automatically in ``/usr/share/datasets/fashion-mnist`` (``apt-get install
+    Without ``data_dir``, also found in ``/usr/share/datasets/fashion-mnist`` (``apt-get install
     dataset-fashion-mnist``). 60k training and 10k test images; no augmentation.
     """
     subdirs = ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST")
-    folders = [*candidate_dirs(data_dir, subdirs), FASHION_SYSTEM_DIR]
+    folders = candidate_dirs(data_dir, subdirs)
+    if data_dir is None:  # a given folder is the only place searched
+        folders.append(FASHION_SYSTEM_DIR)
     for folder in folders:
         if find_file(folder, _IDX["train-images"]) is not None:
             return _load_idx_dataset(folder, "fashion_mnist", FASHION_MEAN, FASHION_STD)

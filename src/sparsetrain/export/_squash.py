@@ -9,6 +9,7 @@ needs a squashed model (no method attached) with zeros in at least one Linear we
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from torch import nn
@@ -125,7 +126,10 @@ def to_sparse_inference(
 
     Each Linear with zeros in its weight is timed dense vs CSR at ``batch_size`` on this
     machine (layers of equal shape and density once); only those measured faster by
-    ``margin`` are converted, in place. Layers without zeros stay dense unmeasured.
+    ``margin`` are converted, in place. Layers without zeros stay dense unmeasured, and so do
+    Linear subclasses (``MultiheadAttention.out_proj``, whose weight the attention reads
+    directly), weights tied to another module (a head tied to an embedding) and layers
+    registered under several names.
 
     Args:
         model: A squashed model (no method attached).
@@ -155,7 +159,16 @@ def to_sparse_inference(
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer to convert")
-    zeros = [n for n, m in linears if bool((m.weight == 0).any())]
+    params = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    modules = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    zeros = [
+        n
+        for n, m in linears
+        if type(m) is nn.Linear  # a subclass (attention's out_proj) may be used by its weight
+        and params[id(m.weight)] == 1  # a head tied to an embedding: the embedding needs it
+        and modules[id(m)] == 1  # one layer under two names: a swap would replace one
+        and bool((m.weight == 0).any())
+    ]
     if not zeros:
         raise ValueError(
             f"no Linear weight of {type(model).__name__} has zeros ({len(linears)} dense layers); "

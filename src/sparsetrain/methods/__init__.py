@@ -6,7 +6,13 @@ Every module in this package is imported here, so a new method registers by exis
 import importlib
 import pkgutil
 
-from sparsetrain.methods.base import Plan, SparsityMethod, SparsityTargetWarning, attached_method
+from sparsetrain.methods.base import (
+    Plan,
+    ScheduleWarning,
+    SparsityMethod,
+    SparsityTargetWarning,
+    attached_method,
+)
 from sparsetrain.methods.dense import Dense
 from sparsetrain.methods.dynamic import DynamicSparse
 from sparsetrain.methods.gmp import GMP
@@ -26,6 +32,7 @@ __all__ = [
     "DynamicSparse",
     "MethodInfo",
     "Plan",
+    "ScheduleWarning",
     "SparsityMethod",
     "SparsityTargetWarning",
     "Static",

@@ -7,6 +7,12 @@ updates the layer trains on sparse kernels; on an update step that needs the den
 (armed by the previous step's post-hook), the dense weight and gradient are materialised into
 the original parameter for the hooks, the structure is rebuilt, and the optimizer state follows
 the weights that stay. Methods needing dense gradients every step keep the dense path.
+
+Only plain ``nn.Linear`` targets can run sparse. Conv, ConvTranspose, attention in-projections,
+recurrent weights, embeddings and other tensors keep the masked-dense path, and so do a weight
+tied to another name (an output head tied to an embedding) and a Linear registered under
+several names: the swap replaces one module under one name, and the other names would read a
+placeholder. Each such target's row in ``execution_report()`` says why it stayed dense.
 """
 
 from __future__ import annotations
@@ -68,10 +74,9 @@ class SparseExecution:
                 "note": "",
             }
             rows[t.name] = row
-            if type(t.module) is not nn.Linear or t.param_name != "weight":
-                row["note"] = f"{type(t.module).__name__}: no sparse training kernel"
-            elif parametrize.is_parametrized(t.module) or not mod_name:
-                row["note"] = "parametrized or root module"
+            why = _ineligible(t, mod_name)
+            if why:
+                row["note"] = why
             else:
                 eligible.append((t, mod_name))
         chosen: list[tuple[Target, str]] = []
@@ -205,8 +210,9 @@ class SparseExecution:
             if want == "sparse" and not has:
                 names = {id(m): n for n, m in model.named_modules()}
                 mod_name = names.get(id(t.module), "")
-                if type(t.module) is not nn.Linear or not mod_name:
-                    raise ValueError(f"{t.name!r} cannot run sparse in this model")
+                why = _ineligible(t, mod_name)
+                if why:
+                    raise ValueError(f"{t.name!r} cannot run sparse in this model: {why}")
                 mask = state["masks"][t.name].to(device=t.mask.device, dtype=torch.bool)
                 t.mask.copy_(mask)
                 self._sparse[t.name] = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
@@ -243,6 +249,18 @@ class SparseExecution:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, linear)
         self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+
+
+def _ineligible(t: Target, mod_name: str) -> str:
+    """Why target ``t`` (of the module named ``mod_name``) keeps the dense path; ``""`` if not."""
+    if type(t.module) is not nn.Linear or t.param_name != "weight":
+        return f"{type(t.module).__name__}: no sparse training kernel"
+    if t.aliases:  # swapping the layer would leave the other names reading a placeholder
+        names = ", ".join(map(repr, t.aliases))
+        return f"tied or shared (also {names}): a sparse layer would replace one name only"
+    if parametrize.is_parametrized(t.module) or not mod_name:
+        return "parametrized or root module"
+    return ""
 
 
 def _placeholder(param: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,9 @@ the same module, so ``model.state_dict()`` carries both and a checkpoint restore
 order. The step pre-hook turns g into the raw weights' gradient (identity for a straight-through
 estimator) and swaps W into the parameter (a pointer swap, no copy) for the optimizer's update; the
 post-hook recomputes Q from the updated W into a spare buffer and swaps it back. Where Q = W (a
-dense or frozen phase) the buffer aliases the parameter and nothing is swapped.
+dense or frozen phase) the buffer aliases the parameter and nothing is swapped, except for a
+tied tensor (``Target.aliases``): ``load_state_dict`` writes it under each of its names, the
+last one after the buffer, so it always keeps W in a buffer of its own (one copy per step).
 
 Why not ``torch.nn.utils.parametrize``: on the project's CPU a parametrized
 mask multiply alone costs ~1.2x a dense LeNet-300-100 step; this costs nothing in the forward or
@@ -83,6 +85,8 @@ class InPlaceMethod(SparsityMethod):
             t.module._buffers[self._buffer_name(i)] = raw
             if self.effective(i, raw, spare):
                 t.param.data, self._spare[i], self._is_q[i] = spare, None, True
+            elif t.aliases:  # Q = W, but a tied tensor's buffer must not alias it (docstring)
+                t.param.data, self._spare[i], self._is_q[i] = spare.copy_(raw), None, True
             else:
                 self._spare[i], self._is_q[i] = spare, False
 

@@ -217,6 +217,7 @@ def resolve_schedule(
     end: int | None,
     fix: int | None,
     finetune: int | None,
+    name: str = "st3",
 ) -> tuple[int, int, int | None]:
     """ST-3's (ramp_begin_step, ramp_end_step, fix_step), defaults scaled from the CIFAR config."""
     if fix is not None and finetune is not None:
@@ -229,7 +230,10 @@ def resolve_schedule(
         if fix is None:
             fix = total - (round(_FT * total) if finetune is None else finetune)
     if end is None:
-        raise ValueError("st3 needs ramp_end_step or total_steps")
+        raise ValueError(
+            f"{name} needs ramp_end_step or total_steps (optimizer steps of the run, e.g. "
+            "len(loader) * epochs)"
+        )
     begin = begin or 0
     if not 0 <= begin <= end:
         raise ValueError(f"need 0 <= ramp_begin_step <= ramp_end_step, got {begin} and {end}")
@@ -244,13 +248,14 @@ def resolve_schedule(
 
 
 def decay_only_weights(
-    model: nn.Module, optimizer: torch.optim.Optimizer
+    model: nn.Module, optimizer: torch.optim.Optimizer, targets: Sequence[Target] = ()
 ) -> tuple[Companion | None, Callable[[], None]]:
     """Make weight decay apply only to Conv/Linear weights (ST-3's ``configure_optimizers``).
 
     The user's optimizer keeps its parameter groups (so LR schedulers built before ``attach``
-    keep working): from each group with non-zero ``weight_decay`` that holds Conv/Linear weights,
-    the other parameters of ``model`` (biases, normalisation parameters, ...) move, with their
+    keep working): from each group with non-zero ``weight_decay`` that holds Conv/Linear weights
+    or ``targets`` (attention and recurrent weight matrices, included embeddings), the other
+    parameters of ``model`` (biases, normalisation parameters, ...) move, with their
     optimizer state, into a :class:`~sparsetrain.optim.Companion` group with the same options,
     ``weight_decay=0`` and the LR of the group they came from at every step. A group holding no
     Conv/Linear weight just gets ``weight_decay=0``. Parameters that are not the model's, and
@@ -260,7 +265,7 @@ def decay_only_weights(
         The companion (``None`` if nothing moved; step it after the user's update) and a
         function undoing the change.
     """
-    decayed: set[int] = set()
+    decayed: set[int] = {id(t.param) for t in targets}
     for module in model.modules():
         if isinstance(module, SUPPORTED_MODULES):
             w = (

@@ -14,16 +14,20 @@ training loop drives the method through its own ``optimizer.step()`` calls::
                                            # 5. step post-hook -> method.after_optimizer_step()
 
 - ``after_backward()``: on a topology-update step, methods that need the dense gradient read it
-  here (RigL growth, SNIP, MEST, ...); criteria with Fantastic Weights' ``"after"`` order update
-  the topology here, on pre-step weights. Hard-mask methods then zero the gradients of pruned
-  entries, so neither momentum nor weight decay can revive them.
-- ``after_optimizer_step()``: the step counter advances; on an update step with the
-  ``"before"`` order the topology changes here (post-step weights, this batch's gradient);
+  here (RigL growth, SNIP, MEST, ...); DST with ``order="pre_step"`` (the gradient-based
+  criteria under ``"auto"``) updates the topology here, on pre-step weights. Hard-mask methods
+  then zero the gradients of pruned entries, so neither momentum nor weight decay can revive
+  them.
+- ``after_optimizer_step()``: the step counter advances; on an update step with
+  ``order="post_step"`` the topology changes here (post-step weights, this batch's gradient);
   methods with a forward-pass function (ST-3, OptG, SCL) prepare the next step's mask.
   Hard-mask methods end every step with pruned weights and their optimizer state exactly zero.
 
 Pass ``hook=False`` to ``attach`` to call the two hooks yourself (e.g. around a fused optimizer
 that bypasses ``step()`` hooks). A step skipped by ``GradScaler`` runs no hook and counts no step.
+``optimizer.step(closure)`` is refused (``TypeError``, before anything changes), and so are
+optimizers that need a closure (LBFGS) at attach: the closure re-runs forward and backward inside
+the step, after the pre-hook has masked the gradients, so the update would use dense gradients.
 
 Parameters a method trains itself
 ----------------------------------
@@ -43,7 +47,8 @@ Execution (``execution="dense" | "sparse" | "auto"``)
 swaps every eligible target ``nn.Linear`` for a :class:`~sparsetrain.sparse.SparseLinear` at
 attach (CSR values + structure, optimizer state sized to the live values); ``"auto"`` first
 times each layer dense vs sparse at ``execution_batch_size`` (``plan_layers``) and swaps only
-the layers measured faster. Conv and other non-Linear targets stay dense (reported).
+the layers measured faster. Conv and other non-Linear targets, and weights tied or shared with
+another layer, stay dense (reported with the reason).
 
 For a sparse target, ``Target.mask`` stays the one home of the mask and the layer's structure is
 kept equal to it. ``Target.param`` and ``Target.module`` keep naming the original dense
@@ -61,6 +66,8 @@ need dense gradients every step and keep the dense path. ``detach``/``squash`` p
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import warnings
 import weakref
@@ -72,6 +79,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsetrain import distributed as _dist
 from sparsetrain.distributions import check_sparsity
 from sparsetrain.masking.targets import Target, select_targets
 from sparsetrain.methods._execution import SparseExecution
@@ -98,9 +106,24 @@ class SparsityTargetWarning(UserWarning):
     """Emitted when training ends with a tensor off its sparsity target."""
 
 
+class ScheduleWarning(UserWarning):
+    """Emitted by ``finish()`` when training ended before the method's schedule did."""
+
+
 def attached_method(model: nn.Module) -> SparsityMethod | None:
-    """The method attached to ``model``, if any."""
-    return _ATTACHED.get(model)
+    """The method attached to ``model`` (or to the module a DDP wrapper holds), if any."""
+    return _ATTACHED.get(_dist.unwrap(model))
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` requires a closure (LBFGS and the like)."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return True
+    try:
+        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    except (TypeError, ValueError):  # a builtin or wrapped step without a signature
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,61 @@ class Plan:
         return "\n".join(lines)
 
 
+@dataclass
+class _AttachSnapshot:
+    """What ``attach`` may change, kept (on the CPU) so a failed attach can put it back."""
+
+    weights: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]
+    state: list[tuple[torch.Tensor, dict[str, tuple[Any, torch.Tensor | None]] | None]]
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def take(
+        cls,
+        method: SparsityMethod,
+        targets: list[Target],
+        optimizer: torch.optim.Optimizer | None,
+    ) -> _AttachSnapshot:
+        def cpu(x: torch.Tensor) -> torch.Tensor:
+            return x.detach().to("cpu", copy=True)
+
+        weights = [(t.param, t.param.data, cpu(t.param)) for t in targets]
+        state: list[tuple[torch.Tensor, dict[str, tuple[Any, torch.Tensor | None]] | None]] = []
+        for t in targets if optimizer is not None else []:
+            entry = optimizer.state.get(t.param)  # type: ignore[union-attr]
+            kept = None
+            if entry is not None:
+                kept = {
+                    k: (v, cpu(v) if isinstance(v, torch.Tensor) else None)
+                    for k, v in entry.items()
+                }
+            state.append((t.param, kept))
+        return cls(weights, state, list(method.history))
+
+    @torch.no_grad()
+    def restore(self, method: SparsityMethod) -> None:
+        """Undo a failed attach: sparse layers, method-made model changes, weights, state."""
+        with contextlib.suppress(Exception):
+            method._restore_dense_layers()
+        with contextlib.suppress(Exception):
+            method._on_detach()
+        for param, data, values in self.weights:
+            param.data = data
+            data.copy_(values)
+        optimizer = method.optimizer
+        for param, kept in self.state if optimizer is not None else []:
+            if kept is None:
+                optimizer.state.pop(param, None)
+                continue
+            for value, values in kept.values():
+                if values is not None:
+                    value.copy_(values)
+            optimizer.state[param] = {k: value for k, (value, _) in kept.items()}
+        method.model, method.optimizer, method.targets = None, None, []
+        method._masked_targets, method._sparse, method._dense_layers = [], {}, {}
+        method.execution_decisions, method.history = [], self.history
+
+
 class SparsityMethod(SparseExecution):
     """Base class of all methods: targets, masks, hooks, state and diagnostics.
 
@@ -133,18 +211,26 @@ class SparsityMethod(SparseExecution):
     created unattached (pure configuration), then bound to one model by :meth:`attach`.
 
     Args:
-        sparsity: Target global sparsity over the masked tensors, in [0, 1).
-        include: Globs of parameter names to sparsify (default: Linear/Conv weights).
-        exclude: Globs of parameter names to keep dense.
+        sparsity: Target global sparsity over the masked tensors, in [0, 1). Emergent
+            methods (``sparsity_mode = "emergent"``: STR, SCL with a fixed λ) refuse it with a
+            ``ValueError`` saying what sets their sparsity.
+        include: Globs of parameter names, or ``"type:<Class>"`` patterns, to sparsify
+            (default: the weight matrices of Linear, Conv, ConvTranspose, MultiheadAttention
+            and RNN/LSTM/GRU layers; see :mod:`sparsetrain.masking.targets`).
+        exclude: Patterns of parameters to keep dense.
         dense_first: Keep the first layer dense.
         dense_last: Keep the last layer dense.
-        total_steps: Optimizer steps of the whole run (schedules need it).
+        total_steps: Optimizer steps of the whole run (schedules need it). It counts the
+            optimizer steps actually taken, i.e. ``optimizer.step()`` calls that ran the hooks:
+            with gradient accumulation that is batches / accumulation steps, and a step that
+            ``GradScaler`` skips (inf/NaN gradients) does not count. :meth:`finish` warns
+            (:class:`ScheduleWarning`) when the run ended before it.
         seed: Seed of every random mask decision; decisions are a function of
             (seed, step, tensor index), so they agree across processes.
         state_skip_keys: Optimizer state keys never masked.
         execution: ``"dense"`` (masked-dense, the default), ``"sparse"`` (every eligible Linear
             target on CSR kernels) or ``"auto"`` (sparse only where measured faster at
-            ``execution_batch_size``); see the module docstring.
+            ``execution_batch_size``). Details in the module docstring.
         execution_batch_size: Batch size to measure at for ``execution="auto"``.
         weight_init: Re-initialise the target weights at attach: ``"default"`` keeps the
             model's own init; ``"kaiming_normal"`` draws N(0, 2/fan_in) (fan_in mode, ReLU
@@ -154,11 +240,19 @@ class SparsityMethod(SparseExecution):
             (the two sparsity-aware inits of RigL's code, Evci et al., "Gradient Flow in Sparse
             Neural Networks and How Lottery Tickets Win", AAAI 2022). Draws come from the
             method's ``seed``, so they agree across processes.
+        rank_check: Under ``torch.distributed``, compare a checksum of the masks across
+            processes at every topology update (see :mod:`sparsetrain.distributed`).
     """
 
     name: ClassVar[str] = "base"
     hard_mask: ClassVar[bool] = True
     sparsity_mode: ClassVar[str] = "target"
+    emergent_sparsity_note: ClassVar[str] = ""
+    """Emergent methods: what sets the sparsity instead, and the option that targets one if
+    any; part of the error raised when ``sparsity=`` is given."""
+    targets_sparsity: bool = False
+    """An emergent method sets this before ``super().__init__`` when one of its options makes
+    it reach a set sparsity (SCL's adaptive λ); ``sparsity`` is then that target."""
     supports_sparse_execution: ClassVar[bool] = False
     """Whether the method can run on sparse kernels (dense gradients on update steps at most)."""
     sparse_execution_note: ClassVar[str] = (
@@ -179,8 +273,14 @@ class SparsityMethod(SparseExecution):
         execution: str = "dense",
         execution_batch_size: int | None = None,
         weight_init: str = "default",
+        rank_check: bool = True,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
+        if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
+            raise ValueError(
+                f"{self.name} does not take sparsity={sparsity!r}: its sparsity is emergent"
+                + (f" ({self.emergent_sparsity_note})" if self.emergent_sparsity_note else "")
+            )
         if not isinstance(weight_init, str) or weight_init not in WEIGHT_INITS:
             raise ValueError(
                 f"unknown weight_init {weight_init!r}; valid: {', '.join(WEIGHT_INITS)}"
@@ -218,12 +318,19 @@ class SparsityMethod(SparseExecution):
         self._hooks: list[Any] = []
         self._grads: dict[str, torch.Tensor] | None = None
         self._rezero = False
+        # Fantastic Weights' released code: inactive weights take dense gradient steps (and keep
+        # momentum) and are re-zeroed after every step (DST option inactive_grads="dense")
+        self._dense_inactive = False
         # execution state: target name -> sparse layer; targets still masked densely
         self._sparse: dict[str, SparseLinear] = {}
         self._masked_targets: list[Target] = []
         self._in_backward = False
         self.execution_decisions: list[dict[str, Any]] = []
         self._dense_layers: dict[str, tuple[nn.Module, str]] = {}
+        if not isinstance(rank_check, bool):
+            raise ValueError(f"rank_check must be true or false, got {rank_check!r}")
+        self.rank_check = rank_check
+        self._rank_sync: _dist.RankCheck | None = None  # set by attach under torch.distributed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -236,7 +343,9 @@ class SparsityMethod(SparseExecution):
     ) -> SparsityMethod:
         """Bind the method to ``model`` (and ``optimizer``) and set the initial masks.
 
-        Validates everything first: on error, the model and optimizer are left unchanged.
+        Validates everything first; should setting the masks still fail, the change is rolled
+        back (target weights and their optimizer state are kept on the CPU while attaching), so
+        on any error the model and optimizer are left unchanged.
 
         Args:
             model: The model to sparsify.
@@ -250,6 +359,8 @@ class SparsityMethod(SparseExecution):
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"attach() needs an nn.Module, got {type(model).__name__}")
+        model = _dist.unwrap(model)  # DistributedDataParallel(model): attach to model
+        _dist.check_supported(self, model)  # FSDP; sparse execution across processes
         if self.model is not None:
             raise ValueError(f"this {self.name!r} method is already attached to a model")
         if model in _ATTACHED:
@@ -259,6 +370,12 @@ class SparsityMethod(SparseExecution):
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if optimizer is not None and _needs_closure(optimizer):
+            raise TypeError(
+                f"{type(optimizer).__name__} needs step(closure), which re-evaluates the model "
+                "inside the step with dense gradients, after the method has masked them; "
+                "sparsetrain supports optimizers stepped as loss.backward(); optimizer.step()"
             )
         targets = select_targets(
             model,
@@ -271,19 +388,27 @@ class SparsityMethod(SparseExecution):
             held = param_ids(optimizer)
             missing = [t.name for t in targets if id(t.param) not in held]
             if missing:
+                hint = (
+                    "build the optimizer from model.parameters()"
+                    if len(missing) == len(targets)
+                    else f"keep them dense with exclude={missing!r}, or add them to the optimizer"
+                )
                 raise ValueError(
                     f"the optimizer does not hold the model parameter {missing[0]!r} "
-                    f"({len(missing)} of {len(targets)} targets missing); build the optimizer "
-                    "from model.parameters()"
+                    f"({len(missing)} of {len(targets)} targets missing); {hint}"
                 )
             for t in targets:
                 check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
         self._check_execution()
         self._validate(targets, optimizer)
+        saved = _AttachSnapshot.take(self, targets, optimizer)
         self.model, self.optimizer, self.targets = model, optimizer, targets
         self._masked_targets = targets
-        self._rezero = optimizer is not None and not zero_preserving(optimizer)
+        self._rezero = optimizer is not None and (
+            self._dense_inactive or not zero_preserving(optimizer)
+        )
         try:
+            _dist.attach_prepare(self, model)  # several processes: rank 0's weights and seed
             if self.weight_init != "default":
                 self._draw_kaiming()
             self._on_attach()
@@ -291,14 +416,15 @@ class SparsityMethod(SparseExecution):
                 self.init_weights()
             if self.execution != "dense":
                 self._setup_execution()
+            self._rank_sync = _dist.attach_sync(self)  # rank 0's state; checked per update
         except Exception:
-            self.model, self.optimizer, self.targets = None, None, []
-            self._masked_targets = []
+            self._rank_sync = None
+            saved.restore(self)
             raise
         _ATTACHED[model] = self
         if hook and optimizer is not None:
             self._hooks = [
-                optimizer.register_step_pre_hook(lambda *_: self.after_backward()),
+                optimizer.register_step_pre_hook(self._step_pre_hook),
                 optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
             ]
         return self
@@ -324,6 +450,17 @@ class SparsityMethod(SparseExecution):
 
     # ------------------------------------------------------------------ hooks
 
+    def _step_pre_hook(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # torch passes step's own arguments, the optimizer first: step(self, closure=None)
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if closure is not None:  # raise before the method or the optimizer changes anything
+            raise TypeError(
+                f"{self.name}: optimizer.step(closure) is not supported: the closure re-runs "
+                "forward and backward inside the step, after the method has masked the "
+                "gradients; call loss.backward() and then optimizer.step() without a closure"
+            )
+        self.after_backward()
+
     def after_backward(self) -> None:
         """Hook between ``loss.backward()`` and the optimizer's update (see module docstring)."""
         self._require_attached()
@@ -332,7 +469,7 @@ class SparsityMethod(SparseExecution):
             self._sparse_hook(upcoming, backward=True)
         else:
             self._before_step(upcoming)
-        if self.hard_mask:
+        if self.hard_mask and not self._dense_inactive:
             for t in self._masked_targets:
                 if t.param.grad is not None:
                     t.param.grad.mul_(t.mask.view(torch.uint8))
@@ -350,6 +487,8 @@ class SparsityMethod(SparseExecution):
             with torch.no_grad():
                 for t in self._masked_targets:
                     t.param.mul_(t.mask.view(torch.uint8))
+        if self._rank_sync is not None:
+            self._rank_sync(self.step)
         if self.total_steps is not None and self.step == self.total_steps:
             missed = self.report().misses() if self.sparsity_mode == "target" else []
             if missed:
@@ -414,6 +553,10 @@ class SparsityMethod(SparseExecution):
         pass
 
     # ------------------------------------------------------------------ mask helpers
+
+    def blocks(self) -> dict[str, int]:
+        """Target name to its stacked matrices (``Target.blocks``), for the ER/ERK allocations."""
+        return {t.name: t.blocks for t in self.targets}
 
     def generator(self, step: int, index: int = 0) -> torch.Generator:
         """A generator seeded from (seed, step, tensor index): same decisions on every rank."""
@@ -483,7 +626,7 @@ class SparsityMethod(SparseExecution):
             check_state(self.optimizer, target.param, skip_keys=self.state_skip_keys)
         if self.hard_mask:
             target.param.masked_fill_(reset, 0)
-        if self.optimizer is not None:
+        if self.optimizer is not None and not self._dense_inactive:
             zero_state(self.optimizer, target.param, reset, skip_keys=self.state_skip_keys)
         target.mask.copy_(new)
 
@@ -526,11 +669,12 @@ class SparsityMethod(SparseExecution):
         unexpected = [n for n in masks if n not in names]
         if missing or unexpected:
             raise ValueError(f"mask keys do not match: missing {missing}, unexpected {unexpected}")
+        for t in self.targets:  # every check before any change
+            shape = tuple(getattr(masks[t.name], "shape", ()))
+            if shape != t.shape:
+                raise ValueError(f"mask {t.name!r} has shape {shape}, expected {t.shape}")
         for t in self.targets:
-            m = masks[t.name]
-            if tuple(m.shape) != t.shape:
-                raise ValueError(f"mask {t.name!r} has shape {tuple(m.shape)}, expected {t.shape}")
-            t.mask.copy_(m.to(torch.bool))
+            t.mask.copy_(masks[t.name].to(torch.bool))
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         self._load_extra_state(state.get("extra", {}))
@@ -565,11 +709,42 @@ class SparsityMethod(SparseExecution):
         )
 
     def finish(self) -> SparsityReport:
-        """End-of-training check: the report, raising if a target is missed by > 1 weight."""
+        """End-of-training check: the report, raising if a target is missed by > 1 weight.
+
+        Warns with :class:`ScheduleWarning` first when fewer than ``total_steps`` optimizer steps
+        were taken and the schedule still had topology updates or sparsity changes ahead.
+        """
+        self._warn_short_run()
         rep = self.report()
         if self.sparsity_mode == "target":
             rep.check()
         return rep
+
+    def _warn_short_run(self) -> None:
+        total = self.total_steps
+        if total is None or self.step >= total:
+            return
+        pending = [s for s in self.update_steps(total) if s > self.step]
+        now, planned = self.sparsity_at(self.step), self.sparsity_at(total)
+        if not pending and now == planned:
+            return
+        parts = [
+            f"{self.name}: training ended after {self.step} optimizer steps, before the "
+            f"schedule's total_steps={total}"
+        ]
+        if pending:
+            parts.append(
+                f"{len(pending)} planned topology update(s) did not run (the last at step "
+                f"{pending[-1]}; see method.plan())"
+            )
+        if now != planned:
+            parts.append(f"the schedule is at sparsity {now:.4f} of {planned:.4f}")
+        warnings.warn(
+            "; ".join(parts) + ". total_steps counts optimizer steps actually taken: steps "
+            "skipped by GradScaler or merged by gradient accumulation do not count",
+            ScheduleWarning,
+            stacklevel=3,
+        )
 
     def plan(self, total_steps: int | None = None, points: int = 11) -> Plan:
         """Dry run: the sparsity curve and topology-update steps over ``total_steps``."""

@@ -27,8 +27,7 @@ class DNW(InPlaceMethod):
     tensor (as the DNW layers of the STR code base, ``prune_rate`` per layer); ``scope="global"``
     ranks all tensors together. By default the network is at the target from step 0;
     ``ramp_end_step > ramp_begin_step`` adds a cubic ramp (dense until ``ramp_begin_step``).
-    Equals ST-3 with a hard threshold, no rescale and an exact top-k in place of the quantile
-    (spec §6).
+    Equals ST-3 with a hard threshold, no rescale and an exact top-k in place of the quantile.
 
     References:
         Wortsman, Farhadi & Rastegari, "Discovering Neural Wirings", NeurIPS 2019,
@@ -109,8 +108,29 @@ class DNW(InPlaceMethod):
         return self._counts[1]
 
     @torch.no_grad()
+    def _magnitudes(self) -> torch.Tensor:
+        """|W| of all targets in one reused buffer, float64 if any target is (else float32).
+
+        The cut λ must be exact in the weights' own precision: ``hardshrink`` compares the
+        float64 weights with λ, so ranking a float32 copy could leave an entry that rounds to λ
+        live in the forward but out of the mask.
+        """
+        if all(t.param.dtype != torch.float64 for t in self.targets):
+            if self._buf and self._buf[0].dtype != torch.float32:
+                self._buf.clear()
+            return abs_buffer(self.targets, self._buf)  # float32 holds bf16/fp16/fp32 exactly
+        n, dev = sum(t.numel for t in self.targets), self.targets[0].param.device
+        if not self._buf or self._buf[0].numel() != n or self._buf[0].dtype != torch.float64:
+            self._buf[:] = [torch.empty(n, dtype=torch.float64, device=dev)]
+        buf, start = self._buf[0], 0
+        for t in self.targets:
+            buf[start : start + t.numel].view(t.shape).copy_(t.param.detach()).abs_()
+            start += t.numel
+        return buf
+
+    @torch.no_grad()
     def _update(self, s: float) -> None:
-        buf = abs_buffer(self.targets, self._buf)
+        buf = self._magnitudes()
         keep = self._keep(s)
         if len(self._selects) != len(keep):
             self._selects = [OrderStatistics() for _ in keep]

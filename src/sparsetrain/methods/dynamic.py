@@ -1,32 +1,34 @@
 """Dynamic sparse training: constant density, periodic prune-and-regrow.
 
 One :class:`DynamicSparse` covers every pruning criterion × growth criterion of the Fantastic
-Weights study (spec §5); ``set``, ``rigl``, ``mest`` and ``dst`` are presets of it.
+Weights study (Nowak et al., NeurIPS 2023); ``set``, ``rigl``, ``mest`` and ``dst`` are presets
+of it.
 """
 
 from __future__ import annotations
 
-import math
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from sparsetrain.criteria import (
+    drop_and_grow,
     get_growth_criterion,
     get_prune_criterion,
-    growth_scores,
     random_scores,
+    resolve_order,
 )
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
-from sparsetrain.masking.targets import Target
-from sparsetrain.masking.topk import global_topk_masks, random_mask, topk_indices
+from sparsetrain.masking.topk import global_topk_masks, random_mask
+from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.registry import preset, register_method
-from sparsetrain.optim import check_state, fill_at, zero_state_at
 from sparsetrain.schedules import UpdateSchedule, cosine_decay, last_update_step
 
-ORDERS = ("auto", "before", "after")
+ORDERS = ("auto", "pre_step", "post_step")
+INACTIVE_GRADS = ("masked", "dense")
+REGROWN_VALUES = ("zero", "kept")
 SCOPES = ("layer", "global")
 DROP_SCHEDULES = ("cosine", "constant")
 
@@ -46,9 +48,15 @@ class DynamicSparse(SparsityMethod):
     end", like SET's or Fantastic Weights', stops one ΔT early), and no update ever happens at the
     final step, where regrown zeros would be the final model's weights.
 
-    ``order="auto"`` follows Fantastic Weights (spec §5.2): magnitude, SET and random update
-    after the optimizer step ("before" in the code's naming: the optimizer step comes before the
-    update); gradient-based criteria update before it, on pre-step weights and gradients.
+    ``order="auto"`` follows the Fantastic Weights code: magnitude, SET and random update
+    after the optimizer step (``"post_step"``, on post-step weights and this batch's gradient);
+    gradient-based criteria update before it (``"pre_step"``, on pre-step weights and
+    gradients). Each criterion's choice is its ``default_order`` in
+    :mod:`sparsetrain.criteria`; the code's own names (``opt_order="before"``, ``"after"``: where
+    the *optimizer step* runs) are still accepted, with a ``DeprecationWarning``.
+
+    The update itself is :func:`sparsetrain.criteria.drop_and_grow`, shared with GraNet's
+    regrowth and static pruning at initialisation: any registered criterion works here.
 
     References:
         Nowak et al., "Fantastic Weights and How to Find Them: Where to Prune in Dynamic Sparse
@@ -58,7 +66,8 @@ class DynamicSparse(SparsityMethod):
 
     Args:
         prune: Pruning criterion (see ``sparsetrain.criteria.PRUNE_CRITERIA``).
-        grow: Growth criterion: ``random``, ``gradient`` or ``momentum``.
+        grow: Growth criterion (``random``, ``gradient``, ``momentum``; see
+            ``sparsetrain.criteria.GROWTH_CRITERIA``).
         distribution: Layer densities: uniform, er, erk (or global with ``scope="global"``).
         update_interval: ΔT, steps between topology updates.
         drop_fraction: ζ at ``begin_step``.
@@ -69,10 +78,22 @@ class DynamicSparse(SparsityMethod):
             never later than ``total_steps - update_interval`` (see below). An explicit
             ``end_step`` is capped at ``total_steps - 1``.
         stop_fraction: Fraction of training with updates when ``end_step`` is not given.
-        order: ``auto``, ``before`` or ``after`` (Fantastic Weights' opt_order).
+        order: When the update runs: ``pre_step`` (between ``loss.backward()`` and the optimizer
+            step), ``post_step`` (after the optimizer step) or ``auto`` (the prune criterion's
+            ``default_order``, as Fantastic Weights does).
         scope: ``layer`` (per-tensor counts kept) or ``global`` (one ranking; counts move).
-        bernoulli: Official FW random draws (init and random growth exact only in expectation).
-        gamma: γ of the MEST and GradStep criteria.
+        bernoulli: Official FW random draws (init and random growth exact only in expectation;
+            the growth in ``layer`` scope).
+        gamma: γ of the MEST and GradStep criteria (shorthand for ``prune_options``).
+        prune_options: Hyper-parameters of the prune criterion (a dict such as ``{"gamma": 0.5}``).
+        grow_options: Hyper-parameters of the growth criterion.
+        inactive_grads: ``"masked"`` (default: pruned weights get zero gradient, and their
+            optimizer state stays zero) or ``"dense"`` (the Fantastic Weights code: every weight
+            takes its dense gradient step, momentum included, and pruned ones are re-zeroed after
+            the step; state is never reset, so a regrown weight starts with stale momentum).
+        regrown_value: ``"zero"`` (default: a weight dropped and regrown in the same update
+            restarts from zero) or ``"kept"`` (the Fantastic Weights code: it keeps its value
+            and optimizer state).
         **kwargs: Common options of :class:`SparsityMethod`.
     """
 
@@ -96,16 +117,23 @@ class DynamicSparse(SparsityMethod):
         scope: str = "layer",
         bernoulli: bool = False,
         gamma: float = 1.0,
+        inactive_grads: str = "masked",
+        regrown_value: str = "zero",
+        prune_options: Mapping[str, Any] | None = None,
+        grow_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.prune = get_prune_criterion(prune)
         self.grow = get_growth_criterion(grow)
+        order = resolve_order(order)
         for opt, val, valid in (
             ("distribution", distribution, DISTRIBUTIONS),
             ("drop_schedule", drop_schedule, DROP_SCHEDULES),
             ("order", order, ORDERS),
             ("scope", scope, SCOPES),
+            ("inactive_grads", inactive_grads, INACTIVE_GRADS),
+            ("regrown_value", regrown_value, REGROWN_VALUES),
         ):
             if val not in valid:
                 raise ValueError(f"unknown {opt} {val!r}; valid: {', '.join(valid)}")
@@ -114,7 +142,7 @@ class DynamicSparse(SparsityMethod):
                 f"need 0 < drop_fraction <= 1 and 0 <= drop_fraction_end <= drop_fraction, got "
                 f"{drop_fraction}, {drop_fraction_end}"
             )
-        if scope == "global" and self.prune.select_fn is not None:
+        if scope == "global" and self.prune.selection:
             raise ValueError(f"prune criterion {prune!r} is per-layer only; use scope='layer'")
         if not 0.0 < stop_fraction <= 1.0:
             raise ValueError(f"stop_fraction must be in (0, 1], got {stop_fraction}")
@@ -128,8 +156,15 @@ class DynamicSparse(SparsityMethod):
         self.schedule = UpdateSchedule(update_interval, begin_step, max(begin_step, end))
         self.distribution, self.drop_schedule, self.scope = distribution, drop_schedule, scope
         self.drop_fraction, self.drop_fraction_end = drop_fraction, drop_fraction_end
-        self.order = self.prune.order if order == "auto" else order
+        self.order = self.prune.default_order if order == "auto" else order
         self.bernoulli, self.gamma = bernoulli, gamma
+        given = (prune_options or {}).get("gamma", gamma)
+        if gamma != 1.0 and given != gamma:
+            raise ValueError(f"gamma={gamma!r} and prune_options gamma={given!r} disagree")
+        self.prune_options = criterion_options(self.prune, prune_options, gamma=gamma)
+        self.grow_options = criterion_options(self.grow, grow_options)
+        self.inactive_grads, self.regrown_value = inactive_grads, regrown_value
+        self._dense_inactive = inactive_grads == "dense"
         self.needs_grad = self.prune.needs_grad or self.grow.needs_grad
         self._counts: dict[str, int] | None = None
 
@@ -138,7 +173,9 @@ class DynamicSparse(SparsityMethod):
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
         if self.bernoulli:
-            dens = allocate_densities(shapes, self.sparsity, self.distribution)
+            dens = allocate_densities(
+                shapes, self.sparsity, self.distribution, blocks=self.blocks()
+            )
             for i, t in enumerate(self.targets):
                 t.mask.copy_(torch.rand(t.shape, generator=self.generator(0, i)) < dens[t.name])
         elif self.distribution == "global":
@@ -152,7 +189,7 @@ class DynamicSparse(SparsityMethod):
             ):
                 t.mask.copy_(m)
         else:
-            self._counts = allocate(shapes, self.sparsity, self.distribution)
+            self._counts = allocate(shapes, self.sparsity, self.distribution, blocks=self.blocks())
             for i, t in enumerate(self.targets):
                 t.mask.copy_(random_mask(t.shape, self._counts[t.name], self.generator(0, i)))
         self.apply_masks()
@@ -185,7 +222,7 @@ class DynamicSparse(SparsityMethod):
     def _before_step(self, step: int) -> None:
         if not self.schedule.is_update(step):
             return
-        if self.order == "after":
+        if self.order == "pre_step":
             self.update_topology(step, {t.name: t.param.grad for t in self.targets})
         elif self.needs_grad:  # keep this batch's dense gradient for the post-step update
             self._grads = {
@@ -195,7 +232,7 @@ class DynamicSparse(SparsityMethod):
             }
 
     def _after_step(self, step: int) -> None:
-        if self.order == "before" and self.schedule.is_update(step):
+        if self.order == "post_step" and self.schedule.is_update(step):
             self.update_topology(step, self._grads or {})
 
     # ------------------------------------------------------------------ the update
@@ -204,23 +241,24 @@ class DynamicSparse(SparsityMethod):
     def update_topology(self, step: int, grads: dict[str, torch.Tensor | None]) -> None:
         """Drop and regrow on every target (or globally); record churn in ``history``."""
         zeta = self.drop_fraction_at(step)
-        if self.optimizer is not None:  # an unmaskable state layout fails before any change
-            for t in self.targets:
-                check_state(self.optimizer, t.param, skip_keys=self.state_skip_keys)
-        if self.scope == "global":
-            active = sum(t.nnz for t in self.targets)
-            pruned, grown, new = self._update_global(step, zeta, grads)
-        else:
-            # Layers are independent (own generator, mask, state), and most selection ops run
-            # single-threaded, so a thread per core overlaps them; results do not depend on it.
-            jobs = [(step, i, t, zeta, self._grad(t, grads)) for i, t in enumerate(self.targets)]
-            workers = min(torch.get_num_threads(), len(jobs))
-            if workers > 1:
-                with ThreadPoolExecutor(workers) as pool:
-                    counts = list(pool.map(lambda job: self._update_layer(*job), jobs))
-            else:
-                counts = [self._update_layer(*job) for job in jobs]
-            active, pruned, grown, new = (sum(c) for c in zip(*counts, strict=True))
+        check_states(self)  # an unmaskable state layout fails before any change
+        stream = 10_000 if self.scope == "global" else 0  # global: growth draws its own stream
+        keep = self.regrown_value == "kept"
+        changes = drop_and_grow(  # each drops ⌈ζ·n⌉ of its n active entries (layer or global)
+            sites(self, step, grads, self.prune, self.grow, grow_stream=stream),
+            self.prune,
+            self.grow,
+            scope=self.scope,
+            fraction=zeta,
+            prune_options=self.prune_options,
+            grow_options=self.grow_options,
+            bernoulli=self.bernoulli,
+            commit=lambda i, c: apply_change(self, self.targets[i], c, keep_regrown=keep),
+        )
+        pruned = sum(c.drop.numel() for c in changes)
+        grown = sum(c.grow.numel() for c in changes)
+        new = sum(c.fresh.numel() for c in changes)
+        active = sum(c.active for c in changes)
         self.history.append(
             {
                 "step": step,
@@ -230,88 +268,6 @@ class DynamicSparse(SparsityMethod):
                 "churn": round(new / active, 6) if active else 0.0,
             }
         )
-
-    def _grad(self, t: Target, grads: dict[str, torch.Tensor | None]) -> torch.Tensor | None:
-        g = grads.get(t.name)
-        if g is None and self.needs_grad:
-            return torch.zeros_like(t.param)  # the tensor took no part in this step's loss
-        return g
-
-    def _grow_indices(
-        self, step: int, index: int, t: Target, n: int, grad: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Flat indices of ``n`` inactive entries of ``t`` to grow."""
-        inactive = ~t.mask.view(-1)
-        if self.grow.name == "random":
-            gen = self.generator(step, index)
-            if self.bernoulli:  # the official FW draw: exact only in expectation
-                p = n / max(int(inactive.sum()), 1)
-                return ((torch.rand(t.numel, generator=gen) < p) & inactive).nonzero().squeeze(1)
-            return topk_indices(torch.rand(t.numel, generator=gen), n, inactive)
-        mom = self.dense_momentum(t)
-        if self.grow.name == "momentum" and mom is None:
-            mom = torch.zeros_like(t.param)
-        return topk_indices(growth_scores(self.grow.name, grad, mom).reshape(-1), n, inactive)
-
-    def _update_layer(
-        self, step: int, index: int, t: Target, zeta: float, grad: torch.Tensor | None
-    ) -> tuple[int, int, int, int]:
-        """Drop-and-grow on one tensor, working on flat indices (no full-size temporaries).
-
-        Returns:
-            (active before, pruned, grown, newly active) counts.
-        """
-        flat_mask = t.mask.view(-1)
-        active = flat_mask.nonzero().squeeze(1)
-        k = min(math.ceil(zeta * active.numel()), active.numel())
-        w_active = t.param.detach().reshape(-1)[active]
-        g_active = None if grad is None else grad.reshape(-1)[active]
-        gen = self.generator(step, index)
-        drop = active[self.prune.select_indices(w_active, g_active, k, gen, self.gamma)]
-        flat_mask[drop] = False
-        grow = self._grow_indices(step, index, t, drop.numel(), grad)
-        flat_mask[grow] = True
-        if t.name in self._sparse:  # the CSR structure follows the mask; grown entries start at 0
-            grown = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
-            self._restructure(t, grown.index_fill_(0, grow, True).view(t.shape))
-        else:
-            reset = torch.cat([drop, grow])  # dropped, and grown (new weights start at zero)
-            if self.hard_mask:
-                fill_at(t.param.data, reset)
-            if self.optimizer is not None:
-                zero_state_at(self.optimizer, t.param, reset, skip_keys=self.state_skip_keys)
-        was_dropped = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
-        regrown = int(was_dropped.index_fill_(0, drop, True)[grow].sum())
-        return active.numel(), drop.numel(), grow.numel(), grow.numel() - regrown
-
-    def _update_global(
-        self, step: int, zeta: float, grads: dict[str, torch.Tensor | None]
-    ) -> tuple[int, int, int]:
-        gs = [self._grad(t, grads) for t in self.targets]
-        masks = [t.mask for t in self.targets]
-        n_active = sum(t.nnz for t in self.targets)
-        k = min(math.ceil(zeta * n_active), n_active)
-        gens = [self.generator(step, i) for i in range(len(self.targets))]
-        scores = [
-            self.prune.scores(t.param.detach(), g, gen, self.gamma)
-            for t, g, gen in zip(self.targets, gs, gens, strict=True)
-        ]
-        drops = global_topk_masks(scores, k, masks, largest=False)
-        kept = [m & ~d for m, d in zip(masks, drops, strict=True)]
-        if self.grow.name == "random":
-            gscores = [
-                random_scores(t.param, self.generator(step, 10_000 + i))
-                for i, t in enumerate(self.targets)
-            ]
-        else:
-            moms = [self.dense_momentum(t) for t in self.targets]
-            gscores = [growth_scores(self.grow.name, g, m) for g, m in zip(gs, moms, strict=True)]
-        grows = global_topk_masks(gscores, k, [~m for m in kept])
-        new = 0
-        for t, kp, gr in zip(self.targets, kept, grows, strict=True):
-            new += int((gr & ~t.mask).sum())
-            self.set_mask(t, kp | gr, gr)
-        return k, k, new
 
     def target_counts(self) -> dict[str, int] | None:
         return None if self.scope == "global" else self._counts

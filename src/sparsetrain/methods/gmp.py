@@ -67,7 +67,10 @@ class GMP(SparsityMethod):
                 f"initial_sparsity must be in [0, sparsity={self.sparsity}], got {initial_sparsity}"
             )
         if end_step is None and self.total_steps is None:
-            raise ValueError("gmp needs end_step or total_steps")
+            raise ValueError(
+                f"{self.name} needs total_steps (optimizer steps of the run, e.g. "
+                "len(loader) * epochs) or end_step for its pruning schedule"
+            )
         end = end_step if end_step is not None else max(1, int(0.75 * (self.total_steps or 0)))
         self.schedule = UpdateSchedule(interval, begin_step, end)
         self.initial_sparsity, self.scope, self.distribution = initial_sparsity, scope, distribution
@@ -79,7 +82,7 @@ class GMP(SparsityMethod):
 
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
-        self._final = allocate(shapes, self.sparsity, self.distribution)
+        self._final = allocate(shapes, self.sparsity, self.distribution, blocks=self.blocks())
         if self.initial_sparsity > 0:
             self._prune_to(0)
         self.apply_masks()

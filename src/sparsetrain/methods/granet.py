@@ -1,11 +1,13 @@
-"""GraNet: gradual magnitude pruning with zero-cost neuroregeneration (spec §6).
+"""GraNet: gradual magnitude pruning with zero-cost neuroregeneration (Liu et al., NeurIPS 2021).
 
 GMP (cubic schedule, **global** magnitude criterion by default) plus, on every update step,
 a drop-and-regrow round: drop ⌈ζ_t·n⌉ more active weights by lowest |w| and regrow as many
 inactive ones by largest |dense gradient| of the current batch (RigL-style; regrown weights and
 their optimizer state start at zero), so the active count still follows the schedule and the
-target is reached exactly. ζ_t decays by cosine from ``regrow_fraction`` to
-``regrow_fraction_end`` over the whole run.
+target is reached exactly. The round is :func:`sparsetrain.criteria.drop_and_grow`, as in DST:
+``prune`` and ``grow`` choose its criteria (any registered one; the gradual pruning itself stays
+magnitude), run after the optimizer step on this batch's dense gradient. ζ_t decays by cosine
+from ``regrow_fraction`` to ``regrow_fraction_end`` over the whole run.
 
 As in the released code (``CIFAR/sparselearning/core.py``: ``pruning`` then
 ``truncate_weights``), the defaults are:
@@ -25,12 +27,15 @@ it when it stays inactive); every other regrown entry restarts at zero.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from sparsetrain.criteria import drop_and_grow, get_growth_criterion, get_prune_criterion
 from sparsetrain.distributions import allocate
-from sparsetrain.masking.topk import global_topk_masks, random_mask, select_bottomk, select_topk
+from sparsetrain.masking.topk import random_mask
+from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
 from sparsetrain.methods.gmp import GMP
 from sparsetrain.methods.registry import register_method
 from sparsetrain.schedules import cosine_decay, last_update_step
@@ -53,6 +58,12 @@ class GraNet(GMP):
         regrow_after_pruning: Keep regrowing every ``interval`` steps after ``end_step``.
         initial_mask: ``erk`` (random ERK, official) or ``magnitude``, for initial_sparsity > 0.
         scope: Scope of the gradual pruning: ``global`` (GraNet) or ``layer``.
+        prune: Criterion of the regrowth round's drop (default ``magnitude``; see
+            ``sparsetrain.criteria.PRUNE_CRITERIA``).
+        grow: Criterion of the regrowth (default ``gradient``; see
+            ``sparsetrain.criteria.GROWTH_CRITERIA``).
+        prune_options: Hyper-parameters of ``prune``.
+        grow_options: Hyper-parameters of ``grow``.
         **kwargs: Options of :class:`GMP` (``interval``, ``begin_step``, ``end_step``, ...).
     """
 
@@ -67,9 +78,20 @@ class GraNet(GMP):
         regrow_after_pruning: bool = True,
         initial_mask: str = "erk",
         scope: str = "global",
+        prune: str = "magnitude",
+        grow: str = "gradient",
+        prune_options: Mapping[str, Any] | None = None,
+        grow_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope=scope, **kwargs)
+        self.prune, self.grow = get_prune_criterion(prune), get_growth_criterion(grow)
+        self.prune_options = criterion_options(self.prune, prune_options)
+        self.grow_options = criterion_options(self.grow, grow_options)
+        if regrow_scope == "global" and self.prune.selection:
+            raise ValueError(
+                f"prune criterion {prune!r} is per-layer only; use regrow_scope='layer'"
+            )
         for opt, val, valid in (
             ("regrow_scope", regrow_scope, REGROW_SCOPES),
             ("initial_mask", initial_mask, INITIAL_MASKS),
@@ -115,7 +137,7 @@ class GraNet(GMP):
     def _on_attach(self) -> None:
         if self.initial_sparsity > 0 and self.initial_mask == "erk":
             shapes = {t.name: t.shape for t in self.targets}
-            counts = allocate(shapes, self.initial_sparsity, "erk")
+            counts = allocate(shapes, self.initial_sparsity, "erk", blocks=self.blocks())
             for i, t in enumerate(self.targets):
                 t.mask.copy_(random_mask(t.shape, counts[t.name], self.generator(0, i)))
         super()._on_attach()  # the global prune to initial_sparsity keeps an ERK mask as it is
@@ -135,30 +157,21 @@ class GraNet(GMP):
 
     @torch.no_grad()
     def regrow(self, step: int, grads: dict[str, torch.Tensor]) -> None:
-        """Drop ⌈ζ·n⌉ lowest-|w| active weights and regrow as many by largest |gradient|."""
+        """Drop ⌈ζ·n⌉ active weights by ``prune`` and regrow as many by ``grow``."""
         zeta = self.regrow_fraction_at(step)
-        before = [t.mask.clone() for t in self.targets]
-        mags = [t.param.detach().abs() for t in self.targets]
-        gmags = [
-            grads[t.name].abs() if t.name in grads else torch.zeros_like(t.param)
-            for t in self.targets
-        ]
-        if self.regrow_scope == "global":
-            k = math.ceil(zeta * sum(t.nnz for t in self.targets))
-            drops = global_topk_masks(mags, k, before, largest=False)
-            kept = [b & ~d for b, d in zip(before, drops, strict=True)]
-            grows = global_topk_masks(gmags, k, [~m for m in kept])
-        else:
-            kept, grows = [], []
-            for b, w, g in zip(before, mags, gmags, strict=True):
-                k = math.ceil(zeta * int(b.sum()))
-                kept.append(b & ~select_bottomk(w, k, b))
-                grows.append(select_topk(g, k, ~kept[-1]))
-        fresh = 0
-        for t, b, kp, gr in zip(self.targets, before, kept, grows, strict=True):
-            fresh += int((gr & ~b).sum())
-            self.set_mask(t, kp | gr, gr & ~b)
-        active = sum(int(b.sum()) for b in before)
+        check_states(self)
+        changes = drop_and_grow(  # each drops ⌈ζ·n⌉ of its n active entries (layer or global)
+            sites(self, step, grads, self.prune, self.grow, grow_stream=10_000),
+            self.prune,
+            self.grow,
+            scope=self.regrow_scope,
+            fraction=zeta,
+            prune_options=self.prune_options,
+            grow_options=self.grow_options,
+            commit=lambda i, c: apply_change(self, self.targets[i], c, keep_regrown=True),
+        )
+        fresh = sum(c.fresh.numel() for c in changes)
+        active = sum(c.active for c in changes)
         self.history.append(
             {
                 "step": step,

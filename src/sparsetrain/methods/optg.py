@@ -1,4 +1,4 @@
-"""OptG: supermask training of trainable scores next to the weights.
+"""OptG: supermask training of trainable scores next to the weights (Zhang et al. 2022).
 
 Scores S (zeros, one per weight) are trained by the supermask optimizer: by default its own SGD
 (momentum 0.9, no weight decay, as released), whatever the user's optimizer is;
@@ -13,10 +13,10 @@ in the released per-epoch schedule). Between steps ``weight`` holds W ⊙ M and 
 :mod:`~sparsetrain.methods._inplace`). Re-selection leaves optimizer state alone (as released).
 
 Options vs the official code: ``mask_lr_mode`` ``corrected`` (default: lr_S = lr_w·r·mask_lr/lr0)
-or ``as_released`` (``mask_lr`` ignored). ``selection`` ``exact`` ([PROJECT CHOICE], default:
+or ``as_released`` (``mask_lr`` ignored). ``selection`` ``exact`` (ours, default:
 exactly round((1 − s)·N) kept, ties at the threshold τ broken by larger |W|) or ``as_released``
 (every score ≥ τ kept: the official strict ``<``). Both keep everything in the early epochs of a
-long run, where ties matter (all S = 0), since there k = N. Short runs ([PROJECT CHOICE]):
+long run, where ties matter (all S = 0), since there k = N. Short runs (ours):
 ``final_epochs_at_target=1`` (default) forces s = s_target, r = 1 in the last epoch (a no-op for
 E ≥ 100: σ(E/2 − 1) rounds to 1); ``beta_ref_epochs`` uses β·max(1, ref/E) instead. β = 1 with
 ``final_epochs_at_target=0`` and no ``beta_ref_epochs`` is the official behaviour.
@@ -96,7 +96,7 @@ class OptG(InPlaceMethod):
         steps_per_epoch: Optimizer steps per epoch (required; the ramp is per epoch).
         update_interval: Re-select the mask every this many steps (default: once per epoch).
         beta: Slope β of the sigmoid ramp, > 0 (1 in every official config).
-        final_epochs_at_target: Last epochs forced to s_target ([PROJECT CHOICE]; 0: official).
+        final_epochs_at_target: Last epochs forced to s_target (ours; 0: official).
         beta_ref_epochs: If set, use β·max(1, beta_ref_epochs / E) (short-run alternative).
         mask_lr: Base lr of the scores (``mask_lr_mode="corrected"`` only; default: lr0).
         mask_lr_mode: ``corrected`` (default) or ``as_released`` (``mask_lr`` ignored).
@@ -135,8 +135,9 @@ class OptG(InPlaceMethod):
         super().__init__(**kwargs)
         if steps_per_epoch is None or self.total_steps is None:
             raise ValueError(
-                "optg needs steps_per_epoch and total_steps (E = total_steps / steps_per_epoch), "
-                f"got steps_per_epoch={steps_per_epoch!r}, total_steps={self.total_steps!r}"
+                f"{self.name} ramps and re-selects its mask per epoch: pass steps_per_epoch="
+                "len(loader) and total_steps=len(loader) * epochs (optimizer steps), got "
+                f"steps_per_epoch={steps_per_epoch!r}, total_steps={self.total_steps!r}"
             )
         self.steps_per_epoch = _int_at_least("steps_per_epoch", steps_per_epoch, 1)
         interval = steps_per_epoch if update_interval is None else update_interval

@@ -138,8 +138,9 @@ def preset(cls: type[SparsityMethod], name: str, **defaults: Any) -> Callable[..
     """A factory building ``cls`` with ``defaults`` (overridable) and registry name ``name``."""
 
     def factory(**kwargs: Any) -> SparsityMethod:
-        method = cls(**{**defaults, **kwargs})
-        method.name = name
+        method = cls.__new__(cls)
+        method.name = name  # before __init__: its errors name the method the user asked for
+        method.__init__(**{**defaults, **kwargs})  # type: ignore[misc]
         return method
 
     factory.preset = (cls, defaults)  # type: ignore[attr-defined]

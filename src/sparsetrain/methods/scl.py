@@ -1,20 +1,20 @@
 """SCL: learned binary masks M = step(m̂) with an STE, normalised mask gradients and a λ penalty.
 
-Mask variables m̂ (init +c: dense start) are trained by their own SGD (our choice: base lr
-``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever optimizer trains the weights;
-the mask LR is ``mask_lr`` times the weights' current LR over their base LR, so it follows the
-weights' schedule (and the masks settle as it anneals). ``mask_optimizer="user"`` trains them with
-an optimizer of the user's class and hyper-parameters instead (weight decay 0, ``mask_momentum`` if
-it is SGD). Neither joins the user's optimizer (see :class:`~sparsetrain.optim.Companion`).
-With Adam-type optimizers
-that makes every m̂ move by about lr per step whatever its gradient, so the masks switch off
-together (MNIST-1D CNN with AdamW: adaptive λ aimed at 90% overshot to 97%, at 95% to 99.9%).
+Tang et al. 2022. Mask variables m̂ (init +c: dense start) are trained by their own SGD (our
+choice: base lr ``mask_lr``, momentum ``mask_momentum``, no weight decay), whatever optimizer
+trains the weights; the mask LR is ``mask_lr`` times the weights' current LR over their base LR,
+so it follows the weights' schedule (and the masks settle as it anneals). ``mask_optimizer="user"``
+trains them with an optimizer of the user's class and hyper-parameters instead (weight decay 0,
+``mask_momentum`` if it is SGD). Neither joins the user's optimizer (see
+:class:`~sparsetrain.optim.Companion`). With Adam-type optimizers ``user`` makes every m̂ move by
+about lr per step whatever its gradient, so the masks switch off together (MNIST-1D CNN with
+AdamW: adaptive λ aimed at 90% overshot to 97%, at 95% to 99.9%).
 Forward Ŵ ⊙ M; backward Ŵ.grad = g ⊙ M, m̂.grad = (N_o(g ⊙ Ŵ) + λ·a_l)·ste'(m̂) with N_o the
 per-feature normalisation (feature = row of a Linear, filter of a Conv) and a_l = dR/dM of layer l.
 Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see
 :mod:`~sparsetrain.methods._inplace`).
 
-[PROJECT CHOICE] conventions:
+Our conventions (the paper leaves them open):
 
 - λ is **not** divided by N: the penalty gradient of each mask variable is λ·a_l, on the scale
   of the normalised task gradient (O(1) per entry), so one λ suits any architecture.
@@ -26,8 +26,10 @@ Between steps ``weight`` holds Ŵ ⊙ M and ``weight_raw`` Ŵ (see
   to apply to pruned Ŵ is cancelled (L2-style: ``grad -= wd·Ŵ`` there before the step; AdamW's
   decoupled decay: added back after it).
 - ``lambda_mode="adaptive"`` (an extension) steers λ to ``target_sparsity`` s* by PD control of
-  log λ after every step: λ ← λ·exp(gain·((s* − s_t) − damping·(s_t − s_{t−1}))); the damping
-  (in steps) anticipates masks in flight and stops overshoot (tuned on tiny MLPs).
+  log λ on the log density after every step (:func:`adapt_lambda`): the damping (in steps)
+  anticipates masks in flight, the step of log λ is bounded and scaled by the masks' current LR
+  (anti-windup), and λ stays in :data:`LAMBDA_RANGE`. The sparsity reached is reported; it can
+  miss the target by a little (the report shows by how much).
 """
 
 from __future__ import annotations
@@ -41,12 +43,47 @@ from sparsetrain.distributions import check_sparsity
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
+from sparsetrain.schedules import cubic
 
 STES = ("identity", "leaky_relu", "softplus", "relu")
 NORMS = ("rms", "mean_abs", "max_abs", "l2", "none")
 REGULARIZERS = ("count", "flops")
 LAMBDA_MODES = ("fixed", "adaptive")
 MASK_OPTIMIZERS = ("sgd", "user")
+
+
+LAMBDA_RANGE = (1e-6, 1e3)
+"""Bounds of the adaptive λ (anti-windup: it can never run away while the masks lag)."""
+MAX_LOG_STEP = 0.05
+"""Largest change of log λ in one step in adaptive mode."""
+
+
+def adapt_lambda(
+    lam: float,
+    sparsity: float,
+    previous: float,
+    target: float,
+    *,
+    gain: float,
+    damping: float,
+    lr_ratio: float = 1.0,
+) -> float:
+    """One step of the adaptive-λ controller: PD control of log λ on the log density.
+
+    With d = 1 − s the density: e = log(d / d*) (> 0: too dense, raise λ) and the change
+    Δ = log(d / d_prev) (< 0 while masks are switching off). Then
+    ``log λ += clip(gain · (e + damping · Δ) · lr_ratio, ±MAX_LOG_STEP)`` and λ is clipped to
+    :data:`LAMBDA_RANGE`. Working on log density makes the error scale-free: 0.98 → 0.992 is a
+    2.5× density error, where the absolute sparsity error (0.012) looked small. ``lr_ratio`` (the
+    masks' current LR over their base LR) is the anti-windup: masks move in proportion to their
+    LR, so while it is small (warmup, the end of a cosine schedule) λ integrates as slowly.
+    """
+    d = max(1.0 - sparsity, 1e-9)
+    d_prev = max(1.0 - previous, 1e-9)
+    d_target = max(1.0 - target, 1e-9)
+    u = gain * (math.log(d / d_target) + damping * math.log(d / d_prev)) * max(lr_ratio, 0.0)
+    u = min(MAX_LOG_STEP, max(-MAX_LOG_STEP, u))
+    return min(LAMBDA_RANGE[1], max(LAMBDA_RANGE[0], lam * math.exp(u)))
 
 
 def _one_of(valid: tuple[str, ...]) -> str:
@@ -91,14 +128,20 @@ class SCL(InPlaceMethod):
 
     References:
         Tang et al., "Automatic Sparse Connectivity Learning for Neural Networks", IEEE TNNLS
-        2022, arXiv 2201.05020 (no official code; options per spec §4.2).
+        2022, arXiv 2201.05020 (no official code; the conventions above are ours).
 
     Args:
         lam: λ ≥ 0, the penalty weight (the sparsity knob; the initial λ in adaptive mode).
         lambda_mode: ``fixed`` (emergent sparsity) or ``adaptive`` (λ tracks target_sparsity).
-        target_sparsity: Sparsity the adaptive mode steers to (alias: ``sparsity``).
-        lambda_gain: Adaptive mode: change of log λ per step per unit of sparsity error.
-        lambda_damping: Adaptive mode: weight (in steps) of the sparsity change per step.
+        target_sparsity: Sparsity the adaptive mode steers to (alias: ``sparsity``); with
+            ``lambda_mode="fixed"`` the sparsity is emergent and a target is refused.
+        target_ramp: Adaptive mode: the controller tracks a cubic ramp from 0 to
+            ``target_sparsity`` over this fraction of ``total_steps`` (as GMP and ST-3 prune),
+            then the target itself; 0 aims at the target from the first step (which prunes an
+            untrained network: on the MNIST-1D CNN at 90% it reached the target by epoch 5 of 40
+            and ended 18 points below ST-3).
+        lambda_gain: Adaptive mode: change of log λ per step per unit of log-density error.
+        lambda_damping: Adaptive mode: weight (in steps) of the log-density change per step.
         ste: ``identity`` (default), ``leaky_relu``, ``softplus`` or ``relu``.
         ste_slope: Slope α of the leaky-ReLU STE for m̂ ≤ 0.
         normalization: ``rms`` (default), ``mean_abs``, ``max_abs``, ``l2`` or ``none``.
@@ -115,6 +158,10 @@ class SCL(InPlaceMethod):
 
     name = "scl"
     sparsity_mode = "emergent"
+    emergent_sparsity_note = (
+        "with lambda_mode='fixed' the penalty lam sets it; to reach a target sparsity pass "
+        "lambda_mode='adaptive' together with sparsity= (or target_sparsity=)"
+    )
 
     def __init__(
         self,
@@ -122,6 +169,7 @@ class SCL(InPlaceMethod):
         lam: float = 0.1,
         lambda_mode: str = "fixed",
         target_sparsity: float | None = None,
+        target_ramp: float = 0.5,
         lambda_gain: float = 0.2,
         lambda_damping: float = 30.0,
         ste: str = "identity",
@@ -136,7 +184,9 @@ class SCL(InPlaceMethod):
         freeze_step: int | None = None,
         **kwargs: Any,
     ) -> None:
-        target = kwargs.pop("sparsity", None) if target_sparsity is None else target_sparsity
+        target = target_sparsity
+        if target is None and lambda_mode == "adaptive":  # `sparsity` is the target's alias
+            target = kwargs.pop("sparsity", None)
         step_ok = freeze_step is None or (type(freeze_step) is int and freeze_step >= 0)
         for opt, val, ok, rule in (
             ("lambda_mode", lambda_mode, lambda_mode in LAMBDA_MODES, _one_of(LAMBDA_MODES)),
@@ -151,6 +201,7 @@ class SCL(InPlaceMethod):
             ("regularizer", regularizer, regularizer in REGULARIZERS, _one_of(REGULARIZERS)),
             ("lam", lam, lam >= 0 if lambda_mode == "fixed" else lam > 0, ">= 0 (> 0 adaptive)"),
             ("lambda_gain", lambda_gain, lambda_gain >= 0, ">= 0"),
+            ("target_ramp", target_ramp, 0 <= target_ramp <= 1, "in [0, 1]"),
             ("lambda_damping", lambda_damping, lambda_damping >= 0, ">= 0"),
             ("ste_slope", ste_slope, 0 < ste_slope <= 1, "in (0, 1]"),
             ("mask_init", mask_init, mask_init > 0, "> 0"),
@@ -160,13 +211,23 @@ class SCL(InPlaceMethod):
         ):
             if not ok:
                 raise ValueError(f"{opt} must be {rule}, got {val!r}")
-        if (lambda_mode == "fixed") == (target is not None):
+        if lambda_mode == "adaptive" and target is None:
             raise ValueError(
-                f"scl target_sparsity={target!r} with lambda_mode={lambda_mode!r}: a target is "
-                "needed by lambda_mode='adaptive' and refused by 'fixed' (emergent sparsity)"
+                f"{self.name} with lambda_mode='adaptive' needs the sparsity to reach: pass "
+                "sparsity= (or target_sparsity=)"
             )
-        super().__init__(sparsity=check_sparsity(target or 0.0, "target_sparsity"), **kwargs)
+        if lambda_mode == "fixed" and target is not None:
+            raise ValueError(
+                f"{self.name} target_sparsity={target!r} needs lambda_mode='adaptive'; with "
+                "lambda_mode='fixed' the sparsity is emergent (set by the penalty lam)"
+            )
+        self.targets_sparsity = lambda_mode == "adaptive"
+        if target is not None:
+            kwargs["sparsity"] = check_sparsity(target, "target_sparsity")
+        kwargs.setdefault("sparsity", 0.0)  # fixed λ: no target; sparsity= is refused by the base
+        super().__init__(**kwargs)
         self.lam, self.lambda_mode, self.lambda_gain = float(lam), lambda_mode, lambda_gain
+        self.target_ramp = float(target_ramp)
         self.lambda_damping, self._last_sparsity = lambda_damping, 0.0
         self.ste, self.ste_slope, self.normalization = ste, ste_slope, normalization
         self.regularizer, self.mask_init, self.mask_lr = regularizer, mask_init, mask_lr
@@ -184,6 +245,13 @@ class SCL(InPlaceMethod):
         self._groups_key: list[int] = []
         self._groups_map: dict[int, dict[str, Any]] = {}
 
+    def target_at(self, step: int) -> float:
+        """The sparsity the adaptive controller aims at after ``step`` steps (cubic ramp)."""
+        end = self.target_ramp * (self.total_steps or 0)
+        if end <= 0 or step >= end:
+            return self.sparsity
+        return cubic(step, final=self.sparsity, start=0, end=round(end))
+
     def mask_grad(self, index: int, grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """dm̂ = (normalize_per_feature(g ⊙ Ŵ) + λ·a_l) · ste'(m̂) for target ``index``."""
         out = normalize_per_feature(grad * weight, self.normalization, inplace=True)
@@ -194,6 +262,15 @@ class SCL(InPlaceMethod):
     def _validate(self, targets: Any, optimizer: torch.optim.Optimizer | None) -> None:
         if optimizer is None:
             raise ValueError("scl trains its masks: attach(model, optimizer) needs an optimizer")
+        if self.regularizer == "flops":
+            conv_or_linear = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+            for t in targets:
+                if not (t.param_name == "weight" and isinstance(t.module, conv_or_linear)):
+                    raise ValueError(
+                        f"scl regularizer='flops' weighs Linear/Conv weights by their output size; "
+                        f"{t.name!r} ({type(t.module).__name__}) is neither: use "
+                        f"regularizer='count' or exclude={[t.name]!r}"
+                    )
 
     def _on_attach(self) -> None:
         opt = self.optimizer
@@ -294,10 +371,17 @@ class SCL(InPlaceMethod):
         if self.lambda_mode == "adaptive" and step > 0:
             active = sum(float(fm.sum()) for fm in self._fmasks)
             now = 1.0 - active / sum(t.numel for t in self.targets)
-            change, self._last_sparsity = now - self._last_sparsity, now
-            self.lam *= math.exp(
-                self.lambda_gain * (self.sparsity - now - self.lambda_damping * change)
+            ratio = self._mask_opt.groups[0]["lr"] / self.mask_lr if self._mask_opt else 1.0
+            self.lam = adapt_lambda(
+                self.lam,
+                now,
+                self._last_sparsity,
+                self.target_at(step),
+                gain=self.lambda_gain,
+                damping=self.lambda_damping,
+                lr_ratio=ratio,
             )
+            self._last_sparsity = now
         if self.freeze_step is not None and step >= self.freeze_step:
             self.frozen = True
             self.history.append({"step": step, "event": "freeze", "lam": self.lam})

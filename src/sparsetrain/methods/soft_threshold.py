@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from sparsetrain.masking.targets import Target
 from sparsetrain.methods._inplace import InPlaceMethod
+from sparsetrain.methods.base import SparsityTargetWarning
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
 
@@ -25,9 +27,9 @@ class STR(InPlaceMethod):
     pre-hook; between steps ``weight`` holds w_eff and ``weight_raw`` holds w, see
     :mod:`~sparsetrain.methods._inplace`). Sparsity is **emergent**: nothing sets it directly;
     it grows as weight decay on s_l (and on w) raises the threshold, so it is steered only
-    indirectly by ``s_init``, the weight decays and the run length. ``sparsity`` is accepted for
-    a uniform API and ignored; the report never fails. The reported mask is w_eff ≠ 0, refreshed
-    after every optimizer step.
+    indirectly by ``s_init``, the weight decays and the run length. ``sparsity=`` is refused
+    with a ``ValueError`` (no option targets a sparsity); the report never fails. The reported
+    mask is w_eff ≠ 0, refreshed after every optimizer step.
 
     ``s_init`` sets the initial threshold sigmoid(s_init). The STR code's ImageNet ResNet-50
     configs use -3200 (threshold exactly 0 until weight decay has pulled s up over ~500k
@@ -50,6 +52,10 @@ class STR(InPlaceMethod):
 
     name = "str"
     sparsity_mode = "emergent"
+    emergent_sparsity_note = (
+        "the weight decay raises the per-layer thresholds: steer it with threshold_weight_decay, "
+        "s_init and the run length; no option targets a sparsity"
+    )
 
     def __init__(
         self,
@@ -72,12 +78,14 @@ class STR(InPlaceMethod):
         self._lam: list[float] = []
         self._dsig = torch.empty(0)
         self._tmp: torch.Tensor | None = None
+        self._dead: set[int] = set()  # targets that reached density 0 (warned once each)
 
     def _validate(self, targets: list[Target], optimizer: torch.optim.Optimizer | None) -> None:
         if optimizer is None:
             raise ValueError("str trains one threshold per layer: attach(model, optimizer)")
 
     def _on_attach(self) -> None:
+        self._dead = set()
         first, opt = self.targets[0].param, self.optimizer
         dtype = torch.promote_types(first.dtype, torch.float32)  # float64 models: float64 s_l
         self.threshold = nn.Parameter(
@@ -105,7 +113,17 @@ class STR(InPlaceMethod):
 
     def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:
         torch._C._nn.softshrink(raw, self._lam[index], out=out)  # sign(w)·ReLU(|w| − t)
-        self.targets[index].mask.copy_(out)  # w_eff ≠ 0
+        t = self.targets[index]
+        t.mask.copy_(out)  # w_eff ≠ 0
+        if index not in self._dead and not t.mask.any():
+            self._dead.add(index)  # the layer passes nothing on: the network output is constant
+            self.history.append({"step": self.step, "event": "layer_at_density_0", "layer": t.name})
+            warnings.warn(
+                f"str: layer {t.name!r} reached density 0 at step {self.step} (threshold "
+                f"{self._lam[index]:.4g} above every |w|); lower threshold_weight_decay or s_init",
+                SparsityTargetWarning,
+                stacklevel=2,
+            )
         return True
 
     @torch.no_grad()
@@ -125,8 +143,10 @@ class STR(InPlaceMethod):
             s.grad = d  # g already sums every backward since the last step
 
     def _sign(self, q: torch.Tensor) -> torch.Tensor:
-        if self._tmp is None or self._tmp.numel() < q.numel() or self._tmp.device != q.device:
-            self._tmp = torch.empty(max(t.numel for t in self.targets), device=q.device)
+        tmp = self._tmp
+        if tmp is None or tmp.numel() < q.numel() or (tmp.device, tmp.dtype) != (q.device, q.dtype):
+            n = max(t.numel for t in self.targets)
+            self._tmp = torch.empty(n, dtype=q.dtype, device=q.device)
         return torch.sign(q, out=self._tmp[: q.numel()].view(q.shape))
 
     def _on_detach(self) -> None:
@@ -152,6 +172,8 @@ class STR(InPlaceMethod):
                 self.threshold.copy_(state["s"])
         if self._threshold_opt is not None:
             self._threshold_opt.load_state_dict(state.get("threshold_optimizer", {}))
+        dead = {h["layer"] for h in self.history if h.get("event") == "layer_at_density_0"}
+        self._dead = {i for i, t in enumerate(self.targets) if t.name in dead}
         self.unpublish()
         self.refresh(self.step)
         self.publish()

@@ -2,7 +2,7 @@
 
 In optimizer steps: dense until ``ramp_begin_step``; the target rises as s·(1 − (1 − t/T)³)
 until ``ramp_end_step``, then stays at s; threshold, mask and rescale are recomputed after every
-step (spec §3.2; step t + 1's forward uses the weights after step t, §3.6 item 5). After
+step (as the official code: step t + 1's forward uses the weights after step t). After
 ``fix_step`` they are recomputed at s once more, baked into the raw weights and frozen for the
 fine-tune. From the official epochs: ``ramp_begin_step = start_epoch · steps_per_epoch``,
 ``ramp_end_step = end_epoch · steps_per_epoch``, ``fix_step = fix_from · steps_per_epoch + 1``
@@ -64,11 +64,11 @@ class ST3(InPlaceMethod):
             ``None`` without ``total_steps`` (call :meth:`fix` yourself).
         finetune_steps: Fixed-mask steps at the end; default round(10/170 · total_steps).
         sigma: ``None`` (ST-3), ``"dims"`` (ST-3σ, the code's 1/√(Σ dims)) or ``"glorot"``
-            (1/√(fan_in + fan_out), spec §3.6 item 2).
+            (1/√(fan_in + fan_out), the Glorot scale).
         soft: Soft threshold (``False``: hard threshold, still with the STE).
         rescale: Per-output-channel rescale c (``False``: c = 1).
         bn_momentum: ``"corrected"`` (default: PyTorch's 0.1 kept) or ``"as_released"`` (every
-            BatchNorm gets momentum 0.99 at attach, restored at detach; spec §3.6 item 4).
+            BatchNorm gets momentum 0.99 at attach, restored at detach, as the official code).
         weight_decay_scope: ``"weights"`` (default, as the official config; see
             :func:`~sparsetrain.methods._st3_parts.decay_only_weights`: biases and
             normalisation parameters are trained without decay by the method's companion
@@ -103,7 +103,7 @@ class ST3(InPlaceMethod):
         check_choice("bn_momentum", bn_momentum, BN_MODES)
         check_choice("weight_decay_scope", weight_decay_scope, WD_SCOPES)
         self.ramp_begin_step, self.ramp_end_step, self.fix_step = resolve_schedule(
-            self.total_steps, ramp_begin_step, ramp_end_step, fix_step, finetune_steps
+            self.total_steps, ramp_begin_step, ramp_end_step, fix_step, finetune_steps, self.name
         )
         self.update_interval = check_interval(update_interval)
         self.sigma, self.soft, self.rescale = sigma, bool(soft), bool(rescale)
@@ -127,7 +127,7 @@ class ST3(InPlaceMethod):
         super()._on_attach()  # raw-weight buffers, refresh(0), publish(): may raise, so first
         model, opt = self._require_attached(), self.optimizer
         if opt is not None and self.weight_decay_scope == "weights":
-            self._free, undo = decay_only_weights(model, opt)
+            self._free, undo = decay_only_weights(model, opt, self.targets)
             self._undo.append(undo)
         if self.bn_momentum == "as_released":  # the official 0.99, in PyTorch's convention
             self._undo.append(set_bn_momentum(model, 0.99))

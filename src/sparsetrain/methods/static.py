@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from sparsetrain.criteria import snip
+from sparsetrain.criteria import PRUNE_CRITERIA, drop_and_grow, get_prune_criterion
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
-from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import global_topk_masks, random_mask
+from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.registry import register_method
 
 INITS = ("random", "snip")
+"""The documented values of ``init``; any pruning criterion of ``sparsetrain.criteria`` works."""
 
 
 class Static(SparsityMethod):
@@ -23,7 +25,10 @@ class Static(SparsityMethod):
     draws each weight with its layer's density, as the official Fantastic Weights code does, so
     counts are exact only in expectation and no exactness check is made). ``init="snip"`` keeps
     the global top-k of |w·g| computed on the first training batch (the model is dense for that
-    one forward/backward; SNIP's own single-batch scoring), then trains the fixed mask.
+    one forward/backward; SNIP's own single-batch scoring), then trains the fixed mask. Any other
+    pruning criterion works the same way (``init="magnitude"``, ``"taylor"``, a registered one:
+    :func:`sparsetrain.criteria.drop_and_grow` with nothing grown), before the first optimizer
+    step.
 
     References:
         Static ERK: Evci et al., "Rigging the Lottery", ICML 2020 (and the Fantastic Weights
@@ -32,8 +37,10 @@ class Static(SparsityMethod):
 
     Args:
         distribution: Layer densities for random init: uniform, er, erk or global.
-        init: ``random`` or ``snip``.
+        init: ``random``, ``snip`` or the name of another pruning criterion (see
+            ``sparsetrain.criteria.PRUNE_CRITERIA``; score criteria only, the ranking is global).
         bernoulli: Bernoulli draw per weight instead of exact counts (random init only).
+        prune_options: Hyper-parameters of the ``init`` criterion.
         **kwargs: Common options of :class:`SparsityMethod`.
     """
 
@@ -46,6 +53,7 @@ class Static(SparsityMethod):
         distribution: str = "erk",
         init: str = "random",
         bernoulli: bool = False,
+        prune_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,29 +61,38 @@ class Static(SparsityMethod):
             raise ValueError(
                 f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"
             )
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+        scored = [n for n, c in PRUNE_CRITERIA.items() if not c.selection and n != "random"]
+        if not isinstance(init, str) or init not in ("random", *scored):
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(['random', *scored])}")
         self.distribution, self.init, self.bernoulli = distribution, init, bernoulli
+        self.criterion = None if init == "random" else get_prune_criterion(init)
+        self.prune_options = (
+            {} if self.criterion is None else criterion_options(self.criterion, prune_options)
+        )
         self._counts: dict[str, int] | None = None
 
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
         if self.init == "random":
             if self.bernoulli:
-                dens = allocate_densities(shapes, self.sparsity, self.distribution)
+                dens = allocate_densities(
+                    shapes, self.sparsity, self.distribution, blocks=self.blocks()
+                )
                 for i, t in enumerate(self.targets):
                     draw = torch.rand(t.shape, generator=self.generator(0, i))
                     t.mask.copy_(draw < dens[t.name])
             elif self.distribution == "global":
                 self._global_random()
             else:
-                self._counts = allocate(shapes, self.sparsity, self.distribution)
+                self._counts = allocate(
+                    shapes, self.sparsity, self.distribution, blocks=self.blocks()
+                )
                 for i, t in enumerate(self.targets):
                     t.mask.copy_(random_mask(t.shape, self._counts[t.name], self.generator(0, i)))
         self.apply_masks()
 
     def init_masks_ready(self) -> bool:
-        return self.init != "snip"
+        return self.criterion is None
 
     def _global_random(self) -> None:
         scores = [
@@ -86,31 +103,37 @@ class Static(SparsityMethod):
             t.mask.copy_(m)
 
     def _before_step(self, step: int) -> None:
-        if self.init == "snip" and step == 1:
-            self.prune_snip(self.targets)
+        if self.criterion is not None and step == 1:
+            self.prune_at_init(step)
             self.init_weights()
 
-    def prune_snip(self, targets: list[Target]) -> None:
-        """Keep the global top-k of |w·g| (gradients of the current batch)."""
-        scores = [
-            snip(
-                t.param.detach(),
-                t.param.grad if t.param.grad is not None else torch.zeros_like(t.param),
-            )
-            for t in targets
-        ]
+    @torch.no_grad()
+    def prune_at_init(self, step: int = 1) -> None:
+        """Keep the global top-k by the ``init`` criterion (gradients of the current batch)."""
+        if self.criterion is None:
+            raise ValueError("init='random' sets its mask at attach; nothing to prune")
+        check_states(self)
+        grads = {t.name: t.param.grad for t in self.targets}
         keep = self.global_target_count() or 0
-        for t, m in zip(targets, global_topk_masks(scores, keep), strict=True):
-            self.set_mask(t, m)
+        drop_and_grow(
+            sites(self, step, grads, self.criterion, None),
+            self.criterion,
+            None,
+            sum(t.nnz for t in self.targets) - keep,
+            "global",
+            prune_options=self.prune_options,
+            keep_top=True,  # the top-k by score, as SNIP states it
+            commit=lambda i, c: apply_change(self, self.targets[i], c, keep_regrown=False),
+        )
 
     def sparsity_at(self, step: int) -> float:
-        return 0.0 if self.init == "snip" and step == 0 else self.sparsity
+        return 0.0 if self.criterion is not None and step == 0 else self.sparsity
 
     def update_steps(self, total_steps: int) -> list[int]:
-        return [1] if self.init == "snip" else []
+        return [1] if self.criterion is not None else []
 
     def is_update_step(self, step: int) -> bool:
-        return self.init == "snip" and step == 1
+        return self.criterion is not None and step == 1
 
     def needs_dense_grad(self, step: int) -> bool:
         return self.is_update_step(step)
@@ -124,7 +147,7 @@ class Static(SparsityMethod):
 
 register_method(
     "static",
-    description="fixed random mask (uniform/ER/ERK) or SNIP at init",
+    description="fixed random mask (uniform/ER/ERK), or pruned at init by SNIP or any criterion",
     paper="Evci et al. 2020 (static ERK); Lee et al. 2019 (SNIP)",
     dense_grad="update",
     sparse_execution=True,

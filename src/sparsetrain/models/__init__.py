@@ -4,14 +4,16 @@
 >>> round(count_parameters(model) / 1e6, 2), uses_channels_last("resnet20")
 (0.27, True)
 
-Registered: ``mlp``, ``lenet300_100``, ``mlp_cifar`` (:mod:`.mlp`); ``lenet5``,
-``small_convnet``, ``cnn1d`` (:mod:`.convnets`); ``resnet20``, ``resnet32``, ``resnet56``,
-``resnet50`` (:mod:`.resnet`); ``vgg16``, ``vgg19`` (:mod:`.vgg`); ``wrn34_2``
-(:mod:`.wide_resnet`). Every model takes ``num_classes`` and the per-example ``input_shape``
-and returns logits. Models that the papers initialise with Kaiming-normal (ResNets, VGG, WRN) do
-so here; MLPs and the small conv nets keep PyTorch's default initialisation, as their reference
-code does.
+Every module of this package is imported here, so a model registers by existing: a file with a
+function decorated by :func:`register_model` is all a new model needs (``list_models()`` or
+``sparsetrain list models`` shows them all). Every model takes ``num_classes`` and the
+per-example ``input_shape`` and returns logits. Models that the papers initialise with
+Kaiming-normal (ResNets, VGG, WRN) do so here; MLPs and the small conv nets keep PyTorch's
+default initialisation, as their reference code does.
 """
+
+import importlib
+import pkgutil
 
 from sparsetrain.models._registry import (
     ModelInfo,
@@ -48,3 +50,6 @@ __all__ = [
     "register_model",
     "uses_channels_last",
 ]
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")

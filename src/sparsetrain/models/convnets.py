@@ -2,9 +2,9 @@
 
 References:
     LeNet-5-Caffe: the Caffe variant of LeCun et al. 1998 used by the sparse-training literature
-    (Fantastic Weights, https://arxiv.org/abs/2306.12230, spec §5.4); no padding in conv1, so
+    (Fantastic Weights, https://arxiv.org/abs/2306.12230); no padding in conv1, so
     28x28 inputs reach 50x4x4 before the first fully connected layer.
-    Small ConvNet: the Fantastic Weights ``small_conv`` setting (spec §5.4).
+    Small ConvNet: the Fantastic Weights ``small_conv`` setting.
     CNN1d: sparsetrain's own small model for MNIST-1D (Greydanus 2020,
     https://arxiv.org/abs/2011.14439), sized to train to over 90 % test accuracy in seconds.
 

@@ -2,7 +2,7 @@
 
 References:
     LeCun et al. 1998, "Gradient-based learning applied to document recognition" (LeNet-300-100);
-    Nowak et al. 2023, https://arxiv.org/abs/2306.12230 (MLP 3072-1024-512-10, spec §5.4).
+    Nowak et al. 2023, https://arxiv.org/abs/2306.12230 (MLP 3072-1024-512-10).
 
 Layers use PyTorch's default initialisation, as the reference code does.
 """

@@ -4,7 +4,7 @@ References:
     He et al. 2016, "Deep Residual Learning for Image Recognition",
     https://arxiv.org/abs/1512.03385.
 
-CIFAR ResNets follow the ST-3 and Fantastic Weights code (spec §3.3, §5.4): a 3x3 stem of 16
+CIFAR ResNets follow the ST-3 and Fantastic Weights code: a 3x3 stem of 16
 channels, three stages of 16/32/64 channels with (depth − 2)/6 BasicBlocks each, and 1x1-conv + BN
 *projection* shortcuts where the shape changes (He et al.'s option B, not the parameter-free
 option A), then global average pooling and a linear head.
@@ -14,8 +14,8 @@ side <= 64 the stem is a 3x3 stride-1 conv without max-pool (the usual CIFAR ada
 32x32 image still has 4x4 positions in the last stage; larger inputs get the 7x7 stride-2 conv
 and the 3x3 max-pool. ``cifar_stem`` overrides the choice.
 
-Initialisation follows ST-3's Kaiming-normal fan-in (spec §3.3), applied here to every conv and
-linear weight with the ReLU gain; biases zero; BatchNorm γ = 1, β = 0.
+Initialisation follows the Kaiming-normal fan-in of ST-3's official code, applied here to every
+conv and linear weight with the ReLU gain; biases zero; BatchNorm γ = 1, β = 0.
 """
 
 from __future__ import annotations

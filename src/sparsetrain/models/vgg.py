@@ -4,7 +4,7 @@ References:
     Simonyan & Zisserman 2015, "Very Deep Convolutional Networks for Large-Scale Image
     Recognition", https://arxiv.org/abs/1409.1556.
 
-As in the Fantastic Weights CIFAR-100 setting (spec §5.4): 3x3 convs without biases, each
+As in the Fantastic Weights CIFAR-100 setting (Nowak et al. 2023): 3x3 convs without biases, each
 followed by BatchNorm and ReLU, 2x2 max-pools between the first four blocks, then global average
 pooling (for 32x32 inputs: average-pool 2 over the last 2x2 map) and one linear layer. The
 fifth max-pool of the ImageNet VGG is dropped; the parameter count is the same. Initialisation as

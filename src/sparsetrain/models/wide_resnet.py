@@ -1,4 +1,4 @@
-"""Pre-activation Wide ResNet (WRN-34-2 is ST-3's CIFAR-100 backbone, spec §3.3).
+"""Pre-activation Wide ResNet (WRN-34-2 is ST-3's CIFAR-100 backbone, WACV 2023).
 
 References:
     Zagoruyko & Komodakis 2016, "Wide Residual Networks", https://arxiv.org/abs/1605.07146.

@@ -148,9 +148,16 @@ def _lookup(d: Mapping[str, Any], dotted: str) -> Any:
 
 
 def run_config(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The run's resolved config: ``summary.json``'s copy, else ``config.yaml`` (None: neither)."""
+    """The run's resolved config: ``summary.json``'s copy, else ``config.yaml`` (None: neither).
+
+    Registry defaults are written out (:func:`~sparsetrain.train.build.resolved_dict`), so a
+    run saved before an option existed pools with one that holds the option's default.
+    """
+    from sparsetrain.train.build import resolved_dict
+
     cfg = summary.get("config")
-    return dict(cfg) if isinstance(cfg, Mapping) else _read_config_yaml(run_dir)
+    raw = dict(cfg) if isinstance(cfg, Mapping) else _read_config_yaml(run_dir)
+    return None if raw is None else resolved_dict(raw)
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -341,25 +348,25 @@ def _row(
 
 
 def resolve_baseline(
-    rows: Sequence[Mapping[str, Any]], spec: str | None
+    rows: Sequence[Mapping[str, Any]], wanted: str | None
 ) -> list[Mapping[str, Any]]:
-    """The baseline row(s) named by ``spec``: a row label, or a series (one row per sparsity).
+    """The baseline row(s) named by ``wanted``: a row label, or a series (one row per sparsity).
 
     ``None`` picks the ``dense`` series when there is one (else no baseline: ``[]``).
 
     Raises:
-        ValueError: ``spec`` names no row.
+        ValueError: ``wanted`` names no row.
     """
-    if spec is None:
+    if wanted is None:
         return [r for r in rows if r["series"] == "dense"]
-    exact = [r for r in rows if r["label"] == spec]
+    exact = [r for r in rows if r["label"] == wanted]
     if exact:
         return exact
-    series = [r for r in rows if r["series"] == spec]
+    series = [r for r in rows if r["series"] == wanted]
     if series:
         return series
     labels = list(dict.fromkeys([*(r["series"] for r in rows), *(r["label"] for r in rows)]))
-    raise ValueError(f"unknown baseline {spec!r}; valid: {', '.join(labels)}")
+    raise ValueError(f"unknown baseline {wanted!r}; valid: {', '.join(labels)}")
 
 
 def paired_differences(

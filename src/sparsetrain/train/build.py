@@ -7,7 +7,9 @@ plain Python. Every user error is a :class:`~sparsetrain.config.ConfigError` nam
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -102,6 +104,108 @@ def check_config(cfg: ExperimentConfig) -> None:
     check_data(cfg)
     check_model(cfg)
     check_method(cfg)
+
+
+def takes_sparsity(method: str) -> bool:
+    """Whether ``method`` reaches a set ``sparsity`` (not ``dense``, not an emergent method)."""
+    try:
+        info = get_method_info(method)
+    except (ValueError, TypeError):
+        return True  # unknown names are reported by the config check, with close matches
+    return method != "dense" and info.sparsity_mode == "target"
+
+
+def entry_defaults(section: str, name: str) -> dict[str, Any] | None:
+    """The options a config may set beside ``name`` in ``section``, with their defaults.
+
+    For ``method``: the constructor's options without those the harness sets
+    (``total_steps``, ``steps_per_epoch``, ``seed``, which defaults to ``train.seed``) and without
+    ``sparsity`` for methods that take no target. ``None`` for an unknown name.
+    """
+    from sparsetrain.data import get_dataset_info
+    from sparsetrain.models import get_model_info
+
+    try:
+        if section == "data":
+            return get_dataset_info(name).options()
+        if section == "model":
+            return get_model_info(name).options()
+        options = method_options(get_method_info(name).factory)
+    except (ValueError, TypeError):
+        return None
+    skip = {*HARNESS_METHOD_KEYS, "seed", *(() if takes_sparsity(name) else ("sparsity",))}
+    return {k: v for k, v in options.items() if k not in skip}
+
+
+def switch_entry(
+    options: dict[str, Any], section: str, old: str, new: str, keep: Collection[str] = ()
+) -> tuple[list[str], list[str]]:
+    """Fit the options written for entry ``old`` of ``section`` to entry ``new``, in place.
+
+    Removes the options ``new`` does not take, and those still at ``old``'s default where
+    ``new``'s default differs (so a resolved ``config.yaml`` switched to another method gets
+    that method's defaults, e.g. RigL's drop fraction is not carried over to SET). Keys in
+    ``keep`` (set explicitly for ``new``) stay and are validated strictly.
+
+    Returns:
+        ``(dropped, reset)``: the keys removed for each reason.
+    """
+    valid = entry_defaults(section, new)
+    if valid is None or old == new:
+        return [], []
+    before = entry_defaults(section, old) or {}
+    dropped, reset = [], []
+    for key in [k for k in options if k != "name" and k not in keep]:
+        if key not in valid:
+            dropped.append(key)
+        elif (
+            key in before
+            and _same(options[key], before[key])
+            and not _same(before[key], valid[key])
+        ):
+            reset.append(key)
+    for key in (*dropped, *reset):
+        del options[key]
+    return dropped, reset
+
+
+def _same(a: Any, b: Any) -> bool:
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple | list) else v
+
+    return bool(plain(a) == plain(b))
+
+
+def resolved_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a saved config) with every registry default written out.
+
+    As ``config.yaml`` is written now; ``raw`` itself when it no longer validates (then
+    compared as saved). A config saved before an option existed then compares equal to one that
+    holds the option's default (resume checks, report pooling).
+    """
+    try:
+        return resolve_config(ExperimentConfig.from_dict(raw)).to_dict()
+    except ConfigError:
+        return raw
+
+
+def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` validated, with every data, model and method option's default written out.
+
+    This is what a run directory's ``config.yaml`` holds. ``method.seed`` stays unset unless
+    given (it follows ``train.seed``), and so do the keys the harness derives.
+
+    Raises:
+        ConfigError: As :func:`check_config`.
+    """
+    check_config(cfg)
+    out = cfg
+    for section in ("data", "model", "method"):
+        part = getattr(cfg, section)
+        defaults = entry_defaults(section, part.name) or {}
+        full = {**defaults, **part.options}
+        out = dataclasses.replace(out, **{section: dataclasses.replace(part, options=full)})
+    return out
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:

@@ -33,6 +33,9 @@ FORMAT = "sparsetrain.checkpoint"
 FORMAT_VERSION = 1
 
 
+DEFAULT_WAY_OUT = "restore it from a copy, or delete it and train the run again"
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: missing, truncated, corrupt, foreign or of another version."""
 
@@ -46,11 +49,16 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, f)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, way_out: str = DEFAULT_WAY_OUT) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
 
+    Args:
+        path: The checkpoint file.
+        way_out: What the user can do about a damaged file; ends that error's message.
+
     Raises:
-        CheckpointError: One line saying what is wrong with the file.
+        CheckpointError: One line naming the file, what is wrong with it and (when damaged)
+            the way out.
     """
     p = Path(path)
     if not p.is_file():
@@ -58,9 +66,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on damaged files (KeyError, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (str(exc).strip().splitlines() or [""])[0]
+        reason = first if 0 < len(first) <= 100 else type(exc).__name__  # never cut mid-way
         raise CheckpointError(
-            f"{p} is not a readable checkpoint (truncated or corrupt?): {first[:160]}"
+            f"checkpoint {p} cannot be read: the file is truncated or corrupt ({reason}); {way_out}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a sparsetrain checkpoint (no {FORMAT!r} tag)")

@@ -29,12 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sparsetrain._names import plural
 from sparsetrain.config import ConfigError, ExperimentConfig, diff_configs
+from sparsetrain.train import ddp
 from sparsetrain.train.build import (
     build_method,
     build_model,
     build_optimizer,
-    check_config,
+    resolve_config,
+    resolved_dict,
     steps_per_epoch,
 )
 from sparsetrain.train.checkpoint import CheckpointError, load_checkpoint, seed_everything
@@ -50,6 +53,15 @@ from sparsetrain.train.recorder import (
     RunResult,
     restore,
 )
+
+# What to do about a damaged checkpoint.pt when resuming (train --resume, or compare).
+RESUME_WAY_OUT = (
+    "start the run over with `sparsetrain train ... --overwrite`, or delete checkpoint.pt "
+    "(a re-run `compare` then starts that run over)"
+)
+
+# Files written into a run directory by `sparsetrain export`, one relative path per line.
+EXPORTS_FILE = "exports.txt"
 
 # Keys that may differ between a run and its resumption without changing any number.
 RESUME_FREE_KEYS = ("data.data_dir", "train.plots", "train.device")
@@ -102,26 +114,29 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
         raise ConfigError(f"run directory {run_dir} exists and is not a directory")
     if opts.resume and opts.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pick one")
-    state = run_dir_state(run_dir)
+    state = ddp.on_rank0(lambda: run_dir_state(run_dir))  # under torchrun: rank 0 decides
     if state != "empty" and not (opts.resume or opts.overwrite):
         raise ConfigError(
             f"run directory {run_dir} is not empty; pass --resume to continue it or "
             "--overwrite to start over"
         )
+    cfg = resolve_config(cfg)
     if opts.resume and state == "finished":
-        return RunResult(
-            "already_finished", run_dir, _read_summary(run_dir), 0, f"{run_dir}: already finished"
-        )
+        summary = _read_summary(run_dir)
+        _check_same_run(cfg, _finished_config(run_dir, summary), run_dir, finished=True)
+        return RunResult("already_finished", run_dir, summary, 0, f"{run_dir}: already finished")
     if opts.resume and state == "other":
         raise ConfigError(
             f"nothing to resume in {run_dir} (no checkpoint.pt); pass --overwrite to start over"
         )
-    check_config(cfg)
     ckpt = (
-        load_checkpoint(run_dir / "checkpoint.pt") if opts.resume and state == "resumable" else None
+        ddp.on_rank0(lambda: load_checkpoint(run_dir / "checkpoint.pt", RESUME_WAY_OUT))
+        if opts.resume and state == "resumable"
+        else None
     )
     if ckpt is not None:
-        _check_same_run(cfg, ckpt, run_dir)
+        _check_same_run(cfg, ckpt.get("config", {}), run_dir)
+        ddp.check_world_size(ckpt, run_dir)
 
     splits = load_splits(cfg, opts.data_dir, augment=cfg.data.augment)
     if len(splits.train) < 2:
@@ -129,9 +144,11 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
     run = build_run(cfg, splits)
     if ckpt is not None:
         restore(run, ckpt)
-    elif state != "empty":  # --overwrite: only now that everything built
+        ddp.restore_rank(run, ckpt)
+    elif state != "empty" and ddp.is_writer():  # --overwrite: only now that everything built
         clear_run_dir(run_dir)
-    return Experiment(run, run_dir, opts, resumed=ckpt is not None)
+    recorder = Experiment if ddp.is_writer() else ddp.Follower
+    return recorder(run, run_dir, opts, resumed=ckpt is not None)
 
 
 def load_splits(cfg: ExperimentConfig, data_dir: str | None, *, augment: bool) -> DatasetSplits:
@@ -155,13 +172,13 @@ def plan_experiment(cfg: ExperimentConfig, data_dir: str | None = None, points: 
 
     Loads the data (for the steps per epoch) and builds the model and method; trains nothing.
     """
-    check_config(cfg)
+    cfg = resolve_config(cfg)
     splits = load_splits(cfg, data_dir, augment=False)
     run = build_run(cfg, splits)
     t = cfg.train
     head = (
-        f"{cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {t.epochs} epochs x "
-        f"{run.steps_per_epoch} steps = {run.total_steps} optimizer steps "
+        f"{cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {plural(t.epochs, 'epoch')} x "
+        f"{plural(run.steps_per_epoch, 'step')} = {plural(run.total_steps, 'optimizer step')} "
         f"({len(splits.train)} examples, batch {t.batch_size}, grad_accum {t.grad_accum})"
     )
     return f"{head}\n{run.method.plan(run.total_steps, points=points)}"
@@ -190,8 +207,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: str =
     for name in ("config.yaml", "checkpoint.pt"):
         if not (run_dir / name).is_file():
             raise ConfigError(f"{run_dir} has no {name}; is it a sparsetrain run directory?")
-    cfg = load_config(run_dir / "config.yaml")
-    check_config(cfg)
+    cfg = resolve_config(load_config(run_dir / "config.yaml"))
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     splits = load_splits(cfg, data_dir, augment=False)
     run = build_run(cfg, splits)
@@ -256,7 +272,7 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
 
     seed_everything(cfg.train.seed)
     try:
-        device = torch.device(cfg.train.device)
+        device = ddp.device_for(cfg.train.device)
     except RuntimeError as exc:
         raise ConfigError(f"train.device: {exc}") from None
     model = build_model(cfg, splits.num_classes, tuple(splits.input_shape))
@@ -267,6 +283,10 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
     optimizer = build_optimizer(model, cfg.optim)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     spe = steps_per_epoch(len(splits.train), cfg.train.batch_size, cfg.train.grad_accum)
+    try:
+        ddp.check_batches(len(splits.train), cfg.train.batch_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     method = build_method(cfg, spe)
     if method.execution == "auto" and method.execution_batch_size is None:
         method.execution_batch_size = cfg.train.batch_size  # measure at the run's batch size
@@ -274,29 +294,92 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
         method.attach(model, optimizer, hook=False)  # the loop calls the hooks by name
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"method {cfg.method.name!r}: {exc}") from None
-    return Run(cfg, model, optimizer, method, splits, device, cl, spe, base_lrs)
+    ddp.seed_rank(cfg.train.seed)  # rank r > 0: its own dropout stream (rank 0: unchanged)
+    run = Run(cfg, model, optimizer, method, splits, device, cl, spe, base_lrs)
+    run.ddp = ddp.wrap(model, device)
+    return run
 
 
 def clear_run_dir(run_dir: Path) -> None:
-    """Delete the files and folders the harness writes (and nothing else)."""
-    for name in HARNESS_FILES:
+    """Delete the files and folders the harness writes (and nothing else).
+
+    That is the training outputs and the files ``sparsetrain export`` wrote into the run
+    directory, as listed in its ``exports.txt``; any other file stays.
+    """
+    for path in recorded_exports(run_dir):
+        path.unlink(missing_ok=True)
+    for name in (*HARNESS_FILES, EXPORTS_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for name in HARNESS_DIRS:
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
 
 
-def _check_same_run(cfg: ExperimentConfig, ckpt: dict[str, Any], run_dir: Path) -> None:
-    diff = [
-        k for k in diff_configs(ckpt.get("config", {}), cfg.to_dict()) if k not in RESUME_FREE_KEYS
-    ]
-    if diff:
-        key = diff[0]
-        was, now = _lookup(ckpt.get("config", {}), key), _lookup(cfg.to_dict(), key)
+def record_export(run_dir: str | Path, path: str | Path) -> None:
+    """Note in ``run_dir/exports.txt`` that ``path`` was written by ``sparsetrain export``.
+
+    Only files inside the run directory are noted (``--overwrite`` deletes them with the run);
+    files written elsewhere are the user's.
+    """
+    run_dir, path = Path(run_dir).resolve(), Path(path).resolve()
+    if not path.is_relative_to(run_dir) or path == run_dir:
+        return
+    name = path.relative_to(run_dir).as_posix()
+    manifest = run_dir / EXPORTS_FILE
+    known = manifest.read_text().splitlines() if manifest.is_file() else []
+    if name not in known:
+        with open(manifest, "a") as f:
+            f.write(name + "\n")
+
+
+def recorded_exports(run_dir: Path) -> list[Path]:
+    """The exported files listed in ``run_dir/exports.txt`` (inside ``run_dir`` only)."""
+    manifest = run_dir / EXPORTS_FILE
+    if not manifest.is_file():
+        return []
+    root = run_dir.resolve()
+    out = []
+    for line in manifest.read_text().splitlines():
+        path = (run_dir / line.strip()).resolve()
+        if line.strip() and path.is_relative_to(root) and path != root and path.is_file():
+            out.append(path)
+    return out
+
+
+def _check_same_run(
+    cfg: ExperimentConfig, saved: dict[str, Any], run_dir: Path, *, finished: bool = False
+) -> None:
+    """Refuse to resume ``run_dir`` (saved config ``saved``) with a differing ``cfg``.
+
+    Both sides are compared resolved (defaults written out), so a config saved before a
+    default was written out still matches.
+    """
+    saved, now = resolved_dict(saved), cfg.to_dict()
+    diff = [k for k in diff_configs(saved, now) if k not in RESUME_FREE_KEYS]
+    if not diff:
+        return
+    key = diff[0]
+    was, new = _lookup(saved, key), _lookup(now, key)
+    if finished:
         raise ConfigError(
-            f"cannot resume {run_dir}: the config differs from the checkpoint's at {key} "
-            f"(checkpoint: {was!r}, now: {now!r}); resume with {run_dir / 'config.yaml'}"
+            f"cannot resume {run_dir}: it finished with a config that differs at {key} "
+            f"(run: {was!r}, now: {new!r}); pass --overwrite to train it again with this config, "
+            "or choose another --out"
         )
+    raise ConfigError(
+        f"cannot resume {run_dir}: the config differs from the checkpoint's at {key} "
+        f"(checkpoint: {was!r}, now: {new!r}); resume with {run_dir / 'config.yaml'}"
+    )
+
+
+def _finished_config(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The config a finished run was trained with: its ``config.yaml``, else the summary's."""
+    from sparsetrain.config import read_yaml
+
+    try:
+        return read_yaml(run_dir / "config.yaml")
+    except ConfigError:
+        return (summary or {}).get("config") or {}
 
 
 def _lookup(d: dict[str, Any], dotted: str) -> Any:

@@ -24,6 +24,7 @@ Run it through the CLI: ``sparsetrain train configs/mnist1d_mlp_rigl.yaml train.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -40,6 +41,7 @@ from torch.utils.data import default_collate
 
 from sparsetrain.config import ExperimentConfig
 from sparsetrain.methods import SparsityMethod
+from sparsetrain.train import ddp
 from sparsetrain.train.build import batches_per_epoch, lr_factor
 from sparsetrain.train.checkpoint import capture_rng
 
@@ -74,6 +76,7 @@ class Run:
     steps_per_epoch: int
     base_lrs: list[float]  # base LR of each group of the optimizer (the schedule scales them)
     state: TrainState = field(default_factory=TrainState)
+    ddp: nn.Module | None = None  # DistributedDataParallel(model) under torchrun (ddp.py)
 
     @property
     def total_steps(self) -> int:
@@ -104,6 +107,7 @@ def train(run: Run, rec: Recorder) -> int | None:
                 if st.batch == 0:  # a fresh epoch: its order and augmentation stream
                     gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, st.epoch))
                     st.perm = torch.randperm(len(run.splits.train), generator=gen)
+                    ddp.reseed_rank(gen, cfg.seed, st.epoch)  # rank r > 0: own augmentation
                 else:
                     gen = torch.Generator()
                     gen.set_state(st.data_rng)
@@ -111,8 +115,11 @@ def train(run: Run, rec: Recorder) -> int | None:
                 while st.batch < nb:
                     group = range(st.batch, min(st.batch + cfg.grad_accum, nb))
                     micro = [_train_batch(run, b, gen) for b in group]
+                    total = sum(  # examples in this step, over all ranks
+                        min(cfg.batch_size, len(st.perm) - b * cfg.batch_size) for b in group
+                    )
                     undo = _buffers(run.model)  # BatchNorm statistics move in the forward pass
-                    loss, correct, n = forward_backward(run, micro)
+                    loss, correct, n = forward_backward(run, micro, total)
                     in_update = True
                     update(run)
                     in_update, undo = False, None
@@ -122,14 +129,14 @@ def train(run: Run, rec: Recorder) -> int | None:
                     st.data_rng, st.rng = gen.get_state(), capture_rng()
                     st.elapsed = time.perf_counter() - t0
                     rec.on_step(run, loss, correct, n)
-                    if stop.signum is not None:
+                    if ddp.any_rank(stop.signum is not None):  # every rank stops at one step
                         raise KeyboardInterrupt
                 row = end_epoch(run)
                 improved = _update_best(run, row)
                 st.epoch, st.batch, st.sums, st.perm = st.epoch + 1, 0, [0.0, 0.0, 0.0], None
                 st.elapsed = time.perf_counter() - t0
                 rec.on_epoch(run, row, improved)
-                if stop.signum is not None:
+                if ddp.any_rank(stop.signum is not None):
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             if undo is not None and not in_update:  # stopped mid forward/backward
@@ -140,20 +147,30 @@ def train(run: Run, rec: Recorder) -> int | None:
 
 
 def forward_backward(
-    run: Run, micro: list[tuple[torch.Tensor, torch.Tensor]]
+    run: Run, micro: list[tuple[torch.Tensor, torch.Tensor]], total: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Steps 1-2 over ``micro`` batches: returns (mean loss, correct count, examples)."""
-    model, o = run.model, run.cfg.optim
-    n = sum(len(y) for _, y in micro)
+    """Steps 1-2 over ``micro`` batches: returns (mean loss, correct count, examples).
+
+    Under torchrun ``micro`` is this rank's shard of batches of ``total`` examples in all:
+    each shard's loss is weighted by its share of the whole batch (DDP averages over the
+    ranks) and the returned numbers are summed over the ranks.
+    """
+    o, world = run.cfg.optim, ddp.rank_and_world()[1]
+    net = run.ddp if run.ddp is not None else run.model
+    n = sum(len(y) for _, y in micro) if total is None else total
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     correct = torch.zeros((), dtype=torch.int64, device=run.device)
     run.optimizer.zero_grad(set_to_none=True)
-    for x, y in micro:
-        logits = model(x)  # (B, num_classes)
-        loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
-        (loss * (len(y) / n)).backward()
+    for i, (x, y) in enumerate(micro):
+        last = i == len(micro) - 1  # DDP all-reduces the gradient once, after the last
+        with run.ddp.no_sync() if run.ddp is not None and not last else contextlib.nullcontext():
+            logits = net(x)  # (B, num_classes)
+            loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
+            (loss * (len(y) / n * world)).backward()
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(dim=1) == y).sum()
+    if run.ddp is not None:
+        loss_sum, correct = ddp.reduce_sum(loss_sum), ddp.reduce_sum(correct)
     return loss_sum / n, correct, n
 
 
@@ -176,15 +193,19 @@ def update(run: Run) -> None:
 def evaluate(run: Run, dataset: Any) -> tuple[float, float]:
     """Mean cross-entropy (no label smoothing) and accuracy of the model on ``dataset``."""
     run.model.eval()
+    ddp.sync_buffers(run.model)  # under torchrun: rank 0's BatchNorm statistics, a shard each
     n = len(dataset)
+    mine = ddp.shard(torch.arange(n))
     loss = torch.zeros((), dtype=torch.float64, device=run.device)
     correct = torch.zeros((), dtype=torch.int64, device=run.device)
-    for start in range(0, n, run.cfg.train.eval_batch_size):
-        idx = torch.arange(start, min(n, start + run.cfg.train.eval_batch_size))
+    for start in range(0, len(mine), run.cfg.train.eval_batch_size):
+        idx = mine[start : start + run.cfg.train.eval_batch_size]
         x, y = _fetch(run, dataset, idx, None)
         logits = run.model(x)
         loss += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(dim=1) == y).sum()
+    if run.ddp is not None:
+        loss, correct = ddp.reduce_sum(loss), ddp.reduce_sum(correct)
     run.model.train()
     return loss.item() / max(1, n), correct.item() / max(1, n)
 
@@ -242,7 +263,7 @@ def _update_best(run: Run, row: dict[str, Any]) -> bool:
 def _train_batch(run: Run, b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     bs = run.cfg.train.batch_size
     assert run.state.perm is not None  # set at the start of every epoch (internal invariant)
-    return _fetch(run, run.splits.train, run.state.perm[b * bs : (b + 1) * bs], gen)
+    return _fetch(run, run.splits.train, ddp.shard(run.state.perm[b * bs : (b + 1) * bs]), gen)
 
 
 def _fetch(

@@ -18,48 +18,94 @@ from torch import nn
 
 from sparsetrain._io import atomic_path
 
-_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_COUNTED = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.RNNBase)
+
+
+def _positions(t: torch.Tensor, channel_dim: int) -> int:
+    """Entries of ``t`` per channel: output positions (tokens, pixels, time steps)."""
+    return t.numel() // max(1, t.shape[channel_dim]) if t.dim() else 1
+
+
+def _macs(weights: Sequence[tuple[torch.Tensor, int]]) -> tuple[int, int]:
+    """(dense, sparse) multiply-adds of weights each applied at a number of positions."""
+    dense = sum(w.numel() * n for w, n in weights)
+    sparse = sum(int(torch.count_nonzero(w).item()) * n for w, n in weights)
+    return dense, sparse
+
+
+def _layer_macs(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+) -> tuple[int, int]:
+    """Multiply-adds of one call of a counted layer (see :func:`count_flops`)."""
+    if isinstance(module, nn.MultiheadAttention):
+        names = ("query", "key", "value")
+        q, k, v = (args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names))
+        tq, tk, tv = (_positions(x, -1) for x in (q, k, v))
+        if module.in_proj_weight is not None:
+            e = module.embed_dim
+            w = module.in_proj_weight
+            parts = [(w[:e], tq), (w[e : 2 * e], tk), (w[2 * e :], tv)]
+        else:
+            parts = [(module.q_proj_weight, tq), (module.k_proj_weight, tk)]
+            parts.append((module.v_proj_weight, tv))
+        return _macs([*parts, (module.out_proj.weight, tq)])
+    if isinstance(module, nn.RNNBase):
+        seq = out[0]
+        steps = seq.data.shape[0] if isinstance(seq, nn.utils.rnn.PackedSequence) else None
+        steps = _positions(seq, -1) if steps is None else steps
+        names = [n for n in module._flat_weights_names if n.startswith("weight")]
+        return _macs([(getattr(module, n), steps) for n in names])
+    weight = module.weight  # the effective weight when parametrized
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # the kernel meets every input
+        return _macs([(weight, _positions(args[0], 1))])
+    channel_dim = -1 if isinstance(module, nn.Linear) else 1
+    return _macs([(weight, _positions(out, channel_dim))])
 
 
 @torch.no_grad()
 def count_flops(
-    model: nn.Module, input_shape: Sequence[int], device: str | torch.device = "cpu"
+    model: nn.Module,
+    input_shape: Sequence[int],
+    device: str | torch.device = "cpu",
+    *,
+    input_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Multiply-adds per example of every Linear and Conv layer, dense and with the masks.
+    """Multiply-adds per example of every weight layer, dense and with the masks.
 
-    One forward pass of a zero example with hooks: each layer costs ``weight.numel()`` (dense) or
-    the number of non-zero entries of the weight it actually uses (sparse; a parametrized
-    layer's effective weight) times its number of output positions. Other layers (norms,
-    activations, pooling) are not counted.
+    One forward pass of a zero example with hooks. Each layer costs the entries of the weights
+    it actually uses (dense), or their non-zero entries (sparse; a parametrized or in-place
+    method's effective weight), times the positions each weight is applied at:
+
+    - ``Linear``, ``Conv``: output positions (tokens, pixels);
+    - ``ConvTranspose``: input positions (each input position meets the whole kernel);
+    - ``MultiheadAttention``: query, key and value blocks of the in-projection times the query,
+      key and value tokens, plus ``out_proj`` times the query tokens (the attention products
+      themselves involve no weights and are not counted);
+    - ``RNN``/``LSTM``/``GRU``: every ``weight_*`` matrix times the time steps.
+
+    Other layers (embeddings, norms, activations, pooling) are not counted.
 
     Args:
         model: The (masked) model.
         input_shape: Per-example input shape.
         device: Device of the model.
+        input_dtype: Dtype of the example (``torch.long`` for token ids).
 
     Returns:
         ``{"dense": int, "sparse": int, "ratio": sparse / dense, "layers": [...]}``.
     """
     layers: list[dict[str, Any]] = []
 
-    def hook(module: nn.Module, _: Any, out: torch.Tensor) -> None:
-        weight = module.weight  # the effective weight when parametrized
-        channels = out.shape[-1] if isinstance(module, nn.Linear) else out.shape[1]
-        positions = out.numel() // max(1, channels)
-        layers.append(
-            {
-                "name": names[module],
-                "dense": int(weight.numel() * positions),
-                "sparse": int(torch.count_nonzero(weight).item() * positions),
-            }
-        )
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        dense, sparse = _layer_macs(module, args, kwargs, out)
+        layers.append({"name": names[module], "dense": dense, "sparse": sparse})
 
     names = {m: n for n, m in model.named_modules() if isinstance(m, _COUNTED)}
-    handles = [m.register_forward_hook(hook) for m in names]
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in names]
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, *input_shape, device=device))
+        model(torch.zeros(1, *input_shape, dtype=input_dtype, device=device))
     finally:
         for h in handles:
             h.remove()

@@ -8,6 +8,7 @@ the end of training: ``method.finish()``, ``sparsity.csv``/``.json``, FLOPs, plo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sparsetrain._names import plural
 from sparsetrain.report import SparsityTargetError
 from sparsetrain.train.checkpoint import (
     CheckpointError,
@@ -24,6 +26,7 @@ from sparsetrain.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from sparsetrain.train.ddp import rank_and_world, rank_states
 from sparsetrain.train.loop import Run, TrainState, mask_sparsity, train
 from sparsetrain.train.metrics import (
     CsvAppender,
@@ -71,7 +74,8 @@ class RunOptions:
         resume: Continue from ``checkpoint.pt`` in the run directory (a finished run is left
             as is; an empty directory starts fresh).
         overwrite: Start over in a non-empty run directory, deleting the previous run's files
-            (only the files the harness writes; anything else stays).
+            (only the files the harness writes, and those ``sparsetrain export`` wrote there as
+            listed in ``exports.txt``; anything else stays).
         quiet: No progress bar and no per-epoch lines on stdout (``train.log`` has them).
         tensorboard: Also log scalars to ``<run>/tensorboard`` (skipped if not installed).
         data_dir: Dataset folder; overrides ``data.data_dir``.
@@ -131,12 +135,39 @@ def checkpoint_dict(run: Run) -> dict[str, Any]:
         "best": st.best,
         "elapsed": st.elapsed,
         "config": run.cfg.to_dict(),
+        "data_files": data_files(run),
         "versions": versions(),
+        **rank_states(run),  # under torchrun: world size and every rank's random streams
     }
+
+
+def data_files(run: Run) -> list[dict[str, Any]]:
+    """The dataset files the run read: path, size in bytes and SHA-256, as plain dicts."""
+    return [dataclasses.asdict(f) for f in getattr(run.splits, "files", ())]
+
+
+def check_same_data(run: Run, ckpt: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose run read other data files (compared by content, not path)."""
+    saved = ckpt.get("data_files")
+    if saved is None:  # a checkpoint from before files were recorded
+        return
+    now = data_files(run)
+    for was, new in zip(saved, now, strict=False):
+        if was["sha256"] != new["sha256"]:
+            raise CheckpointError(
+                f"the data file {new['path']} (sha256 {new['sha256'][:12]}...) differs from the "
+                f"one the checkpoint's run read ({was['path']}, sha256 {was['sha256'][:12]}...); "
+                "resume on the data the run was trained on (--data-dir)"
+            )
+    if len(saved) != len(now):
+        raise CheckpointError(
+            f"the checkpoint's run read {len(saved)} data files, this one {len(now)}"
+        )
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
     """Load a checkpoint into freshly built objects (model, optimizer, method, RNGs, state)."""
+    check_same_data(run, ckpt)
     if ckpt.get("steps_per_epoch") != run.steps_per_epoch:
         raise CheckpointError(
             f"checkpoint has {ckpt.get('steps_per_epoch')} steps per epoch, the data now gives "
@@ -165,18 +196,59 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     set_rng_state(ckpt["rng"])
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python, torch, NumPy and sparsetrain."""
+def _source_commit() -> str | None:
+    """``git describe --always --dirty`` of the sparsetrain source tree, if it is a checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+_COMMIT = _source_commit()  # once per process: the code this process imported
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python, torch, NumPy and sparsetrain (and its git commit, in a checkout)."""
     import numpy as np
 
     from sparsetrain import __version__
 
     return {
         "sparsetrain": __version__,
+        "sparsetrain_commit": _COMMIT,
         "torch": str(torch.__version__),
         "numpy": str(np.__version__),
         "python": platform.python_version(),
     }
+
+
+def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    """The per-epoch progress line, every number labelled.
+
+    For example (on one line)::
+
+        epoch 2/10  step 64  lr 0.05  train loss 1.2000 acc 0.5000  val loss ... acc ...
+        test loss 1.1000 acc 0.6250  sparsity 0.8000  elapsed 3.2s  (best val so far)
+
+    ``elapsed`` is the training time since the run started, over all sessions.
+    """
+    parts = [f"epoch {row['epoch']}/{epochs}", f"step {row['step']}", f"lr {row['lr']:.4g}"]
+    for split in ("train", "val", "test"):
+        if row[f"{split}_acc"] is not None:
+            loss, acc = row[f"{split}_loss"], row[f"{split}_acc"]
+            parts.append(f"{split} loss {loss:.4f} acc {acc:.4f}")
+    parts += [f"sparsity {row['sparsity']:.4f}", f"elapsed {row['time']:.1f}s"]
+    return "  ".join(parts) + ("  (best val so far)" if improved else "")
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -271,13 +343,7 @@ class Experiment:
             }
             save_checkpoint(best, self.run_dir / "best_model.pt")
         self._write_tables()
-        val = "" if row["val_acc"] is None else f"  val {row['val_loss']:.4f}/{row['val_acc']:.4f}"
-        self.log(
-            f"epoch {row['epoch']}/{run.cfg.train.epochs}  step {row['step']}  lr {row['lr']:.4g}"
-            f"  train {row['train_loss']:.4f}/{row['train_acc']:.4f}{val}"
-            f"  test {row['test_loss']:.4f}/{row['test_acc']:.4f}"
-            f"  sparsity {row['sparsity']:.4f}  {row['time']:.1f}s" + ("  *" if improved else "")
-        )
+        self.log(epoch_line(row, run.cfg.train.epochs, improved))
         if self.tb is not None:
             self.tb.scalars({f"epoch/{k}": v for k, v in row.items() if k != "epoch"}, st.step)
 
@@ -355,11 +421,22 @@ class Experiment:
             f"{c.method.name} on {c.model.name} ({count_parameters(run.model):,} params) / "
             f"{c.data.name} (train {len(run.splits.train)}, "
             f"val {0 if run.splits.val is None else len(run.splits.val)}, "
-            f"test {len(run.splits.test)}): {c.train.epochs} epochs x {run.steps_per_epoch} "
-            f"steps, target sparsity {run.method.sparsity}, device {run.device}"
+            f"test {len(run.splits.test)}): {plural(c.train.epochs, 'epoch')} x "
+            f"{plural(run.steps_per_epoch, 'step')}, target sparsity {run.method.sparsity}, "
+            f"device {run.device}"
         )
+        files = data_files(run)
+        if files:
+            where = sorted({str(Path(f["path"]).parent) for f in files})
+            self.log(
+                f"data: read {plural(len(files), 'file')} from {', '.join(where)} "
+                "(paths, sizes and SHA-256 in summary.json)"
+            )
         if run.method.execution != "dense":
             self.log(run.method.execution_report())
+        world = rank_and_world()[1]
+        if world > 1:
+            self.log(f"{world} processes (torchrun): batch {c.train.batch_size} split over them")
 
     def _finish(self) -> RunResult:
         run, d = self.run, self.run_dir
@@ -443,6 +520,7 @@ def make_summary(
             "mask_bytes": report.mask_bytes,
             "target_met": missed is None,
             "missed": missed,
+            "layers_at_density_0": [t.name for t in run.method.targets if t.nnz == 0],
         },
         "layers": report.to_rows(),
         "flops": {k: flops[k] for k in ("dense", "sparse", "ratio")},
@@ -451,5 +529,6 @@ def make_summary(
         "wall_time_s": st.elapsed,
         "versions": versions(),
         "config": cfg.to_dict(),
+        "data_files": data_files(run),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -13,7 +13,9 @@ A suite file::
       snip-gradient: {method.name: dst, method.prune: snip, method.grow: gradient}
     out: runs/mnist1d_grid           # optional; --out wins
 
-Each run lives in ``<out>/<method>-s<sparsity>-seed<seed>``; a variant's runs use its name and
+Runs go seed by seed (every method and sparsity of the first seed, then the next seed), so a
+suite stopped part-way has complete cells for its first seeds. Each run lives in
+``<out>/<method>-s<sparsity>-seed<seed>``; a variant's runs use its name and
 report under it (``train.label``); a variant value ``"{sparsity}"`` is replaced by the grid's
 sparsity, and a mapping ``{0.9: a, 0.95: b}`` by the entry for the grid's sparsity (per-target
 knobs such as STR's threshold weight decay). ``dense`` runs once per seed (sparsity 0), and so does
@@ -78,12 +80,14 @@ class SuiteRun:
 class SuiteOutcome:
     """How one run of a suite ended.
 
-    ``status`` is ``skipped``, ``finished``, ``target_missed``, ``interrupted`` or ``failed``.
+    ``status`` is ``skipped``, ``finished``, ``target_missed``, ``interrupted`` or ``failed``;
+    ``signum`` is the signal that interrupted the run (SIGINT or SIGTERM), else None.
     """
 
     run: SuiteRun
     status: str
     message: str
+    signum: int | None = None
 
 
 def _pairs(value: Any, where: str) -> list[tuple[str, Any]]:
@@ -181,7 +185,8 @@ def load_suite(path: str | Path, out: str | Path | None = None) -> list[SuiteRun
                 runs.append(
                     SuiteRun(name, label, float(sparsity), int(seed), cfg, root / name, dropped)
                 )
-    return runs
+    # seed-major order: a suite stopped part-way has every cell of its first seeds
+    return sorted(runs, key=lambda r: seeds.index(r.seed))
 
 
 def _tied_to_sparsity(value: Any) -> bool:
@@ -209,15 +214,9 @@ def _at_sparsity(value: Any, sparsity: float, where: str) -> Any:
 
 
 def _takes_sparsity(method: str) -> bool:
-    from sparsetrain.methods import get_method_info, method_options
+    from sparsetrain.train.build import takes_sparsity
 
-    try:
-        info = get_method_info(method)
-        if method == "dense" or info.sparsity_mode != "target":
-            return False
-        return "sparsity" in method_options(info.factory)
-    except (ValueError, TypeError):
-        return True  # unknown names are reported by the config check, with close matches
+    return takes_sparsity(method)
 
 
 def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ...]:
@@ -225,25 +224,17 @@ def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ..
 
     The base config's method options belong to the base's method (e.g. RigL's
     ``update_interval``); a suite that swaps in another method keeps only those the new method
-    accepts. Options set by ``overrides`` and ``method_overrides`` are never dropped.
+    accepts, and lets the new method's defaults replace options left at the base method's
+    defaults (a run's resolved ``config.yaml`` as the base). Options set by ``overrides`` and
+    ``method_overrides`` are never dropped.
     """
-    from sparsetrain.methods import get_method_info, method_options
+    from sparsetrain.train.build import switch_entry
 
     section = cfg_raw.get("method")
-    if not isinstance(section, dict) or section.get("name", "dense") == method:
+    if not isinstance(section, dict):
         return ()
-    try:
-        valid = method_options(get_method_info(method).factory)
-    except (ValueError, TypeError):
-        return ()  # an unknown method is reported by the config check, with close matches
-    dropped = tuple(
-        k
-        for k in section
-        if k != "name" and (k not in valid or (k == "sparsity" and not _takes_sparsity(method)))
-    )
-    for k in dropped:
-        del section[k]
-    return dropped
+    dropped, reset = switch_entry(section, "method", section.get("name", "dense"), method)
+    return (*dropped, *reset)
 
 
 def _options(run_dir: Path, data_dir: str | None) -> dict[str, Any]:
@@ -269,26 +260,28 @@ def _init_worker(stop: Any) -> None:
 
 def _run_one(
     cfg_raw: dict[str, Any], run_dir: str, opts: dict[str, Any], threads: int
-) -> tuple[str, str]:
-    """Worker: run one config; returns (status, message). Never raises."""
+) -> tuple[str, str, int | None]:
+    """Worker: run one config; returns (status, message, signal that stopped it). Never raises."""
     import torch
 
     from sparsetrain.train.experiment import RunOptions, run_experiment
 
     if _STOP is not None and _STOP.is_set():  # compare was told to stop: start nothing new
-        return "interrupted", "not started (compare stopped)"
+        return "interrupted", "not started (compare stopped)", None
     if threads:
         torch.set_num_threads(threads)
     try:
         cfg = ExperimentConfig.from_dict(cfg_raw)
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # see train.log
             result = run_experiment(cfg, run_dir, RunOptions(**opts))
-    except KeyboardInterrupt:
-        return "interrupted", "interrupted"
+    except KeyboardInterrupt as exc:
+        signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        return "interrupted", "interrupted", int(signum)
     except Exception as exc:  # a failed run must not stop the rest of the suite
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return "failed", f"{type(exc).__name__}: {first}"
-    return result.status, result.message
+        return "failed", f"{type(exc).__name__}: {first}", None
+    signum = result.exit_code - 128 if result.status == "interrupted" else None
+    return result.status, result.message, signum
 
 
 def run_suite(
@@ -315,8 +308,12 @@ def run_suite(
     Raises:
         ConfigError: Another ``compare`` holds the lock of one of the output folders.
     """
+    from sparsetrain.train.ddp import is_writer
+
     with contextlib.ExitStack() as stack:
         for root in sorted({r.run_dir.parent for r in runs}):
+            if not is_writer():  # under torchrun rank 0 holds the locks
+                continue
             root.mkdir(parents=True, exist_ok=True)
             lock = stack.enter_context(open(root / ".compare.lock", "w"))
             try:
@@ -360,7 +357,10 @@ def _run_suite_locked(
         if r.dropped and r.method not in noted:
             noted.add(r.method)
             keys = ", ".join(f"method.{k}" for k in r.dropped)
-            echo(f"note: {r.method} does not take the base config's {keys}; dropped for it")
+            echo(
+                f"note: {r.method}: dropped the base config's {keys} (options it does not take, "
+                "or left at the base method's defaults)"
+            )
     todo, skipped = [], []
     for r in runs:
         if run_dir_state(r.run_dir) == "finished":
@@ -372,20 +372,27 @@ def _run_suite_locked(
         more = f", ... (+{len(skipped) - 3})" if len(skipped) > 3 else ""
         echo(f"[skip]   {len(skipped)} already finished: {', '.join(skipped[:3])}{more}")
 
-    def done(r: SuiteRun, status: str, message: str) -> None:
-        outcomes[r.name] = SuiteOutcome(r, status, message)
+    def done(r: SuiteRun, status: str, message: str, signum: int | None = None) -> None:
+        outcomes[r.name] = SuiteOutcome(r, status, message, signum)
         echo(f"[{status}] {r.name}: {message}")
 
     if jobs <= 1:
-        for r in todo:
-            state = run_dir_state(r.run_dir)
-            echo(f"[{'resume' if state == 'resumable' else 'start'}]  {r.name}")
-            status, message = _run_one(
-                r.cfg.to_dict(), str(r.run_dir), _options(r.run_dir, data_dir), 0
-            )
-            done(r, status, message)
-            if status == "interrupted":
-                break
+        try:
+            with _term_as_interrupt():  # SIGTERM between two runs stops like one during a run
+                for r in todo:
+                    state = run_dir_state(r.run_dir)
+                    echo(f"[{'resume' if state == 'resumable' else 'start'}]  {r.name}")
+                    status, message, signum = _run_one(
+                        r.cfg.to_dict(), str(r.run_dir), _options(r.run_dir, data_dir), 0
+                    )
+                    done(r, status, message, signum)
+                    if status == "interrupted":
+                        break
+        except KeyboardInterrupt as exc:  # between two runs: the next one never starts
+            signum = int(signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+            nxt = next((r for r in todo if r.name not in outcomes), None)
+            if nxt is not None:
+                done(nxt, "interrupted", "not started (compare stopped)", signum)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")
@@ -410,6 +417,7 @@ def _run_suite_locked(
                     done(r, *fut.result())
             except KeyboardInterrupt as exc:
                 stop.set()  # queued runs return at once instead of starting
+                signum = int(signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
                 if isinstance(exc, _Terminated):
                     # a SIGTERM to this process alone (kill, a job scheduler) must not leave
                     # workers training on without the lock: ask each to stop at its next step
@@ -423,5 +431,5 @@ def _run_suite_locked(
                         res = None
                         if fut.done() and not fut.cancelled() and fut.exception() is None:
                             res = fut.result()  # a worker stopped between runs: no result
-                        done(r, *(res or ("interrupted", "interrupted")))
+                        done(r, *(res or ("interrupted", "interrupted", signum)))
     return [outcomes[r.name] for r in runs if r.name in outcomes]
