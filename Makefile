@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -x
 
 demo: $(STAMP)
-	$(PY) examples/train_loop.py
+	$(PY) examples/demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
