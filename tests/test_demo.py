@@ -56,8 +56,9 @@ def test_demo_runs_end_to_end(demo, monkeypatch, tmp_path, capsys):
         assert math.isclose(row["final_flops"], 1.0 - row["sparsity"], rel_tol=1e-9)
         assert row["step_ratio"] > 0.0 and row["wall"] > 0.0
         assert 0.0 <= row["accuracy"] <= 100.0
-    assert by_name["rigl"]["execution"] == by_name["static"]["execution"] == "sparse"
-    assert by_name["st3"]["execution"] == by_name["granet"]["execution"] == "masked"
+    sparse = ("rigl", "static", "granet")  # the methods sparse execution serves
+    assert all(by_name[name]["execution"] == "sparse" for name in sparse)
+    assert by_name["st3"]["execution"] == "masked"
     # a fixed random mask: 0.1 live for forward, input and weight gradients alike
     assert math.isclose(by_name["static"]["train_flops"], 1.0 - by_name["static"]["sparsity"])
     # ST-3 back-propagates to every weight: more than its live fraction, less than dense
