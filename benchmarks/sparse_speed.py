@@ -123,6 +123,17 @@ def interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int) ->
     return out
 
 
+def flop_ratio(model: nn.Module, dense: nn.Module) -> float:
+    """Multiply-adds of a training step vs dense: live weights / all weights (the limit).
+
+    Forward, input gradient and weight gradient each cost one multiply-add per live weight and
+    example, so the ratio of a whole step is the live fraction of the Linear weights.
+    """
+    live = sum(m.nnz for m in model.modules() if isinstance(m, SparseLinear))
+    total = sum(m.weight.numel() for m in dense.modules() if isinstance(m, nn.Linear))
+    return live / total
+
+
 def state_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> int:
     total = 0
     for p in model.parameters():
@@ -163,13 +174,15 @@ def run_width(width: int, sparsities: list[float], rounds: int, warmup: int) -> 
     t_b64 = interleaved(infer64, rounds * 2, warmup)
     pressure = _machine.fmt(window.share())
     mem = {k: state_bytes(models[k], opts[k]) for k in models}
+    flops = {s: flop_ratio(models[f"sparsetrain@{s:.0%}"], dense) for s in sparsities}
     rows = []
     for key in train:
         if key == "dense":
             continue
         kind, s = key.split("@")
+        limit = flops[float(s.rstrip("%")) / 100]
         rows.append(
-            f"| 784-{width}-{width}-10 | {s} | {kind} | {t_train[key][1]:.2f} "
+            f"| 784-{width}-{width}-10 | {s} | {kind} | {limit:.3f} | {t_train[key][1]:.2f} "
             f"({t_train[key][0]:.1f} / {t_train['dense'][0]:.1f} ms) | "
             f"{t_b1[key][1]:.2f} ({t_b1[key][0]:.3f} / {t_b1['dense'][0]:.3f} ms) | "
             f"{t_b64[key][1]:.2f} ({t_b64[key][0]:.2f} / {t_b64['dense'][0]:.2f} ms) | "
@@ -192,10 +205,11 @@ def main() -> None:
         print("sparselab not importable: its rows are omitted")
     print()
     print(
-        "| MLP | sparsity | layer | train step sparse/dense | infer b1 sparse/dense | "
-        "infer b64 sparse/dense | train memory (w + grad + momentum) | CPU pressure % |"
+        "| MLP | sparsity | layer | FLOP ratio (limit) | train step sparse/dense | "
+        "infer b1 sparse/dense | infer b64 sparse/dense | train memory (w + grad + momentum) | "
+        "CPU pressure % |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for width in widths:
         if args.rounds is not None:
             rounds = args.rounds
