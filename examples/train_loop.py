@@ -21,6 +21,7 @@ from torch import nn
 
 import sparsetrain
 from sparsetrain.data import load_dataset
+from sparsetrain.methods import get_method_info
 from sparsetrain.models import create_model
 
 
@@ -59,10 +60,12 @@ def train(
 
     # --- the two lines of sparsetrain -------------------------------------------------
     options = {"total_steps": total_steps}
-    if method_name != "dense":
-        options["sparsity"] = args.sparsity
+    if method_name != "dense" and get_method_info(method_name).sparsity_mode == "target":
+        options["sparsity"] = args.sparsity  # emergent methods (STR, SCL) set their own
     if method_name in ("rigl", "set", "mest", "dst"):
         options["update_interval"] = args.update_interval
+    if method_name == "optg":
+        options["steps_per_epoch"] = steps_per_epoch
     method = sparsetrain.create_method(method_name, **options)
     method.attach(model, optimizer)
     # -----------------------------------------------------------------------------------
