@@ -235,7 +235,6 @@ class SCL(InPlaceMethod):
         self.freeze_step, self.frozen = freeze_step, False
         self.mask_optimizer = mask_optimizer
         self._mask_opt: Companion | None = None  # the masks' optimizer (see optim.Companion)
-        self._lr0 = 0.0  # the anchor group's base LR at attach: mask LR = mask_lr · lr / lr0
         self.mask_vars: list[torch.Tensor] = []
         self.costs: list[float] = []
         self._fmasks: list[torch.Tensor] = []
@@ -292,8 +291,8 @@ class SCL(InPlaceMethod):
         super()._on_attach()  # raw-weight buffers, then refresh(0) and publish()
         anchor = self.targets[0].param  # the mask LR follows this weight's group
         home = group_of(opt, anchor)  # type: ignore[arg-type]
-        self._lr0 = float(home.get("initial_lr", home["lr"]))
-        scale = self.mask_lr / self._lr0 if self._lr0 > 0 else 0.0
+        lr0 = float(home.get("initial_lr", home["lr"]))  # mask LR = mask_lr · lr / lr0
+        scale = self.mask_lr / lr0 if lr0 > 0 else 0.0  # saved with the companion's state
         if self.mask_optimizer == "sgd":
             self._mask_opt = Companion(opt, "sgd")  # type: ignore[arg-type]
             self._mask_opt.add(self.mask_vars, anchor, scale=scale, momentum=self.mask_momentum)
@@ -412,7 +411,6 @@ class SCL(InPlaceMethod):
             "last_sparsity": self._last_sparsity,
             "frozen": self.frozen,
             "costs": None if self._probes else list(self.costs),  # None: not measured yet
-            "lr0": self._lr0,
         } | ({} if self._mask_opt is None else {"mask_optimizer": self._mask_opt.state_dict()})
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -423,7 +421,6 @@ class SCL(InPlaceMethod):
                 fm.copy_(t.mask)
         self.lam, self.frozen = float(state["lam"]), bool(state["frozen"])
         self._last_sparsity = float(state["last_sparsity"])
-        self._lr0 = float(state.get("lr0", self._lr0))
         if self._mask_opt is not None and "mask_optimizer" in state:
             self._mask_opt.load_state_dict(state["mask_optimizer"])
         if state["costs"] is not None:
