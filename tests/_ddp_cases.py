@@ -30,7 +30,11 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("set", "set", {"sparsity": 0.6, "update_interval": 2}),
     ("rigl", "rigl", {"sparsity": 0.6, "update_interval": 2}),
     ("gmp", "gmp", {"sparsity": 0.6, "initial_sparsity": 0.3, "update_interval": 2, "end_step": 6}),
-    ("granet", "granet", {"sparsity": 0.6, "initial_sparsity": 0.3, "update_interval": 2, "end_step": 6}),
+    (
+        "granet",
+        "granet",
+        {"sparsity": 0.6, "initial_sparsity": 0.3, "update_interval": 2, "end_step": 6},
+    ),
     ("st3", "st3", {"sparsity": 0.6}),
     ("dnw", "dnw", {"sparsity": 0.6}),
     ("optg", "optg", {"sparsity": 0.6, "steps_per_epoch": 2}),

@@ -63,7 +63,8 @@ def test_sparsity_out_of_range(bad: float, tiny_mlp: nn.Module) -> None:
     def act() -> None:
         create_method("static", sparsity=bad).attach(tiny_mlp, sgd(tiny_mlp))
 
-    fails_cleanly(tiny_mlp, act, ValueError, "static: sparsity must be a number in [0, 1)", f"got {bad}")
+    message = "static: sparsity must be a number in [0, 1)"
+    fails_cleanly(tiny_mlp, act, ValueError, message, f"got {bad}")
     assert_attachable(tiny_mlp)
 
 

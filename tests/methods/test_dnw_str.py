@@ -87,7 +87,7 @@ def test_dnw_update_interval_holds_the_cut() -> None:
     assert torch.equal(method.targets[0].mask, method.raw_weight(0).abs() > cuts[0])
     _train(model, opt, 5)  # step 7 = total_steps: exact again
     assert method.report().nnz == method.global_target_count()
-    with pytest.raises(ValueError, match="^dnw: update_interval must be an int >= 1, got 0$"):
+    with pytest.raises(ValueError, match=r"^dnw: update_interval must be an int >= 1, got 0$"):
         DNW(sparsity=0.5, update_interval=0)
 
 

@@ -73,7 +73,9 @@ def test_schedule_and_regrowth_fraction() -> None:
     assert m.regrow_fraction_at(100) == pytest.approx(0.005)
     assert m.update_steps(100) == [10, 20, 30, 40, 50, 60, 70, 75, 80, 90]
     assert m.sparsity_at(75) == 0.9
-    only_pruning = GraNet(sparsity=0.9, total_steps=100, update_interval=10, regrow_after_pruning=False)
+    only_pruning = GraNet(
+        sparsity=0.9, total_steps=100, update_interval=10, regrow_after_pruning=False
+    )
     assert only_pruning.update_steps(100) == [10, 20, 30, 40, 50, 60, 70, 75]
     assert not only_pruning.is_regrow_step(80)
 
@@ -81,7 +83,9 @@ def test_schedule_and_regrowth_fraction() -> None:
 def test_reaches_target_exactly_with_hard_masks(tiny_mlp, batch) -> None:
     x, y = batch
     opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1, momentum=0.9)
-    m = create_method("granet", sparsity=0.8, total_steps=50, update_interval=5).attach(tiny_mlp, opt)
+    m = create_method("granet", sparsity=0.8, total_steps=50, update_interval=5).attach(
+        tiny_mlp, opt
+    )
     for step in range(1, 51):
         loss = nn.functional.cross_entropy(tiny_mlp(x), y)
         opt.zero_grad()

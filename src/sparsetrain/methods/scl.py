@@ -204,7 +204,8 @@ class SCL(InPlaceMethod):
             )
         if lambda_mode == "adaptive" and sparsity is None:
             raise option_error(
-                self.name, "lambda_mode='adaptive' needs a target: pass sparsity= (the sparsity to reach)"
+                self.name,
+                "lambda_mode='adaptive' needs a target: pass sparsity= (the sparsity to reach)",
             )
         self.targets_sparsity = lambda_mode == "adaptive"  # fixed: the base refuses sparsity > 0
         super().__init__(sparsity=0.0 if sparsity is None else sparsity, **kwargs)
