@@ -277,3 +277,31 @@ def test_list_methods_shows_the_new_names_only(name: str) -> None:
         assert f"{old} -> {new}" in renamed_line
     if not renames:
         assert not renamed_line
+
+
+def test_the_command_line_shows_one_line_per_old_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sparsetrain.cli import main
+
+    config = tmp_path / "c.yaml"
+    raw = _config({"name": "gmp", "sparsity": 0.8, "interval": 2})
+    config.write_text(yaml.safe_dump({**raw, "train": {"epochs": 4}}))  # 2 steps per epoch
+    assert main(["plan", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        "warning: gmp: option method.interval is deprecated; it is now called "
+        "method.update_interval (the old name works until the next release)\n"
+    )
+    assert "topology updates: 3 at steps 2, 4, 6\n" in out  # every 2 steps to 0.75 x 8
+
+
+def test_switching_to_scl_drops_the_base_target_unless_given() -> None:
+    from sparsetrain.train.build import switch_entry
+
+    options = {"name": "rigl", "sparsity": 0.8, "update_interval": 5}
+    dropped, reset = switch_entry(options, "method", "rigl", "scl")
+    assert (dropped, reset) == (["sparsity", "update_interval"], [])
+    adaptive = {"name": "rigl", "sparsity": 0.8, "lambda_mode": "adaptive"}
+    assert switch_entry(adaptive, "method", "rigl", "scl", keep=["sparsity", "lambda_mode"])
+    assert adaptive["sparsity"] == 0.8

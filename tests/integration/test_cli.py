@@ -387,7 +387,7 @@ def test_compare_validates_the_grid_first(
     assert main(["compare", str(suite), "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert "suite run gmp-s0.8-seed0: unknown key method.intervall" in err
-    assert "did you mean 'interval'" in err
+    assert "did you mean 'update_interval'" in err
     assert not (tmp_path / "g").exists()
 
     from sparsetrain.train.suite import load_suite

@@ -208,6 +208,8 @@ def switch_entry(
     if valid is None or old == new:
         return [], []
     before = entry_defaults(section, old) or {}
+    if section == "method" and not takes_sparsity(new):  # SCL: a target only when asked for
+        valid = {k: v for k, v in valid.items() if k != "sparsity"}
     dropped, reset = [], []
     for key in [k for k in options if k != "name" and k not in keep]:
         if key not in valid:
