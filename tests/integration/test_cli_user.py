@@ -346,7 +346,7 @@ def test_list_methods_name_shows_options_defaults_and_help(
 ) -> None:
     from sparsetrain.cli.listing import method_details
     from sparsetrain.methods import get_method_info, list_methods, method_options
-    from sparsetrain.train.build import takes_sparsity
+    from sparsetrain.train.build import sparsity_is_option
 
     assert main(["list", "methods", "rigl"]) == 0
     out = capsys.readouterr().out
@@ -359,7 +359,7 @@ def test_list_methods_name_shows_options_defaults_and_help(
         text = method_details(name)
         for option in method_options(get_method_info(name).factory):
             line = next((x for x in text.splitlines() if x.split()[:1] == [option]), None)
-            if option == "sparsity" and not takes_sparsity(name):  # dense, emergent methods
+            if option == "sparsity" and not sparsity_is_option(name):  # dense, STR
                 assert line is None
                 assert "sparsity: none" in text or "sparsity= is refused" in text
                 continue
