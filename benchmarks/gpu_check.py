@@ -41,8 +41,8 @@ OPTIONS: dict[str, dict[str, object]] = {  # short schedules: several updates wi
     "set": {"update_interval": 3},
     "mest": {"update_interval": 3},
     "dst": {"update_interval": 3},
-    "gmp": {"interval": 2, "end_step": 8},
-    "granet": {"interval": 2, "end_step": 8},
+    "gmp": {"update_interval": 2, "end_step": 8},
+    "granet": {"update_interval": 2, "end_step": 8},
     "optg": {"steps_per_epoch": 3},
 }
 

@@ -31,13 +31,13 @@ OPTIONS: dict[str, dict[str, object]] = {
     "set": {"update_interval": FAR},
     "mest": {"update_interval": FAR},
     "dst": {"update_interval": FAR},
-    "gmp": {"interval": FAR, "end_step": FAR},
-    "granet": {"interval": FAR, "end_step": FAR},
+    "gmp": {"update_interval": FAR, "end_step": FAR},
+    "granet": {"update_interval": FAR, "end_step": FAR},
     "optg": {"steps_per_epoch": FAR // 100},
     # ST-3 measured in its ramp (threshold + soft threshold + rescale every step), not its
     # dense warm-up phase
-    "st3": {"ramp_begin_step": 0, "ramp_end_step": FAR // 2, "fix_step": FAR - 1},
-    "st3_sigma": {"ramp_begin_step": 0, "ramp_end_step": FAR // 2, "fix_step": FAR - 1},
+    "st3": {"begin_step": 0, "end_step": FAR // 2, "freeze_step": FAR - 1},
+    "st3_sigma": {"begin_step": 0, "end_step": FAR // 2, "freeze_step": FAR - 1},
 }
 
 

@@ -63,7 +63,8 @@ def test_sparsity_out_of_range(bad: float, tiny_mlp: nn.Module) -> None:
     def act() -> None:
         create_method("static", sparsity=bad).attach(tiny_mlp, sgd(tiny_mlp))
 
-    fails_cleanly(tiny_mlp, act, ValueError, "sparsity must be in [0, 1)", f"got {bad}")
+    message = "static: sparsity must be a number in [0, 1)"
+    fails_cleanly(tiny_mlp, act, ValueError, message, f"got {bad}")
     assert_attachable(tiny_mlp)
 
 
@@ -302,7 +303,7 @@ def test_update_interval_not_positive(interval: int, tiny_mlp: nn.Module) -> Non
         tiny_mlp,
         lambda: create_method("set", sparsity=0.5, total_steps=40, update_interval=interval),
         ValueError,
-        f"update interval must be > 0, got {interval}",
+        f"set: update_interval must be an int >= 1, got {interval}",
     )
 
 
@@ -320,7 +321,7 @@ def test_total_steps_not_positive(tiny_mlp: nn.Module) -> None:
         tiny_mlp,
         lambda: create_method("rigl", sparsity=0.5, total_steps=0),
         ValueError,
-        "total_steps must be a positive int, got 0",
+        "rigl: total_steps must be an int >= 1 or None, got 0",
     )
 
 

@@ -24,11 +24,11 @@ FAST: dict[str, dict[str, object]] = {
     "rigl": {"update_interval": 5},
     "set": {"update_interval": 5},
     "mest": {"update_interval": 5},
-    "gmp": {"interval": 5, "end_step": 20},
-    "granet": {"interval": 5, "end_step": 20},
+    "gmp": {"update_interval": 5, "end_step": 20},
+    "granet": {"update_interval": 5, "end_step": 20},
     "optg": {"steps_per_epoch": 3},
-    "st3": {"ramp_begin_step": 2, "ramp_end_step": 15, "fix_step": 25},
-    "st3_sigma": {"ramp_begin_step": 2, "ramp_end_step": 15, "fix_step": 25},
+    "st3": {"begin_step": 2, "end_step": 15, "freeze_step": 25},
+    "st3_sigma": {"begin_step": 2, "end_step": 15, "freeze_step": 25},
 }
 
 OPTIMIZERS = {

@@ -209,7 +209,7 @@ def test_a_runtime_criterion_works_in_granet(largest_first) -> None:
         grow="test_smallest_grad",
         sparsity=0.5,
         end_step=1,
-        interval=1,
+        update_interval=1,
         regrow_fraction=1 / 3,
         regrow_fraction_end=1 / 3,
     )

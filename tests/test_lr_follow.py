@@ -19,7 +19,7 @@ from sparsetrain.train.experiment import build_run, load_splits
 from sparsetrain.train.loop import forward_backward, update
 
 CASES = {
-    "st3": dict(sparsity=0.5, ramp_end_step=4),
+    "st3": dict(sparsity=0.5, end_step=4),
     "str": dict(threshold_lr=0.05, threshold_weight_decay=0.0),
     "scl": dict(lam=0.1, mask_lr=0.02),
     "scl-user": dict(lam=0.1, mask_lr=0.02, mask_optimizer="user"),
@@ -74,7 +74,7 @@ def test_st3_moves_biases_out_and_back_with_their_state() -> None:
     opt.step()  # momentum state for every parameter
     bias = model[0].bias
     buf = opt.state[bias]["momentum_buffer"].clone()
-    method = sparsetrain.create_method("st3", sparsity=0.5, total_steps=8, ramp_end_step=4)
+    method = sparsetrain.create_method("st3", sparsity=0.5, total_steps=8, end_step=4)
     method.attach(model, opt)
     assert bias not in opt.state and all(bias is not p for p in opt.param_groups[0]["params"])
     assert torch.equal(method._free.opt.state[bias]["momentum_buffer"], buf)
@@ -86,7 +86,7 @@ def test_st3_moves_biases_out_and_back_with_their_state() -> None:
 def test_st3_free_group_gets_no_decay_and_no_stale_gradient() -> None:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
-    method = sparsetrain.create_method("st3", sparsity=0.5, total_steps=8, ramp_end_step=4)
+    method = sparsetrain.create_method("st3", sparsity=0.5, total_steps=8, end_step=4)
     method.attach(model, opt)
     bias = model[3].bias
     before = bias.detach().clone()

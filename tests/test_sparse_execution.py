@@ -88,7 +88,7 @@ def test_sparse_matches_masked_dense_over_50_steps(name):
 
 # GMP / GraNet: dense start, pruning every 4 steps to 90% at step 24; GraNet also drops and
 # regrows (dense gradient) on every update step, after the pruning window too
-SHRINKING = {"interval": 4, "end_step": 24, "sparsity": 0.9}
+SHRINKING = {"update_interval": 4, "end_step": 24, "sparsity": 0.9}
 
 
 def _run_shrinking(name: str, execution: str, steps: int = STEPS, **extra: object):

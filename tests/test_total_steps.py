@@ -44,7 +44,7 @@ def test_skipped_steps_do_not_count() -> None:
 
 
 def test_gmp_ending_short_warns_then_raises() -> None:
-    method = _train_with_scaler("gmp", TOTAL, sparsity=0.8, interval=10, end_step=TOTAL)
+    method = _train_with_scaler("gmp", TOTAL, sparsity=0.8, update_interval=10, end_step=TOTAL)
     with (
         pytest.warns(ScheduleWarning, match=r"ended after 27 optimizer steps.*total_steps=30"),
         pytest.raises(SparsityTargetError),
@@ -53,9 +53,9 @@ def test_gmp_ending_short_warns_then_raises() -> None:
 
 
 def test_st3_never_reaching_its_fix_step_is_loud() -> None:
-    # fix_step 28: after 27 steps taken the fine-tune with the fixed, exact mask never ran
+    # freeze_step 28: after 27 steps taken the fine-tune with the fixed, exact mask never ran
     method = _train_with_scaler(
-        "st3", TOTAL, sparsity=0.8, ramp_begin_step=2, ramp_end_step=15, fix_step=28
+        "st3", TOTAL, sparsity=0.8, begin_step=2, end_step=15, freeze_step=28
     )
     assert not any(h.get("event") == "fix" for h in method.history)
     with pytest.warns(ScheduleWarning, match=r"did not run \(the last at step 28"):
@@ -64,7 +64,7 @@ def test_st3_never_reaching_its_fix_step_is_loud() -> None:
 
 def test_full_run_and_scheduleless_methods_do_not_warn() -> None:
     method = _train_with_scaler(
-        "gmp", TOTAL + len(SKIPPED), sparsity=0.8, interval=10, end_step=TOTAL
+        "gmp", TOTAL + len(SKIPPED), sparsity=0.8, update_interval=10, end_step=TOTAL
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")

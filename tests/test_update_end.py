@@ -23,7 +23,7 @@ def test_explicit_end_step_never_reaches_the_final_step() -> None:
 
 
 def test_granet_regrowth_leaves_an_interval_of_training() -> None:
-    m = create_method("granet", sparsity=0.9, total_steps=100, interval=10)
+    m = create_method("granet", sparsity=0.9, total_steps=100, update_interval=10)
     regrow = [s for s in range(1, 101) if m.is_regrow_step(s)]
     assert regrow and max(regrow) <= 90
 

@@ -387,15 +387,15 @@ def test_compare_validates_the_grid_first(
     assert main(["compare", str(suite), "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert "suite run gmp-s0.8-seed0: unknown key method.intervall" in err
-    assert "did you mean 'interval'" in err
+    assert "did you mean 'update_interval'" in err
     assert not (tmp_path / "g").exists()
 
     from sparsetrain.train.suite import load_suite
 
-    suite.write_text(yaml.safe_dump(grid))  # the base's rigl-only option is dropped for gmp
+    suite.write_text(yaml.safe_dump(grid))  # update_interval is an option of both: kept
     runs = load_suite(suite, tmp_path / "g")
-    assert [r.dropped for r in runs] == [(), ("update_interval",)]
-    assert runs[0].cfg.method.options["update_interval"] == 3
+    assert [r.dropped for r in runs] == [(), ()]
+    assert [r.cfg.method.options["update_interval"] for r in runs] == [3, 3]
 
 
 def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -465,7 +465,7 @@ def test_suite_emergent_methods_run_once_unless_tied_to_the_sparsity(tmp_path: P
             "scl-adaptive": {
                 "method.name": "scl",
                 "method.lambda_mode": "adaptive",
-                "method.target_sparsity": "{sparsity}",
+                "method.sparsity": "{sparsity}",
             },
         },
     }
@@ -482,7 +482,7 @@ def test_suite_emergent_methods_run_once_unless_tied_to_the_sparsity(tmp_path: P
     assert tuned.method.options["threshold_weight_decay"] == 3
     assert tuned.train.report_sparsity == 0.9 and tuned.train.label == "str-tuned"
     assert runs["str-s0-seed0"].cfg.train.report_sparsity is None
-    assert runs["scl-adaptive-s0.8-seed0"].cfg.method.options["target_sparsity"] == 0.8
+    assert runs["scl-adaptive-s0.8-seed0"].cfg.method.options["sparsity"] == 0.8
 
     grid["variants"]["str-tuned"]["method.threshold_weight_decay"] = {0.8: 1}
     suite.write_text(yaml.safe_dump(grid))
@@ -493,7 +493,7 @@ def test_suite_emergent_methods_run_once_unless_tied_to_the_sparsity(tmp_path: P
 def test_best_val_only_counts_epochs_at_final_sparsity(tmp_path: Path) -> None:
     """GMP ramps over steps 0-6 (4 per epoch): its half-pruned epoch 1 is never the headline."""
     run = tmp_path / "run"
-    method = {"name": "gmp", "sparsity": 0.9, "begin_step": 0, "end_step": 6, "interval": 1}
+    method = {"name": "gmp", "sparsity": 0.9, "begin_step": 0, "end_step": 6, "update_interval": 1}
     cfg = write_config(tmp_path, method=method, train={"epochs": 3})
     assert train(cfg, run) == 0
     epochs = rows(run / "metrics.csv")

@@ -179,14 +179,23 @@ def test_switching_method_on_the_command_line_drops_the_old_methods_options(
     args = ["plan", str(config), "method.name=rigl", "train.epochs=30", "--data-dir", str(data)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.startswith(
-        "note: method.name gmp -> rigl: dropped method.interval (not an option of rigl)\n"
-    )
+    assert not out.startswith("note:")  # update_interval is one option of both: kept
     assert "plan for 'rigl' over 30 optimizer steps" in out
 
+    # an option of the old method only is dropped, with a note
+    gmp_only = tmp_path / "gmp.yaml"
+    gmp_only.write_text(
+        config.read_text().replace(
+            "  sparsity: 0.9\n", "  sparsity: 0.9\n  scope: global\n  initial_sparsity: 0.5\n"
+        )
+    )
+    assert main(["plan", str(gmp_only), *args[2:]]) == 0
+    assert capsys.readouterr().out.startswith(
+        "note: method.name gmp -> rigl: dropped method.initial_sparsity (not an option of rigl)\n"
+    )
     # an option given for the new method on the same command line is still checked strictly
-    assert main([*args, "method.interval=5"]) == 2
-    assert "unknown key method.interval for method 'rigl'" in one_error_line(capsys, "plan")
+    assert main([*args, "method.initial_sparsity=0.5"]) == 2
+    assert "unknown key method.initial_sparsity for method 'rigl'" in one_error_line(capsys, "plan")
     # key=null removes a key, so its default applies (RigL's update_interval 100, not 3)
     mine = write_config(tmp_path)
     assert main(["plan", str(mine), "method.update_interval=null", "train.epochs=60"]) == 0
@@ -337,7 +346,7 @@ def test_list_methods_name_shows_options_defaults_and_help(
 ) -> None:
     from sparsetrain.cli.listing import method_details
     from sparsetrain.methods import get_method_info, list_methods, method_options
-    from sparsetrain.train.build import takes_sparsity
+    from sparsetrain.train.build import sparsity_is_option
 
     assert main(["list", "methods", "rigl"]) == 0
     out = capsys.readouterr().out
@@ -350,7 +359,7 @@ def test_list_methods_name_shows_options_defaults_and_help(
         text = method_details(name)
         for option in method_options(get_method_info(name).factory):
             line = next((x for x in text.splitlines() if x.split()[:1] == [option]), None)
-            if option == "sparsity" and not takes_sparsity(name):  # dense, emergent methods
+            if option == "sparsity" and not sparsity_is_option(name):  # dense, STR
                 assert line is None
                 assert "sparsity: none" in text or "sparsity= is refused" in text
                 continue

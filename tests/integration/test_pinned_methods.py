@@ -34,7 +34,7 @@ CONFIG: dict[str, Any] = {
 PINS: dict[str, tuple[dict[str, Any], list[float], dict[str, float]]] = {
     "st3": (
         # dense until step 1, cubic ramp to 0.8 by step 5, baked and frozen after step 7
-        {"name": "st3", "sparsity": 0.8, "ramp_begin_step": 1, "ramp_end_step": 5, "fix_step": 7},
+        {"name": "st3", "sparsity": 0.8, "begin_step": 1, "end_step": 5, "freeze_step": 7},
         [
             1.2994807958602905,
             1.1186723709106445,

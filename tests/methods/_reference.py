@@ -152,9 +152,9 @@ class RefST3(_OldInPlace, ST3):
     def refresh(self, step: int) -> None:
         if self._fixed:
             return
-        if step == self.fix_step:
+        if step == self.freeze_step:
             self._fix()
-        elif step % self.update_interval == 0 or step <= self.ramp_begin_step + 1:
+        elif step % self.update_interval == 0 or step <= self.begin_step + 1:
             self._update(self.sparsity_at(step))
 
     def effective(self, index: int, raw: Tensor, out: Tensor) -> bool:
@@ -236,7 +236,7 @@ class RefDNW(_OldInPlace, DNW):
         self.publish()
 
     def refresh(self, step: int) -> None:
-        last = step == self.total_steps or step == self.ramp_end_step
+        last = step == self.total_steps or step == self.end_step
         if step % self.update_interval == 0 or last:
             self._update(self.sparsity_at(step))
 

@@ -87,13 +87,13 @@ def test_dnw_update_interval_holds_the_cut() -> None:
     assert torch.equal(method.targets[0].mask, method.raw_weight(0).abs() > cuts[0])
     _train(model, opt, 5)  # step 7 = total_steps: exact again
     assert method.report().nnz == method.global_target_count()
-    with pytest.raises(ValueError, match="update_interval must be >= 1"):
+    with pytest.raises(ValueError, match=r"^dnw: update_interval must be an int >= 1, got 0$"):
         DNW(sparsity=0.5, update_interval=0)
 
 
 def test_dnw_ramp_and_bad_scope() -> None:
     assert DNW(sparsity=0.9).sparsity_at(0) == 0.9
-    ramp = DNW(sparsity=0.8, ramp_begin_step=2, ramp_end_step=4)
+    ramp = DNW(sparsity=0.8, begin_step=2, end_step=4)
     assert [ramp.sparsity_at(s) for s in (0, 2, 3, 4, 9)] == pytest.approx(
         [0.0, 0.0, 0.7, 0.8, 0.8]
     )
@@ -218,7 +218,7 @@ def test_str_sparsity_is_emergent() -> None:
     assert get_method_info("str").sparsity_mode == "emergent"
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
-    with pytest.raises(ValueError, match=r"str does not take sparsity=0.9: .*emergent"):
+    with pytest.raises(ValueError, match=r"str: does not take sparsity=0.9: .*emergent"):
         create_method("str", sparsity=0.9, total_steps=40)  # a target it would silently miss
     method = create_method("str", total_steps=40, s_init=-3.0).attach(model, opt)
     _train(model, opt, 10)

@@ -32,7 +32,7 @@ def _one_step(regrow_scope: str) -> tuple[TwoHeads, GraNet]:
         sparsity=0.5,
         total_steps=2,
         end_step=1,
-        interval=1,
+        update_interval=1,
         regrow_fraction=1 / 3,
         regrow_fraction_end=1 / 3,
         regrow_scope=regrow_scope,
@@ -66,14 +66,16 @@ def test_layer_regrowth_by_hand() -> None:
 
 
 def test_schedule_and_regrowth_fraction() -> None:
-    m = GraNet(sparsity=0.9, total_steps=100, interval=10)
+    m = GraNet(sparsity=0.9, total_steps=100, update_interval=10)
     assert m.end_step == 75
     assert m.regrow_fraction_at(0) == 0.5
     assert m.regrow_fraction_at(50) == pytest.approx((0.5 + 0.005) / 2)
     assert m.regrow_fraction_at(100) == pytest.approx(0.005)
     assert m.update_steps(100) == [10, 20, 30, 40, 50, 60, 70, 75, 80, 90]
     assert m.sparsity_at(75) == 0.9
-    only_pruning = GraNet(sparsity=0.9, total_steps=100, interval=10, regrow_after_pruning=False)
+    only_pruning = GraNet(
+        sparsity=0.9, total_steps=100, update_interval=10, regrow_after_pruning=False
+    )
     assert only_pruning.update_steps(100) == [10, 20, 30, 40, 50, 60, 70, 75]
     assert not only_pruning.is_regrow_step(80)
 
@@ -81,7 +83,9 @@ def test_schedule_and_regrowth_fraction() -> None:
 def test_reaches_target_exactly_with_hard_masks(tiny_mlp, batch) -> None:
     x, y = batch
     opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1, momentum=0.9)
-    m = create_method("granet", sparsity=0.8, total_steps=50, interval=5).attach(tiny_mlp, opt)
+    m = create_method("granet", sparsity=0.8, total_steps=50, update_interval=5).attach(
+        tiny_mlp, opt
+    )
     for step in range(1, 51):
         loss = nn.functional.cross_entropy(tiny_mlp(x), y)
         opt.zero_grad()

@@ -136,11 +136,11 @@ def _score_lrs(model, method, opt, sched=None, steps=8):
 @pytest.mark.parametrize("sched_first", [False, True])
 @pytest.mark.parametrize("score_opt", ["sgd", "user"])
 @pytest.mark.parametrize(
-    ("mode", "mask_lr", "factor"),
+    ("mode", "score_lr", "factor"),
     [("corrected", None, 1.0), ("corrected", 0.01, 0.1), ("as_released", 0.01, 1.0)],
 )
 def test_score_lr_follows_ramp_and_weight_lr(
-    tiny_mlp, mode, mask_lr, factor, score_opt, sched_first
+    tiny_mlp, mode, score_lr, factor, score_opt, sched_first
 ) -> None:
     opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     if sched_first:  # a scheduler built before attach drives the scores too
@@ -149,8 +149,8 @@ def test_score_lr_follows_ramp_and_weight_lr(
         sparsity=0.5,
         total_steps=8,
         steps_per_epoch=2,
-        mask_lr=mask_lr,
-        mask_lr_mode=mode,
+        score_lr=score_lr,
+        score_lr_mode=mode,
         score_optimizer=score_opt,
     ).attach(tiny_mlp, opt)
     if not sched_first:
@@ -221,7 +221,7 @@ def test_state_round_trip_restores_scores_in_place(tiny_mlp, batch) -> None:
 
 def test_layer_flags_and_detach(tiny_mlp) -> None:
     opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
-    m = OptG(sparsity=0.5, total_steps=10, steps_per_epoch=2, first_layer_dense=True)
+    m = OptG(sparsity=0.5, total_steps=10, steps_per_epoch=2, dense_first=True)
     m.attach(tiny_mlp, opt)
     assert [t.name for t in m.targets] == ["2.weight"]
     assert len(opt.param_groups) == 1  # the scores have their own SGD by default
@@ -242,12 +242,12 @@ def test_layer_flags_and_detach(tiny_mlp) -> None:
         ({"steps_per_epoch": 2}, "total_steps"),
         ({"total_steps": 10, "steps_per_epoch": 0}, "steps_per_epoch"),
         ({"total_steps": 10, "steps_per_epoch": 2, "beta": 0.0}, "beta"),
-        ({"total_steps": 10, "steps_per_epoch": 2, "mask_lr_mode": "x"}, "corrected"),
+        ({"total_steps": 10, "steps_per_epoch": 2, "score_lr_mode": "x"}, "corrected"),
         ({"total_steps": 10, "steps_per_epoch": 2, "selection": "x"}, "exact"),
         ({"total_steps": 10, "steps_per_epoch": 2, "final_epochs_at_target": -1}, ">= 0"),
         ({"total_steps": 10, "steps_per_epoch": 2, "update_interval": 0}, "update_interval"),
         ({"total_steps": 10, "steps_per_epoch": 2, "beta_ref_epochs": 0}, "beta_ref_epochs"),
-        ({"total_steps": 10, "steps_per_epoch": 2, "mask_lr": -1.0}, "mask_lr"),
+        ({"total_steps": 10, "steps_per_epoch": 2, "score_lr": -1.0}, "score_lr"),
     ],
 )
 def test_bad_options(kwargs, match) -> None:

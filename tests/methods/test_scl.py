@@ -21,7 +21,7 @@ def test_ste_proxy_gradients() -> None:
     assert ste_grad("leaky_relu", m_hat, slope=0.25).tolist() == [0.25, 0.25, 1.0]
     expected = [1 / (1 + math.exp(1.0)), 0.5, 1 / (1 + math.exp(-2.0))]
     assert ste_grad("softplus", m_hat).tolist() == pytest.approx(expected)
-    with pytest.raises(ValueError, match="one of identity"):
+    with pytest.raises(ValueError, match="valid: identity"):
         ste_grad("sign", m_hat)
 
 
@@ -121,7 +121,7 @@ def test_larger_lambda_gives_higher_sparsity() -> None:
 
 
 def test_adaptive_lambda_approaches_its_target() -> None:
-    m, s = _train(steps=150, lambda_mode="adaptive", target_sparsity=0.5)
+    m, s = _train(steps=150, lambda_mode="adaptive", sparsity=0.5)
     assert abs(s - 0.5) < 0.08
     assert m.lam != 0.1
     assert get_method_info("scl").sparsity_mode == "emergent"
@@ -163,11 +163,11 @@ def test_masked_weight_decay_spares_pruned_weights(opt_name) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"lam": -0.1}, "lam must be >= 0"),
-        ({"ste": "tanh"}, "one of identity, leaky_relu, softplus, relu"),
+        ({"lam": -0.1}, "^scl: lam must be a number >= 0, got -0.1$"),
+        ({"ste": "tanh"}, "^scl: unknown ste 'tanh'; valid: identity, leaky_relu, softplus, relu$"),
         ({"normalization": "max"}, "rms, mean_abs"),
         ({"regularizer": "params"}, "count, flops"),
-        ({"target_sparsity": 0.5}, "adaptive"),
+        ({"sparsity": 0.5}, "adaptive"),
         ({"sparsity": 0.5}, "adaptive"),
         ({"lambda_mode": "adaptive"}, "target"),
         ({"lambda_mode": "auto"}, "fixed, adaptive"),

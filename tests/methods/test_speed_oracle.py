@@ -95,16 +95,16 @@ def _equal(a: Any, b: Any) -> bool:
 
 SCENARIOS: dict[str, tuple[str, dict[str, Any], str, float, float]] = {
     # ramp from step 10 to 150, hold, fix at 200 (exact top-k), fine-tune to the end
-    "st3": ("st3", {"sparsity": 0.9, "total_steps": STEPS, "ramp_begin_step": 10,
-                    "ramp_end_step": 150, "fix_step": 200}, "sgd", 0.05, 5e-4),
-    "st3_sigma": ("st3_sigma", {"sparsity": 0.8, "total_steps": STEPS, "ramp_begin_step": 0,
-                                "ramp_end_step": 120, "fix_step": 200}, "sgd", 0.05, 5e-4),
+    "st3": ("st3", {"sparsity": 0.9, "total_steps": STEPS, "begin_step": 10,
+                    "end_step": 150, "freeze_step": 200}, "sgd", 0.05, 5e-4),
+    "st3_sigma": ("st3_sigma", {"sparsity": 0.8, "total_steps": STEPS, "begin_step": 0,
+                                "end_step": 120, "freeze_step": 200}, "sgd", 0.05, 5e-4),
     "st3_hard_interval": ("st3", {"sparsity": 0.95, "total_steps": STEPS, "soft": False,
-                                  "rescale": False, "update_interval": 3, "ramp_end_step": 60},
+                                  "rescale": False, "update_interval": 3, "end_step": 60},
                           "adamw", 1e-3, 1e-2),
     "dnw_layer": ("dnw", {"sparsity": 0.9, "total_steps": STEPS}, "sgd", 0.05, 5e-4),
     "dnw_global_ramp": ("dnw", {"sparsity": 0.95, "total_steps": STEPS, "scope": "global",
-                                "ramp_end_step": 100}, "sgd", 0.1, 0.0),
+                                "end_step": 100}, "sgd", 0.1, 0.0),
     "dnw_interval": ("dnw", {"sparsity": 0.8, "total_steps": STEPS, "update_interval": 4},
                      "adamw", 1e-3, 1e-2),
     "scl_adaptive": ("scl", {"lambda_mode": "adaptive", "sparsity": 0.8, "lam": 0.5,

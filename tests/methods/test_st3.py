@@ -39,7 +39,7 @@ def _mlp(seed: int = 0) -> nn.Sequential:
 def _at_half(model: nn.Module, **kw: object) -> ST3:
     """ST-3 at s = 0.5 from step 1 on, weights frozen by lr = 0."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    method = ST3(sparsity=0.5, ramp_end_step=0, **kw).attach(model, opt)
+    method = ST3(sparsity=0.5, end_step=0, **kw).attach(model, opt)
     _step(model, opt, torch.ones(1, model.in_features))
     return method
 
@@ -68,7 +68,7 @@ def test_hard_threshold_and_no_rescale() -> None:
 def test_gradient_reaches_pruned_weights_unchanged() -> None:
     layer = _layer(W0)
     opt = torch.optim.SGD(layer.parameters(), lr=1.0)
-    method = ST3(sparsity=0.5, ramp_end_step=0, fix_step=None).attach(layer, opt)
+    method = ST3(sparsity=0.5, end_step=0, freeze_step=None).attach(layer, opt)
     x, r = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, -2.0]])
     raw = method.raw_weight(0).clone()
     assert torch.equal(raw, torch.tensor(W0))  # step 0 is dense: W_eff = W
@@ -84,7 +84,7 @@ def test_gradient_reaches_pruned_weights_unchanged() -> None:
 def test_tau_is_global_quantile() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    method = ST3(sparsity=0.7, ramp_end_step=0).attach(model, opt)
+    method = ST3(sparsity=0.7, end_step=0).attach(model, opt)
     _step(model, opt, torch.randn(2, 8))
     mags = torch.cat([method.raw_weight(i).abs().reshape(-1) for i in range(3)])
     assert method._tau == [torch.quantile(mags, 0.7).item()] * 3
@@ -135,7 +135,7 @@ def test_sigma_formulas() -> None:
 def test_st3_sigma_per_layer_tau() -> None:
     model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    method = create_method("st3_sigma", sparsity=0.6, ramp_end_step=0).attach(model, opt)
+    method = create_method("st3_sigma", sparsity=0.6, end_step=0).attach(model, opt)
     _step(model, opt, torch.randn(2, 4))
     w1, w2 = (method.raw_weight(i).abs().reshape(-1) for i in range(2))
     s1, s2 = 1 / math.sqrt(3 + 4), 1 / math.sqrt(2 + 3)
@@ -146,19 +146,19 @@ def test_st3_sigma_per_layer_tau() -> None:
 
 
 def test_ramp_values_and_default_steps() -> None:
-    method = ST3(sparsity=0.8, ramp_begin_step=10, ramp_end_step=20)
+    method = ST3(sparsity=0.8, begin_step=10, end_step=20)
     got = [method.sparsity_at(s) for s in (0, 10, 15, 20, 99)]
     assert got == pytest.approx([0.0, 0.0, 0.8 * (1 - 0.5**3), 0.8, 0.8])
-    assert method.fix_step is None
+    assert method.freeze_step is None
     default = ST3(sparsity=0.9, total_steps=1700)
-    assert (default.ramp_begin_step, default.ramp_end_step, default.fix_step) == (50, 800, 1600)
-    assert ST3(sparsity=0.9, total_steps=100, finetune_steps=0).fix_step == 100
+    assert (default.begin_step, default.end_step, default.freeze_step) == (50, 800, 1600)
+    assert ST3(sparsity=0.9, total_steps=100, finetune_steps=0).freeze_step == 100
 
 
 def test_dense_before_ramp() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    method = ST3(sparsity=0.9, ramp_begin_step=3, ramp_end_step=6).attach(model, opt)
+    method = ST3(sparsity=0.9, begin_step=3, end_step=6).attach(model, opt)
     for _ in range(3):
         _step(model, opt, torch.randn(4, 8))
         assert method._tau is None and all(t.nnz == t.numel for t in method.targets)
@@ -170,7 +170,7 @@ def test_dense_before_ramp() -> None:
 def test_fix_bakes_and_freezes() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-    method = ST3(sparsity=0.75, ramp_end_step=4, fix_step=8).attach(model, opt)
+    method = ST3(sparsity=0.75, end_step=4, freeze_step=8).attach(model, opt)
     x = torch.randn(16, 8)
     for _ in range(6):
         _step(model, opt, x)
@@ -201,7 +201,7 @@ def test_fix_exact_count_with_ties() -> None:
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0, 2.0], [1.0, 1.0, 1.0, 3.0, 1.0]]))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    method = ST3(sparsity=0.5, ramp_end_step=0, fix_step=1).attach(model, opt)
+    method = ST3(sparsity=0.5, end_step=0, freeze_step=1).attach(model, opt)
     _step(model, opt, torch.ones(1, 5))
     assert method.targets[0].nnz == 5  # a '>' threshold would keep 2, a '>=' one 10
 
@@ -209,7 +209,7 @@ def test_fix_exact_count_with_ties() -> None:
 def test_update_interval_holds_tau_between_updates() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    method = ST3(sparsity=0.7, ramp_end_step=0, update_interval=4).attach(model, opt)
+    method = ST3(sparsity=0.7, end_step=0, update_interval=4).attach(model, opt)
     x = torch.randn(8, 8)
     _step(model, opt, x)  # step 1: first sparse step, updated
     tau = method._tau
@@ -228,10 +228,10 @@ def test_bn_momentum_option() -> None:
         return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
 
     model = bn_model()
-    ST3(sparsity=0.5, ramp_end_step=1).attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    ST3(sparsity=0.5, end_step=1).attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
     assert model[1].momentum == 0.1
     model = bn_model()
-    method = ST3(sparsity=0.5, ramp_end_step=1, bn_momentum="as_released")
+    method = ST3(sparsity=0.5, end_step=1, bn_momentum="as_released")
     method.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
     assert model[1].momentum == 0.99
     method.detach()
@@ -241,7 +241,7 @@ def test_bn_momentum_option() -> None:
 def test_weight_decay_only_on_weights() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    method = ST3(sparsity=0.5, ramp_end_step=1).attach(model, opt)
+    method = ST3(sparsity=0.5, end_step=1).attach(model, opt)
     (decayed,) = opt.param_groups  # the user's groups stay: schedulers built before keep working
     (free,) = method._free.groups
     assert [id(p) for p in decayed["params"]] == [id(t.param) for t in method.targets]
@@ -254,23 +254,23 @@ def test_weight_decay_only_on_weights() -> None:
     assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 6
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
-    ST3(sparsity=0.5, ramp_end_step=1, weight_decay_scope="as_given").attach(model, opt)
+    ST3(sparsity=0.5, end_step=1, weight_decay_scope="as_given").attach(model, opt)
     assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 4
 
 
 def test_bad_inputs() -> None:
-    with pytest.raises(ValueError, match=r"fix_step \(5\) is before ramp_end_step \(10\)"):
-        ST3(sparsity=0.5, ramp_end_step=10, fix_step=5)
+    with pytest.raises(ValueError, match=r"freeze_step \(5\) is before end_step \(10\)"):
+        ST3(sparsity=0.5, end_step=10, freeze_step=5)
     with pytest.raises(ValueError, match="valid: None, dims, glorot"):
         ST3(sparsity=0.5, total_steps=10, sigma="width")
     with pytest.raises(ValueError, match="valid: corrected, as_released"):
         ST3(sparsity=0.5, total_steps=10, bn_momentum="keras")
     with pytest.raises(ValueError, match="valid: weights, as_given"):
         ST3(sparsity=0.5, total_steps=10, weight_decay_scope="bn")
-    with pytest.raises(ValueError, match="ramp_end_step or total_steps"):
+    with pytest.raises(ValueError, match="end_step or total_steps"):
         ST3(sparsity=0.5)
     with pytest.raises(ValueError, match="after total_steps"):
-        ST3(sparsity=0.5, total_steps=10, fix_step=11)
+        ST3(sparsity=0.5, total_steps=10, freeze_step=11)
 
 
 @pytest.mark.parametrize("name", ["st3", "st3_sigma"])
@@ -292,7 +292,7 @@ def test_state_dict_round_trip_mid_ramp() -> None:
     def build() -> tuple[nn.Module, torch.optim.Optimizer, ST3]:
         model = _mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        return model, opt, ST3(sparsity=0.8, ramp_end_step=6, fix_step=8).attach(model, opt)
+        return model, opt, ST3(sparsity=0.8, end_step=6, freeze_step=8).attach(model, opt)
 
     x = torch.randn(8, 8)
     model, opt, method = build()
@@ -312,7 +312,7 @@ def test_weight_decay_reaches_attention_targets() -> None:
     model = nn.Sequential(nn.Linear(4, 8))
     model.attn = nn.MultiheadAttention(8, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
-    method = ST3(sparsity=0.5, ramp_end_step=1).attach(model, opt)
+    method = ST3(sparsity=0.5, end_step=1).attach(model, opt)
     decayed = {id(p) for p in opt.param_groups[0]["params"]}
     assert id(model.attn.in_proj_weight) in decayed and id(model[0].weight) in decayed
     free = {id(p) for g in method._free.groups for p in g["params"]}

@@ -2,7 +2,7 @@
 
 ``sparsetrain list methods NAME`` shows one method's options with their defaults and one line of
 help each, read from the constructor signatures and the ``Args:`` sections of their docstrings
-(so they cannot drift from the code).
+(so they cannot drift from the code), then the old option names still accepted (``RENAMED``).
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ def method_details(name: str) -> str:
     Raises:
         ValueError: Unknown method (with close matches).
     """
-    from sparsetrain.methods import get_method_info, method_options
-    from sparsetrain.train.build import takes_sparsity
+    from sparsetrain.methods import get_method_info, method_options, method_renames
+    from sparsetrain.train.build import sparsity_is_option, takes_sparsity
 
     info = get_method_info(name)
     helps: dict[str, str] = {}
@@ -124,7 +124,7 @@ def method_details(name: str) -> str:
             helps.setdefault(key, text)
     rows = []
     for key, default in method_options(info.factory).items():
-        if key == "sparsity" and not takes_sparsity(name):
+        if key == "sparsity" and not sparsity_is_option(name):
             continue
         shown = "(required)" if default is inspect.Parameter.empty else repr(default)
         note = f" [{DERIVED[key]}]" if key in DERIVED else ""
@@ -134,13 +134,18 @@ def method_details(name: str) -> str:
         lines[-1] = "sparsity: none (every weight kept)"
     elif not takes_sparsity(name):
         note = getattr(_classes(info.factory)[0], "emergent_sparsity_note", "")
-        lines[-1] += f" (sparsity= is refused; {note})" if note else " (sparsity= is refused)"
+        refused = "" if sparsity_is_option(name) else "sparsity= is refused; "
+        lines[-1] += f" ({refused}{note})" if note else f" ({refused.removesuffix('; ')})"
     lines.append(
         _table(
             f"options (config: method.<option>; Python: create_method({name!r}, <option>=...))",
             [("option", "default", "help"), *rows],
         )
     )
+    renamed = method_renames(info.factory)
+    if renamed:
+        pairs = ", ".join(f"{old} -> {new}" for old, new in sorted(renamed.items()))
+        lines.append(f"renamed (old names still accepted, with a warning): {pairs}")
     return "\n".join(lines)
 
 

@@ -18,10 +18,12 @@ from sparsetrain.methods.dynamic import DynamicSparse
 from sparsetrain.methods.gmp import GMP
 from sparsetrain.methods.registry import (
     MethodInfo,
+    canonical_options,
     create_method,
     get_method_info,
     list_methods,
     method_options,
+    method_renames,
     register_method,
 )
 from sparsetrain.methods.static import Static
@@ -37,10 +39,12 @@ __all__ = [
     "SparsityTargetWarning",
     "Static",
     "attached_method",
+    "canonical_options",
     "create_method",
     "get_method_info",
     "list_methods",
     "method_options",
+    "method_renames",
     "register_method",
 ]
 

@@ -228,21 +228,6 @@ def sigma_of(shape: tuple[int, ...], formula: str) -> float:
     return 1.0 / math.sqrt((shape[0] + shape[1]) * math.prod(shape[2:]))
 
 
-def check_choice(what: str, value: object, valid: Sequence[object]) -> None:
-    """Raise a one-line ValueError naming ``value`` and the valid options."""
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
-
-
-def check_interval(value: int) -> int:
-    """Validate an update interval (an int >= 1)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"update_interval must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"update_interval must be >= 1, got {value}")
-    return value
-
-
 def resolve_schedule(
     total: int | None,
     begin: int | None,
@@ -251,11 +236,11 @@ def resolve_schedule(
     finetune: int | None,
     name: str = "st3",
 ) -> tuple[int, int, int | None]:
-    """ST-3's (ramp_begin_step, ramp_end_step, fix_step), defaults scaled from the CIFAR config."""
+    """ST-3's (begin_step, end_step, freeze_step), defaults scaled from the CIFAR config."""
     if fix is not None and finetune is not None:
-        raise ValueError("give fix_step or finetune_steps, not both")
+        raise ValueError(f"{name}: give freeze_step or finetune_steps, not both")
     if total is None and finetune is not None:
-        raise ValueError("finetune_steps needs total_steps; give fix_step instead")
+        raise ValueError(f"{name}: finetune_steps needs total_steps; give freeze_step instead")
     if total is not None:
         begin = round(_BEGIN * total) if begin is None else begin
         end = round(_END * total) if end is None else end
@@ -263,19 +248,19 @@ def resolve_schedule(
             fix = total - (round(_FT * total) if finetune is None else finetune)
     if end is None:
         raise ValueError(
-            f"{name} needs ramp_end_step or total_steps (optimizer steps of the run, e.g. "
+            f"{name}: needs end_step or total_steps (optimizer steps of the run, e.g. "
             "len(loader) * epochs)"
         )
     begin = begin or 0
     if not 0 <= begin <= end:
-        raise ValueError(f"need 0 <= ramp_begin_step <= ramp_end_step, got {begin} and {end}")
+        raise ValueError(f"{name}: need 0 <= begin_step <= end_step, got {begin} and {end}")
     if fix is not None and fix < end:
         raise ValueError(
-            f"fix_step ({fix}) is before ramp_end_step ({end}); the mask can only be fixed once "
-            "the ramp has ended"
+            f"{name}: freeze_step ({fix}) is before end_step ({end}); the mask can only be "
+            "fixed once the ramp has ended"
         )
     if fix is not None and total is not None and fix > total:
-        raise ValueError(f"fix_step ({fix}) is after total_steps ({total})")
+        raise ValueError(f"{name}: freeze_step ({fix}) is after total_steps ({total})")
     return begin, end, fix
 
 

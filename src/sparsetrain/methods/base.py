@@ -68,11 +68,12 @@ gradients every step and keep the dense path. ``detach``/``squash`` put the orig
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -84,6 +85,14 @@ from sparsetrain import distributed as _dist
 from sparsetrain.distributions import check_sparsity
 from sparsetrain.masking.targets import Target, select_targets
 from sparsetrain.methods._execution import SparseExecution
+from sparsetrain.methods.options import (
+    Check,
+    check_options,
+    integer,
+    number,
+    one_of,
+    rename_options,
+)
 from sparsetrain.optim import check_state, param_ids, zero_preserving, zero_state
 from sparsetrain.report import LayerRow, SparsityReport
 
@@ -205,6 +214,32 @@ class _AttachSnapshot:
         method.execution_decisions, method.history = [], self.history
 
 
+def _declared_init(owner: type, init: Callable[..., None]) -> Callable[..., None]:
+    """``owner``'s constructor, preceded by the renames and the declared checks of its options.
+
+    Old option names (``RENAMED`` of the instance's class and its bases) become the new ones,
+    with a ``DeprecationWarning``; then every option in ``owner.CHECKS`` is checked (the given
+    value, or the default). Each class checks its own options, so a subclass passing a value on
+    to its base gets it checked there too.
+    """
+    params = inspect.signature(init).parameters
+    checks = owner.__dict__.get("CHECKS", {})
+    missing = [k for k in checks if k not in params]
+    if missing:
+        raise TypeError(f"{owner.__name__}.CHECKS names options its __init__ lacks: {missing}")
+    defaults = {k: params[k].default for k in checks if params[k].default is not params[k].empty}
+
+    @functools.wraps(init)
+    def __init__(self: SparsityMethod, *args: Any, **kwargs: Any) -> None:
+        renamed = type(self).renamed_options()
+        if renamed:
+            kwargs = rename_options(self.name, renamed, kwargs, stacklevel=3)
+        check_options(self.name, checks, {**defaults, **kwargs})
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
 class SparsityMethod(SparseExecution):
     """Base class of all methods: targets, masks, hooks, state and diagnostics.
 
@@ -228,7 +263,9 @@ class SparsityMethod(SparseExecution):
             (:class:`ScheduleWarning`) when the run ended before it.
         seed: Seed of every random mask decision; decisions are a function of
             (seed, step, tensor index), so they agree across processes.
-        state_skip_keys: Optimizer state keys never masked.
+        state_skip_keys: Optimizer state keys never masked: the way out when an optimizer
+            keeps state that is not shaped like its parameter (masking raises a ``TypeError``
+            naming the key otherwise).
         execution: ``"dense"`` (masked-dense, the default), ``"sparse"`` (every eligible Linear
             target on CSR kernels) or ``"auto"`` (sparse only where measured faster at
             ``execution_batch_size``). Details in the module docstring.
@@ -259,6 +296,32 @@ class SparsityMethod(SparseExecution):
     sparse_execution_note: ClassVar[str] = (
         "needs dense gradients or dense weights every step, so it keeps the dense path"
     )
+    CHECKS: ClassVar[Mapping[str, Check]] = {
+        "sparsity": number(0, 1, high_open=True),
+        "total_steps": integer(1, optional=True),
+        "seed": integer(),
+        "execution": one_of(EXECUTIONS),
+        "execution_batch_size": integer(1, optional=True),
+        "weight_init": one_of(WEIGHT_INITS),
+    }
+    """Declared checks of the options of *this class's* constructor (see
+    :mod:`~sparsetrain.methods.options`); each subclass declares its own."""
+    RENAMED: ClassVar[Mapping[str, str]] = {}
+    """Old option name → new name, accepted for one release (subclasses inherit them)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = _declared_init(cls, init)  # type: ignore[method-assign]
+
+    @classmethod
+    def renamed_options(cls) -> dict[str, str]:
+        """Every old option name this method still accepts → its new name."""
+        out: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            out.update(klass.__dict__.get("RENAMED", {}))
+        return out
 
     def __init__(
         self,
@@ -279,33 +342,17 @@ class SparsityMethod(SparseExecution):
         self.sparsity = check_sparsity(sparsity)
         if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
             raise ValueError(
-                f"{self.name} does not take sparsity={sparsity!r}: its sparsity is emergent"
+                f"{self.name}: does not take sparsity={sparsity!r}: its sparsity is emergent"
                 + (f" ({self.emergent_sparsity_note})" if self.emergent_sparsity_note else "")
-            )
-        if not isinstance(weight_init, str) or weight_init not in WEIGHT_INITS:
-            raise ValueError(
-                f"unknown weight_init {weight_init!r}; valid: {', '.join(WEIGHT_INITS)}"
             )
         if weight_init.startswith("sparse_") and not self.hard_mask:
             raise ValueError(
-                f"weight_init={weight_init!r} scales by the mask's density, which {self.name!r} "
-                "does not fix at attach; use 'kaiming_normal'"
+                f"{self.name}: weight_init={weight_init!r} scales by the mask's density, which "
+                f"{self.name!r} does not fix at attach; use 'kaiming_normal'"
             )
         self.weight_init = weight_init
-        if not isinstance(execution, str) or execution not in EXECUTIONS:
-            raise ValueError(f"unknown execution {execution!r}; valid: {', '.join(EXECUTIONS)}")
-        if execution_batch_size is not None and (
-            isinstance(execution_batch_size, bool)
-            or not isinstance(execution_batch_size, int)
-            or execution_batch_size < 1
-        ):
-            raise ValueError(
-                f"execution_batch_size must be a positive int or None, got {execution_batch_size!r}"
-            )
         self.execution = execution
         self.execution_batch_size = execution_batch_size
-        if total_steps is not None and (isinstance(total_steps, bool) or total_steps <= 0):
-            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
         self.include, self.exclude = include, exclude
         self.dense_first, self.dense_last = dense_first, dense_last
         self.total_steps = total_steps
@@ -761,3 +808,6 @@ class SparsityMethod(SparseExecution):
     def __repr__(self) -> str:
         where = "attached" if self.model is not None else "unattached"
         return f"<{type(self).__name__} {self.name!r} sparsity={self.sparsity} {where}>"
+
+
+SparsityMethod.__init__ = _declared_init(SparsityMethod, SparsityMethod.__init__)  # type: ignore[method-assign]

@@ -11,7 +11,8 @@ import torch
 from sparsetrain.distributions import allocate
 from sparsetrain.masking.topk import select_topk
 from sparsetrain.methods._inplace import InPlaceMethod
-from sparsetrain.methods._st3_parts import OrderStatistics, abs_buffer, check_interval
+from sparsetrain.methods._st3_parts import OrderStatistics, abs_buffer
+from sparsetrain.methods.options import checks, integer, one_of, option_error, renamed
 from sparsetrain.methods.registry import register_method
 from sparsetrain.schedules import cubic
 
@@ -27,7 +28,7 @@ class DNW(InPlaceMethod):
     (see :mod:`~sparsetrain.methods._inplace`). ``scope="layer"`` keeps a uniform fraction per
     tensor (as the DNW layers of the STR code base, ``prune_rate`` per layer); ``scope="global"``
     ranks all tensors together. By default the network is at the target from step 0;
-    ``ramp_end_step > ramp_begin_step`` adds a cubic ramp (dense until ``ramp_begin_step``).
+    ``end_step > begin_step`` adds a cubic ramp (dense until ``begin_step``).
     Equals ST-3 with a hard threshold, no rescale and an exact top-k in place of the quantile.
 
     References:
@@ -36,8 +37,9 @@ class DNW(InPlaceMethod):
 
     Args:
         scope: ``layer`` (default) or ``global``.
-        ramp_begin_step: Start of the optional cubic ramp.
-        ramp_end_step: End of the ramp; equal to ``ramp_begin_step`` (default 0): no ramp.
+        begin_step: Start of the optional cubic ramp (formerly ``ramp_begin_step``).
+        end_step: End of the ramp; equal to ``begin_step`` (default 0): no ramp (formerly
+            ``ramp_end_step``).
         update_interval: Re-select every this many steps (default 1, as the official code's
             per-forward top-k). Larger values are a speed option: in between, the forward keeps
             |W| > λ with the last cut λ (count exact again at each update and the last step).
@@ -45,26 +47,30 @@ class DNW(InPlaceMethod):
     """
 
     name = "dnw"
+    CHECKS = checks(
+        scope=one_of(SCOPES),
+        begin_step=integer(0),
+        end_step=integer(0),
+        update_interval=integer(1),
+    )
+    RENAMED = renamed(ramp_begin_step="begin_step", ramp_end_step="end_step")
 
     def __init__(
         self,
         *,
         scope: str = "layer",
-        ramp_begin_step: int = 0,
-        ramp_end_step: int = 0,
+        begin_step: int = 0,
+        end_step: int = 0,
         update_interval: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
-        if not 0 <= ramp_begin_step <= ramp_end_step:
-            raise ValueError(
-                f"need 0 <= ramp_begin_step <= ramp_end_step, got {ramp_begin_step} and "
-                f"{ramp_end_step}"
+        if not begin_step <= end_step:
+            raise option_error(
+                self.name, f"need 0 <= begin_step <= end_step, got {begin_step} and {end_step}"
             )
-        self.scope, self.ramp_begin_step, self.ramp_end_step = scope, ramp_begin_step, ramp_end_step
-        self.update_interval = check_interval(update_interval)
+        self.scope, self.begin_step, self.end_step = scope, begin_step, end_step
+        self.update_interval = update_interval
         self._cut: list[float | torch.Tensor | None] = []  # per target: λ (|W| > λ), mask, all
         self._fresh: list[bool] = []  # per target: its mask still to be set from the new cut
         self._ends: list[int] = []  # each target's span in the magnitude buffer
@@ -73,7 +79,7 @@ class DNW(InPlaceMethod):
         self._counts: tuple[float, list[int]] = (-1.0, [])
 
     def refresh(self, step: int) -> None:
-        last = step == self.total_steps or step == self.ramp_end_step
+        last = step == self.total_steps or step == self.end_step
         if step % self.update_interval == 0 or last:
             self._update(self.sparsity_at(step))
 
@@ -91,12 +97,12 @@ class DNW(InPlaceMethod):
         return True
 
     def sparsity_at(self, step: int) -> float:
-        if self.ramp_end_step == self.ramp_begin_step:
-            return self.sparsity if step >= self.ramp_begin_step else 0.0
-        return cubic(step, final=self.sparsity, start=self.ramp_begin_step, end=self.ramp_end_step)
+        if self.end_step == self.begin_step:
+            return self.sparsity if step >= self.begin_step else 0.0
+        return cubic(step, final=self.sparsity, start=self.begin_step, end=self.end_step)
 
     def update_steps(self, total_steps: int) -> list[int]:
-        k, end = self.update_interval, self.ramp_end_step
+        k, end = self.update_interval, self.end_step
         return [s for s in range(1, total_steps + 1) if s % k == 0 or s in (end, total_steps)]
 
     def _keep(self, s: float) -> list[int]:

@@ -23,6 +23,7 @@ from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densitie
 from sparsetrain.masking.topk import global_topk_masks, random_mask
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
 from sparsetrain.methods.base import SparsityMethod
+from sparsetrain.methods.options import checks, integer, number, one_of, option_error
 from sparsetrain.methods.registry import preset, register_method
 from sparsetrain.schedules import UpdateSchedule, cosine_decay, last_update_step
 
@@ -99,6 +100,19 @@ class DynamicSparse(SparsityMethod):
 
     name = "dst"
     supports_sparse_execution = True
+    CHECKS = checks(
+        distribution=one_of(DISTRIBUTIONS),
+        update_interval=integer(1),
+        drop_fraction=number(0, 1, low_open=True),
+        drop_fraction_end=number(0, 1),
+        drop_schedule=one_of(DROP_SCHEDULES),
+        begin_step=integer(0),
+        end_step=integer(0, optional=True),
+        stop_fraction=number(0, 1, low_open=True),
+        scope=one_of(SCOPES),
+        inactive_grads=one_of(INACTIVE_GRADS),
+        regrown_value=one_of(REGROWN_VALUES),
+    )
 
     def __init__(
         self,
@@ -126,28 +140,20 @@ class DynamicSparse(SparsityMethod):
         super().__init__(**kwargs)
         self.prune = get_prune_criterion(prune)
         self.grow = get_growth_criterion(grow)
-        order = resolve_order(order)
-        for opt, val, valid in (
-            ("distribution", distribution, DISTRIBUTIONS),
-            ("drop_schedule", drop_schedule, DROP_SCHEDULES),
-            ("order", order, ORDERS),
-            ("scope", scope, SCOPES),
-            ("inactive_grads", inactive_grads, INACTIVE_GRADS),
-            ("regrown_value", regrown_value, REGROWN_VALUES),
-        ):
-            if val not in valid:
-                raise ValueError(f"unknown {opt} {val!r}; valid: {', '.join(valid)}")
-        if not 0.0 < drop_fraction <= 1.0 or not 0.0 <= drop_fraction_end <= drop_fraction:
-            raise ValueError(
-                f"need 0 < drop_fraction <= 1 and 0 <= drop_fraction_end <= drop_fraction, got "
-                f"{drop_fraction}, {drop_fraction_end}"
+        order = resolve_order(order)  # the legacy names of the Fantastic Weights code, warning
+        one_of(ORDERS)(self.name, "order", order)
+        if not drop_fraction_end <= drop_fraction:
+            raise option_error(
+                self.name,
+                f"drop_fraction_end must be <= drop_fraction ({drop_fraction}), got "
+                f"{drop_fraction_end}",
             )
         if scope == "global" and self.prune.selection:
-            raise ValueError(f"prune criterion {prune!r} is per-layer only; use scope='layer'")
-        if not 0.0 < stop_fraction <= 1.0:
-            raise ValueError(f"stop_fraction must be in (0, 1], got {stop_fraction}")
+            raise option_error(
+                self.name, f"prune criterion {prune!r} is per-layer only; use scope='layer'"
+            )
         if end_step is None and self.total_steps is None:
-            raise ValueError(f"{self.name} needs total_steps (or end_step) for its drop schedule")
+            raise option_error(self.name, "needs total_steps (or end_step) for its drop schedule")
         if end_step is not None:
             end = end_step if self.total_steps is None else min(end_step, self.total_steps - 1)
         else:
@@ -160,7 +166,9 @@ class DynamicSparse(SparsityMethod):
         self.bernoulli, self.gamma = bernoulli, gamma
         given = (prune_options or {}).get("gamma", gamma)
         if gamma != 1.0 and given != gamma:
-            raise ValueError(f"gamma={gamma!r} and prune_options gamma={given!r} disagree")
+            raise option_error(
+                self.name, f"gamma={gamma!r} and prune_options gamma={given!r} disagree"
+            )
         self.prune_options = criterion_options(self.prune, prune_options, gamma=gamma)
         self.grow_options = criterion_options(self.grow, grow_options)
         self.inactive_grads, self.regrown_value = inactive_grads, regrown_value

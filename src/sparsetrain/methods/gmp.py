@@ -9,6 +9,7 @@ from sparsetrain.distributions import DISTRIBUTIONS, allocate
 from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import global_topk_masks, select_bottomk
 from sparsetrain.methods.base import SparsityMethod
+from sparsetrain.methods.options import checks, integer, number, one_of, option_error, renamed
 from sparsetrain.methods.registry import register_method
 from sparsetrain.schedules import UpdateSchedule, polynomial
 
@@ -18,7 +19,7 @@ SCOPES = ("layer", "global")
 class GMP(SparsityMethod):
     """Gradual magnitude pruning.
 
-    Every ``interval`` steps in ``(begin_step, end_step]`` (and at ``end_step``) prune the
+    Every ``update_interval`` steps in ``(begin_step, end_step]`` (and at ``end_step``) prune the
     lowest-|w| active weights so that sparsity follows
     s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(t₁ − t₀))³. ``scope="layer"`` (the original) prunes each
     tensor to its own allocation (``distribution``); ``scope="global"`` ranks all tensors together.
@@ -34,7 +35,7 @@ class GMP(SparsityMethod):
         initial_sparsity: s_i at ``begin_step``.
         begin_step: t₀, in optimizer steps.
         end_step: t₁; default ``0.75 * total_steps``.
-        interval: Steps between pruning events.
+        update_interval: Steps between pruning events (formerly ``interval``).
         scope: ``layer`` or ``global``.
         distribution: Per-layer final allocation for ``scope="layer"``.
         **kwargs: Common options of :class:`SparsityMethod`.
@@ -43,6 +44,15 @@ class GMP(SparsityMethod):
     name = "gmp"
     supports_sparse_execution = True
     sparse_from_density = 0.3
+    CHECKS = checks(
+        initial_sparsity=number(0, 1, high_open=True),
+        begin_step=integer(0),
+        end_step=integer(0, optional=True),
+        update_interval=integer(1),
+        scope=one_of(SCOPES),
+        distribution=one_of(DISTRIBUTIONS),
+    )
+    RENAMED = renamed(interval="update_interval")
 
     def __init__(
         self,
@@ -50,29 +60,25 @@ class GMP(SparsityMethod):
         initial_sparsity: float = 0.0,
         begin_step: int = 0,
         end_step: int | None = None,
-        interval: int = 100,
+        update_interval: int = 100,
         scope: str = "layer",
         distribution: str = "uniform",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(
-                f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"
-            )
-        if not 0.0 <= initial_sparsity <= self.sparsity:
-            raise ValueError(
-                f"initial_sparsity must be in [0, sparsity={self.sparsity}], got {initial_sparsity}"
+        if not initial_sparsity <= self.sparsity:
+            raise option_error(
+                self.name,
+                f"initial_sparsity must be <= sparsity ({self.sparsity}), got {initial_sparsity}",
             )
         if end_step is None and self.total_steps is None:
-            raise ValueError(
-                f"{self.name} needs total_steps (optimizer steps of the run, e.g. "
-                "len(loader) * epochs) or end_step for its pruning schedule"
+            raise option_error(
+                self.name,
+                "needs total_steps (optimizer steps of the run, e.g. "
+                "len(loader) * epochs) or end_step for its pruning schedule",
             )
         end = end_step if end_step is not None else max(1, int(0.75 * (self.total_steps or 0)))
-        self.schedule = UpdateSchedule(interval, begin_step, end)
+        self.schedule = UpdateSchedule(update_interval, begin_step, end)
         self.initial_sparsity, self.scope, self.distribution = initial_sparsity, scope, distribution
         self._final: dict[str, int] = {}
 

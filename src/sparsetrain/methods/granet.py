@@ -14,8 +14,8 @@ As in the released code (``CIFAR/sparselearning/core.py``: ``pruning`` then
 
 - ``regrow_scope="layer"``: each tensor drops ⌈ζ_t·n_l⌉ and regrows as many (per-tensor counts
   kept); ``"global"`` ranks all tensors together for both.
-- ``regrow_after_pruning=True``: regrowth continues every ``interval`` steps after the pruning
-  window (RigL-like DST at the final sparsity); ``False`` regrows on pruning steps only.
+- ``regrow_after_pruning=True``: regrowth continues every ``update_interval`` steps after the
+  pruning window (RigL-like DST at the final sparsity); ``False`` regrows on pruning steps only.
 - ``initial_mask="erk"``: a start at ``initial_sparsity`` > 0 is a random ERK mask (the
   README's ``--sparse-init ERK``); ``"magnitude"`` prunes by global magnitude instead.
 - ζ: 0.5 → 0.005 (``--prune-rate``, ``CosineDecay``'s ``eta_min``), cosine over total_steps.
@@ -36,7 +36,8 @@ from sparsetrain.criteria import drop_and_grow, get_growth_criterion, get_prune_
 from sparsetrain.distributions import allocate
 from sparsetrain.masking.topk import random_mask
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
-from sparsetrain.methods.gmp import GMP
+from sparsetrain.methods.gmp import GMP, SCOPES
+from sparsetrain.methods.options import checks, number, one_of, option_error
 from sparsetrain.methods.registry import register_method
 from sparsetrain.schedules import cosine_decay, last_update_step
 
@@ -55,7 +56,7 @@ class GraNet(GMP):
         regrow_fraction: ζ at step 0: fraction of active weights dropped and regrown.
         regrow_fraction_end: ζ at ``total_steps`` (cosine decay).
         regrow_scope: ``layer`` (official) or ``global``.
-        regrow_after_pruning: Keep regrowing every ``interval`` steps after ``end_step``.
+        regrow_after_pruning: Keep regrowing every ``update_interval`` steps after ``end_step``.
         initial_mask: ``erk`` (random ERK, official) or ``magnitude``, for initial_sparsity > 0.
         scope: Scope of the gradual pruning: ``global`` (GraNet) or ``layer``.
         prune: Criterion of the regrowth round's drop (default ``magnitude``; see
@@ -64,10 +65,17 @@ class GraNet(GMP):
             ``sparsetrain.criteria.GROWTH_CRITERIA``).
         prune_options: Hyper-parameters of ``prune``.
         grow_options: Hyper-parameters of ``grow``.
-        **kwargs: Options of :class:`GMP` (``interval``, ``begin_step``, ``end_step``, ...).
+        **kwargs: Options of :class:`GMP` (``update_interval``, ``begin_step``, ``end_step``, ...).
     """
 
     name = "granet"
+    CHECKS = checks(
+        regrow_fraction=number(0, 1),
+        regrow_fraction_end=number(0, 1),
+        regrow_scope=one_of(REGROW_SCOPES),
+        initial_mask=one_of(INITIAL_MASKS),
+        scope=one_of(SCOPES),
+    )
 
     def __init__(
         self,
@@ -89,23 +97,18 @@ class GraNet(GMP):
         self.prune_options = criterion_options(self.prune, prune_options)
         self.grow_options = criterion_options(self.grow, grow_options)
         if regrow_scope == "global" and self.prune.selection:
-            raise ValueError(
-                f"prune criterion {prune!r} is per-layer only; use regrow_scope='layer'"
+            raise option_error(
+                self.name, f"prune criterion {prune!r} is per-layer only; use regrow_scope='layer'"
             )
-        for opt, val, valid in (
-            ("regrow_scope", regrow_scope, REGROW_SCOPES),
-            ("initial_mask", initial_mask, INITIAL_MASKS),
-        ):
-            if val not in valid:
-                raise ValueError(f"unknown {opt} {val!r}; valid: {', '.join(valid)}")
-        if not 0.0 <= regrow_fraction_end <= regrow_fraction <= 1.0:
-            raise ValueError(
-                "need 0 <= regrow_fraction_end <= regrow_fraction <= 1, got "
-                f"{regrow_fraction_end!r}, {regrow_fraction!r}"
+        if not regrow_fraction_end <= regrow_fraction:
+            raise option_error(
+                self.name,
+                f"regrow_fraction_end must be <= regrow_fraction ({regrow_fraction!r}), got "
+                f"{regrow_fraction_end!r}",
             )
         if scope == "layer" and regrow_scope == "global":
-            raise ValueError(
-                "regrow_scope='global' would move per-layer counts; use scope='global'"
+            raise option_error(
+                self.name, "regrow_scope='global' would move per-layer counts; use scope='global'"
             )
         self.regrow_fraction, self.regrow_fraction_end = regrow_fraction, regrow_fraction_end
         self.regrow_scope, self.regrow_after_pruning = regrow_scope, regrow_after_pruning

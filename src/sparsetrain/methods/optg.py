@@ -12,8 +12,8 @@ lr_w·σ(β(e − E/2)), lr_w the weight group's current lr (so the user's LR sc
 in the released per-epoch schedule). Between steps ``weight`` holds W ⊙ M and ``weight_raw`` W (see
 :mod:`~sparsetrain.methods._inplace`). Re-selection leaves optimizer state alone (as released).
 
-Options vs the official code: ``mask_lr_mode`` ``corrected`` (default: lr_S = lr_w·r·mask_lr/lr0)
-or ``as_released`` (``mask_lr`` ignored). ``selection`` ``exact`` (ours, default:
+Options vs the official code: ``score_lr_mode`` ``corrected`` (default: lr_S = lr_w·r·score_lr/lr0)
+or ``as_released`` (``score_lr`` ignored). ``selection`` ``exact`` (ours, default:
 exactly round((1 − s)·N) kept, ties at the threshold τ broken by larger |W|) or ``as_released``
 (every score ≥ τ kept: the official strict ``<``). Both keep everything in the early epochs of a
 long run, where ties matter (all S = 0), since there k = N. Short runs (ours):
@@ -32,10 +32,11 @@ import torch
 
 from sparsetrain.masking.topk import select_topk
 from sparsetrain.methods._inplace import InPlaceMethod
+from sparsetrain.methods.options import checks, integer, number, one_of, option_error, renamed
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
 
-MASK_LR_MODES = ("corrected", "as_released")
+SCORE_LR_MODES = ("corrected", "as_released")
 SCORE_OPTIMIZERS = ("sgd", "user")
 SELECTIONS = ("exact", "as_released")
 
@@ -79,12 +80,6 @@ def select_global(
     return list(keep.split([s.numel() for s in scores]))
 
 
-def _int_at_least(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
 class OptG(InPlaceMethod):
     """OptG: global top-k supermask over trainable scores, with the supermask optimizer.
 
@@ -98,8 +93,8 @@ class OptG(InPlaceMethod):
         beta: Slope β of the sigmoid ramp, > 0 (1 in every official config).
         final_epochs_at_target: Last epochs forced to s_target (ours; 0: official).
         beta_ref_epochs: If set, use β·max(1, beta_ref_epochs / E) (short-run alternative).
-        mask_lr: Base lr of the scores (``mask_lr_mode="corrected"`` only; default: lr0).
-        mask_lr_mode: ``corrected`` (default) or ``as_released`` (``mask_lr`` ignored).
+        score_lr: Base lr of the scores (``score_lr_mode="corrected"`` only; default: lr0).
+        score_lr_mode: ``corrected`` (default) or ``as_released`` (``score_lr`` ignored).
         selection: ``exact`` (default, exactly k kept) or ``as_released`` (ties at τ kept).
         score_optimizer: ``sgd`` (default): the released supermask optimizer, SGD with
             momentum 0.9 and no weight decay, stepped with the user's optimizer; ``user``: an
@@ -107,12 +102,29 @@ class OptG(InPlaceMethod):
             Adam-type optimizers ``user`` makes every score move by about lr per step whatever
             its gradient's size, so the scores stop being an accumulated Taylor saliency (on
             MNIST-1D with AdamW it collapsed training).
-        first_layer_dense: Keep the first layer dense (the official ``--first-layer-dense``).
-        last_layer_dense: Keep the last layer dense (the official ``--last-layer-dense``).
-        **kwargs: Common options of :class:`SparsityMethod` (``total_steps`` is required).
+        **kwargs: Common options of :class:`SparsityMethod` (``total_steps`` is required;
+            ``dense_first``/``dense_last`` are the official ``--first-layer-dense`` and
+            ``--last-layer-dense``).
     """
 
     name = "optg"
+    CHECKS = checks(
+        steps_per_epoch=integer(1, optional=True),
+        update_interval=integer(1, optional=True),
+        beta=number(0, low_open=True),
+        final_epochs_at_target=integer(0),
+        beta_ref_epochs=integer(1, optional=True),
+        score_lr=number(0, low_open=True, optional=True),
+        score_lr_mode=one_of(SCORE_LR_MODES),
+        selection=one_of(SELECTIONS),
+        score_optimizer=one_of(SCORE_OPTIMIZERS),
+    )
+    RENAMED = renamed(
+        mask_lr="score_lr",
+        mask_lr_mode="score_lr_mode",
+        first_layer_dense="dense_first",
+        last_layer_dense="dense_last",
+    )
 
     def __init__(
         self,
@@ -122,45 +134,28 @@ class OptG(InPlaceMethod):
         beta: float = 1.0,
         final_epochs_at_target: int = 1,
         beta_ref_epochs: int | None = None,
-        mask_lr: float | None = None,
-        mask_lr_mode: str = "corrected",
+        score_lr: float | None = None,
+        score_lr_mode: str = "corrected",
         selection: str = "exact",
         score_optimizer: str = "sgd",
-        first_layer_dense: bool = False,
-        last_layer_dense: bool = False,
         **kwargs: Any,
     ) -> None:
-        kwargs["dense_first"] = bool(kwargs.get("dense_first", False) or first_layer_dense)
-        kwargs["dense_last"] = bool(kwargs.get("dense_last", False) or last_layer_dense)
         super().__init__(**kwargs)
         if steps_per_epoch is None or self.total_steps is None:
-            raise ValueError(
-                f"{self.name} ramps and re-selects its mask per epoch: pass steps_per_epoch="
+            raise option_error(
+                self.name,
+                "ramps and re-selects its mask per epoch: pass steps_per_epoch="
                 "len(loader) and total_steps=len(loader) * epochs (optimizer steps), got "
-                f"steps_per_epoch={steps_per_epoch!r}, total_steps={self.total_steps!r}"
+                f"steps_per_epoch={steps_per_epoch!r}, total_steps={self.total_steps!r}",
             )
-        self.steps_per_epoch = _int_at_least("steps_per_epoch", steps_per_epoch, 1)
-        interval = steps_per_epoch if update_interval is None else update_interval
-        self.interval = _int_at_least("update_interval", interval, 1)
-        self.final_epochs_at_target = _int_at_least(
-            "final_epochs_at_target", final_epochs_at_target, 0
-        )
-        for opt, val, valid in (
-            ("mask_lr_mode", mask_lr_mode, MASK_LR_MODES),
-            ("selection", selection, SELECTIONS),
-            ("score_optimizer", score_optimizer, SCORE_OPTIMIZERS),
-        ):
-            if val not in valid:
-                raise ValueError(f"unknown {opt} {val!r}; valid: {', '.join(valid)}")
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0 (the sigmoid ramp's slope), got {beta!r}")
-        if mask_lr is not None and not mask_lr > 0:
-            raise ValueError(f"mask_lr must be > 0 or None, got {mask_lr!r}")
+        self.steps_per_epoch = steps_per_epoch
+        self.update_interval = steps_per_epoch if update_interval is None else update_interval
+        self.final_epochs_at_target = final_epochs_at_target
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         if beta_ref_epochs is not None:
-            beta *= max(1.0, _int_at_least("beta_ref_epochs", beta_ref_epochs, 1) / self.epochs)
+            beta *= max(1.0, beta_ref_epochs / self.epochs)
         self.beta = beta
-        self.mask_lr, self.mask_lr_mode, self.selection = mask_lr, mask_lr_mode, selection
+        self.score_lr, self.score_lr_mode, self.selection = score_lr, score_lr_mode, selection
         self.score_optimizer = score_optimizer
         self._scores_opt: Companion | None = None  # the supermask optimizer (see optim.Companion)
         self.scores: list[torch.Tensor] = []
@@ -184,27 +179,29 @@ class OptG(InPlaceMethod):
     def _selects_at(self, step: int) -> bool:
         if step == 0 or step == self._forced_step:
             return True
-        return step % self.interval == 0 and step < (self.total_steps or 0)
+        return step % self.update_interval == 0 and step < (self.total_steps or 0)
 
     def sparsity_at(self, step: int) -> float:
         last = max(min(step, (self.total_steps or 1) - 1), 0)  # no selection at the last step
-        chosen = last // self.interval * self.interval  # the latest selection at or before it
+        chosen = (
+            last // self.update_interval * self.update_interval
+        )  # the latest selection at or before it
         forced = self._forced_step
         if forced is not None and forced <= last:
             chosen = max(chosen, forced)
         return self.sparsity * self.ramp(chosen // self.steps_per_epoch)
 
     def update_steps(self, total_steps: int) -> list[int]:
-        steps = set(range(self.interval, total_steps, self.interval))
+        steps = set(range(self.update_interval, total_steps, self.update_interval))
         forced = self._forced_step
         if forced is not None and 0 < forced < total_steps:
             steps.add(forced)
         return sorted(steps)
 
     def score_lr_factor(self, epoch: int) -> float:
-        """lr_S / lr_w in ``epoch``: r(e), times mask_lr/lr0 when ``mask_lr`` is honoured."""
-        honoured = self.mask_lr_mode == "corrected" and self.mask_lr is not None
-        return self.ramp(epoch) * (self.mask_lr / self._lr0 if honoured else 1.0)  # type: ignore[operator]
+        """lr_S / lr_w in ``epoch``: r(e), times score_lr/lr0 when ``score_lr`` is honoured."""
+        honoured = self.score_lr_mode == "corrected" and self.score_lr is not None
+        return self.ramp(epoch) * (self.score_lr / self._lr0 if honoured else 1.0)  # type: ignore[operator]
 
     def _validate(self, targets: Any, optimizer: torch.optim.Optimizer | None) -> None:
         if optimizer is None:

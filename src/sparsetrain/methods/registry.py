@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from sparsetrain._names import unknown_name
 from sparsetrain.methods.base import SparsityMethod
+from sparsetrain.methods.options import rename_options
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ def create_method(method: str | SparsityMethod, **kwargs: Any) -> SparsityMethod
             )
         return method
     info = get_method_info(method)
+    renamed = method_renames(info.factory)
+    if renamed:  # old spellings: the new name, with a DeprecationWarning (the caller's line)
+        kwargs = rename_options(method, renamed, kwargs, stacklevel=3)
     valid = method_options(info.factory)
     bad = [k for k in kwargs if k not in valid]
     if bad:
@@ -132,6 +136,52 @@ def method_options(factory: Callable[..., Any]) -> dict[str, Any]:
         if not more:
             break
     return out
+
+
+def method_class(factory: Callable[..., Any]) -> type[SparsityMethod] | None:
+    """The class a registered factory builds (a class, or a :func:`preset` of one), if known."""
+    if isinstance(factory, type):
+        return factory
+    made = getattr(factory, "preset", None)
+    return None if made is None else made[0]
+
+
+def method_renames(factory: Callable[..., Any]) -> dict[str, str]:
+    """Old option names a factory still accepts → their new names (see ``RENAMED``)."""
+    cls = method_class(factory)
+    return cls.renamed_options() if cls is not None else {}
+
+
+def canonical_options(
+    method: str,
+    options: dict[str, Any],
+    *,
+    warn: bool = True,
+    prefix: str = "",
+    saved: bool = False,
+) -> dict[str, Any]:
+    """``options`` of registered ``method`` with old option names replaced by the new ones.
+
+    See :func:`sparsetrain.methods.options.rename_options` (``saved``: a config written by an
+    earlier version, with every default written out). Unknown methods: ``options`` unchanged.
+    """
+    if not isinstance(method, str) or method not in _REGISTRY:
+        return dict(options)
+    factory = _REGISTRY[method].factory
+    renamed = method_renames(factory)
+    if not renamed:
+        return dict(options)
+    defaults = method_options(factory) if saved else None
+    return rename_options(
+        method,
+        renamed,
+        options,
+        warn=warn,
+        prefix=prefix,
+        saved=saved,
+        defaults=defaults,
+        stacklevel=3,
+    )
 
 
 def preset(cls: type[SparsityMethod], name: str, **defaults: Any) -> Callable[..., SparsityMethod]:

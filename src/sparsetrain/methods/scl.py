@@ -25,7 +25,7 @@ Our conventions (the paper leaves them open):
 - ``masked_weight_decay=True``: param groups stay as they are; the decay the optimizer is about
   to apply to pruned Ŵ is cancelled (L2-style: ``grad -= wd·Ŵ`` there before the step; AdamW's
   decoupled decay: added back after it).
-- ``lambda_mode="adaptive"`` (an extension) steers λ to ``target_sparsity`` s* by PD control of
+- ``lambda_mode="adaptive"`` (an extension) steers λ to the target ``sparsity`` s* by PD control of
   log λ on the log density after every step (:func:`adapt_lambda`): the damping (in steps)
   anticipates masks in flight, the step of log λ is bounded and scaled by the masks' current LR
   (anti-windup), and λ stays in :data:`LAMBDA_RANGE`. The sparsity reached is reported; it can
@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from sparsetrain.distributions import check_sparsity
 from sparsetrain.methods._inplace import InPlaceMethod
+from sparsetrain.methods.options import checks, integer, number, one_of, option_error, renamed
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
 from sparsetrain.schedules import cubic
@@ -86,10 +86,6 @@ def adapt_lambda(
     return min(LAMBDA_RANGE[1], max(LAMBDA_RANGE[0], lam * math.exp(u)))
 
 
-def _one_of(valid: tuple[str, ...]) -> str:
-    return "one of " + ", ".join(valid)
-
-
 def ste_grad(
     ste: str, m_hat: torch.Tensor, slope: float = 0.1, mask: torch.Tensor | None = None
 ) -> torch.Tensor | None:
@@ -98,8 +94,7 @@ def ste_grad(
     ``leaky_relu``: 1 if m̂ > 0 else ``slope``; ``softplus``: σ(m̂); ``relu``: 1 if m̂ > 0 else 0.
     ``mask`` is 1[m̂ > 0] as a float tensor, if already at hand.
     """
-    if ste not in STES:
-        raise ValueError(f"ste must be {_one_of(STES)}, got {ste!r}")
+    one_of(STES)("scl", "ste", ste)
     if ste == "identity":
         return None
     if ste == "softplus":
@@ -132,11 +127,11 @@ class SCL(InPlaceMethod):
 
     Args:
         lam: λ ≥ 0, the penalty weight (the sparsity knob; the initial λ in adaptive mode).
-        lambda_mode: ``fixed`` (emergent sparsity) or ``adaptive`` (λ tracks target_sparsity).
-        target_sparsity: Sparsity the adaptive mode steers to (alias: ``sparsity``); with
+        lambda_mode: ``fixed`` (emergent sparsity) or ``adaptive`` (λ steered to ``sparsity``).
+        sparsity: Sparsity the adaptive mode steers to (formerly ``target_sparsity``); with
             ``lambda_mode="fixed"`` the sparsity is emergent and a target is refused.
         target_ramp: Adaptive mode: the controller tracks a cubic ramp from 0 to
-            ``target_sparsity`` over this fraction of ``total_steps`` (as GMP and ST-3 prune),
+            ``sparsity`` over this fraction of ``total_steps`` (as GMP and ST-3 prune),
             then the target itself; 0 aims at the target from the first step (which prunes an
             untrained network: on the MNIST-1D CNN at 90% it reached the target by epoch 5 of 40
             and ended 18 points below ST-3).
@@ -159,16 +154,35 @@ class SCL(InPlaceMethod):
     name = "scl"
     sparsity_mode = "emergent"
     emergent_sparsity_note = (
-        "with lambda_mode='fixed' the penalty lam sets it; to reach a target sparsity pass "
-        "lambda_mode='adaptive' together with sparsity= (or target_sparsity=)"
+        "with lambda_mode='fixed' the penalty lam sets it (sparsity= is refused); to reach a "
+        "target sparsity pass "
+        "lambda_mode='adaptive' together with sparsity="
     )
+    CHECKS = checks(
+        lam=number(0),
+        lambda_mode=one_of(LAMBDA_MODES),
+        sparsity=number(0, 1, high_open=True, optional=True),
+        target_ramp=number(0, 1),
+        lambda_gain=number(0),
+        lambda_damping=number(0),
+        ste=one_of(STES),
+        ste_slope=number(0, 1, low_open=True),
+        normalization=one_of(NORMS),
+        regularizer=one_of(REGULARIZERS),
+        mask_init=number(0, low_open=True),
+        mask_lr=number(0, low_open=True),
+        mask_momentum=number(0, 1, high_open=True),
+        mask_optimizer=one_of(MASK_OPTIMIZERS),
+        freeze_step=integer(0, optional=True),
+    )
+    RENAMED = renamed(target_sparsity="sparsity")
 
     def __init__(
         self,
         *,
         lam: float = 0.1,
         lambda_mode: str = "fixed",
-        target_sparsity: float | None = None,
+        sparsity: float | None = None,
         target_ramp: float = 0.5,
         lambda_gain: float = 0.2,
         lambda_damping: float = 30.0,
@@ -184,48 +198,17 @@ class SCL(InPlaceMethod):
         freeze_step: int | None = None,
         **kwargs: Any,
     ) -> None:
-        target = target_sparsity
-        if target is None and lambda_mode == "adaptive":  # `sparsity` is the target's alias
-            target = kwargs.pop("sparsity", None)
-        step_ok = freeze_step is None or (type(freeze_step) is int and freeze_step >= 0)
-        for opt, val, ok, rule in (
-            ("lambda_mode", lambda_mode, lambda_mode in LAMBDA_MODES, _one_of(LAMBDA_MODES)),
-            ("ste", ste, ste in STES, _one_of(STES)),
-            (
-                "mask_optimizer",
-                mask_optimizer,
-                mask_optimizer in MASK_OPTIMIZERS,
-                _one_of(MASK_OPTIMIZERS),
-            ),
-            ("normalization", normalization, normalization in NORMS, _one_of(NORMS)),
-            ("regularizer", regularizer, regularizer in REGULARIZERS, _one_of(REGULARIZERS)),
-            ("lam", lam, lam >= 0 if lambda_mode == "fixed" else lam > 0, ">= 0 (> 0 adaptive)"),
-            ("lambda_gain", lambda_gain, lambda_gain >= 0, ">= 0"),
-            ("target_ramp", target_ramp, 0 <= target_ramp <= 1, "in [0, 1]"),
-            ("lambda_damping", lambda_damping, lambda_damping >= 0, ">= 0"),
-            ("ste_slope", ste_slope, 0 < ste_slope <= 1, "in (0, 1]"),
-            ("mask_init", mask_init, mask_init > 0, "> 0"),
-            ("mask_lr", mask_lr, mask_lr > 0, "> 0"),
-            ("mask_momentum", mask_momentum, 0 <= mask_momentum < 1, "in [0, 1)"),
-            ("freeze_step", freeze_step, step_ok, "an int >= 0 or None"),
-        ):
-            if not ok:
-                raise ValueError(f"{opt} must be {rule}, got {val!r}")
-        if lambda_mode == "adaptive" and target is None:
-            raise ValueError(
-                f"{self.name} with lambda_mode='adaptive' needs the sparsity to reach: pass "
-                "sparsity= (or target_sparsity=)"
+        if lambda_mode == "adaptive" and not lam > 0:
+            raise option_error(
+                self.name, f"lam must be > 0 with lambda_mode='adaptive', got {lam!r}"
             )
-        if lambda_mode == "fixed" and target is not None:
-            raise ValueError(
-                f"{self.name} target_sparsity={target!r} needs lambda_mode='adaptive'; with "
-                "lambda_mode='fixed' the sparsity is emergent (set by the penalty lam)"
+        if lambda_mode == "adaptive" and sparsity is None:
+            raise option_error(
+                self.name,
+                "lambda_mode='adaptive' needs a target: pass sparsity= (the sparsity to reach)",
             )
-        self.targets_sparsity = lambda_mode == "adaptive"
-        if target is not None:
-            kwargs["sparsity"] = check_sparsity(target, "target_sparsity")
-        kwargs.setdefault("sparsity", 0.0)  # fixed λ: no target; sparsity= is refused by the base
-        super().__init__(**kwargs)
+        self.targets_sparsity = lambda_mode == "adaptive"  # fixed: the base refuses sparsity > 0
+        super().__init__(sparsity=0.0 if sparsity is None else sparsity, **kwargs)
         self.lam, self.lambda_mode, self.lambda_gain = float(lam), lambda_mode, lambda_gain
         self.target_ramp = float(target_ramp)
         self.lambda_damping, self._last_sparsity = lambda_damping, 0.0

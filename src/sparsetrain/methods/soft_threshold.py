@@ -11,6 +11,7 @@ from torch import nn
 from sparsetrain.masking.targets import Target
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.base import SparsityTargetWarning
+from sparsetrain.methods.options import checks, number
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
 
@@ -51,6 +52,11 @@ class STR(InPlaceMethod):
     """
 
     name = "str"
+    CHECKS = checks(
+        s_init=number(),
+        threshold_weight_decay=number(0, optional=True),
+        threshold_lr=number(0, low_open=True, optional=True),
+    )
     sparsity_mode = "emergent"
     emergent_sparsity_note = (
         "the weight decay raises the per-layer thresholds: steer it with threshold_weight_decay, "
@@ -67,10 +73,6 @@ class STR(InPlaceMethod):
     ) -> None:
         kwargs.setdefault("sparsity", 0.0)  # no target: reports show it as emergent, not 0.9
         super().__init__(**kwargs)
-        if threshold_weight_decay is not None and threshold_weight_decay < 0:
-            raise ValueError(f"threshold_weight_decay must be >= 0, got {threshold_weight_decay}")
-        if threshold_lr is not None and threshold_lr <= 0:
-            raise ValueError(f"threshold_lr must be > 0, got {threshold_lr}")
         self.s_init = float(s_init)
         self.threshold_weight_decay, self.threshold_lr = threshold_weight_decay, threshold_lr
         self.threshold: nn.Parameter | None = None  # s, one entry per target (s_l = s[l])

@@ -1,13 +1,13 @@
 """ST-3 and ST-3σ: straight-through gradients, soft thresholding and a cubic sparsity ramp.
 
-In optimizer steps: dense until ``ramp_begin_step``; the target rises as s·(1 − (1 − t/T)³)
-until ``ramp_end_step``, then stays at s; threshold, mask and rescale are recomputed after every
-step (as the official code: step t + 1's forward uses the weights after step t). After
-``fix_step`` they are recomputed at s once more, baked into the raw weights and frozen for the
-fine-tune. From the official epochs: ``ramp_begin_step = start_epoch · steps_per_epoch``,
-``ramp_end_step = end_epoch · steps_per_epoch``, ``fix_step = fix_from · steps_per_epoch + 1``
-(it fixes after the first batch of that epoch), ``total_steps = (n_epochs + n_ft_epochs) ·
-steps_per_epoch``.
+In optimizer steps: dense until ``begin_step``; the target rises as s·(1 − (1 − t/T)³) until
+``end_step``, then stays at s; threshold, mask and rescale are recomputed after every step (as
+the official code: step t + 1's forward uses the weights after step t). After ``freeze_step``
+they are recomputed at s once more, baked into the raw weights and frozen for the fine-tune (the
+paper's "fix" phase). From the official epochs: ``begin_step = start_epoch · steps_per_epoch``,
+``end_step = end_epoch · steps_per_epoch``, ``freeze_step = fix_from · steps_per_epoch + 1`` (it
+fixes after the first batch of that epoch), ``total_steps = (n_epochs + n_ft_epochs) ·
+steps_per_epoch``. ``ramp_begin_step``, ``ramp_end_step`` and ``fix_step`` are the old names.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from sparsetrain.methods._st3_parts import (
     WD_SCOPES,
     OrderStatistics,
     abs_buffer,
-    check_choice,
-    check_interval,
     decay_only_weights,
     exact_mask,
     flat_layout,
@@ -38,6 +36,7 @@ from sparsetrain.methods._st3_parts import (
     set_bn_momentum,
     sigma_of,
 )
+from sparsetrain.methods.options import checks, integer, one_of, renamed
 from sparsetrain.methods.registry import preset, register_method
 from sparsetrain.optim import Companion
 from sparsetrain.schedules import cubic
@@ -60,9 +59,10 @@ class ST3(InPlaceMethod):
         all you need for Sparse Training?", WACV 2023, arXiv 2212.01076.
 
     Args:
-        ramp_begin_step: Last dense step; default round(5/170 · total_steps).
-        ramp_end_step: End of the ramp; default round(80/170 · total_steps).
-        fix_step: Bake and freeze after this step; default ``total_steps - finetune_steps``;
+        begin_step: Last dense step; default round(5/170 · total_steps).
+        end_step: End of the ramp; default round(80/170 · total_steps).
+        freeze_step: Bake and freeze the mask after this step; default
+            ``total_steps - finetune_steps``;
             ``None`` without ``total_steps`` (call :meth:`fix` yourself).
         finetune_steps: Fixed-mask steps at the end; default round(10/170 · total_steps).
         sigma: ``None`` (ST-3), ``"dims"`` (ST-3σ, the code's 1/√(Σ dims)) or ``"glorot"``
@@ -79,18 +79,33 @@ class ST3(InPlaceMethod):
             ``update_frequency``); more is a speed option: the last τ_l, c apply in between.
         **kwargs: Common options of :class:`~sparsetrain.methods.base.SparsityMethod`.
 
-    >>> ST3(sparsity=0.9, total_steps=1700).fix_step
+    >>> ST3(sparsity=0.9, total_steps=1700).freeze_step
     1600
     """
 
     name = "st3"
+    CHECKS = checks(
+        begin_step=integer(0, optional=True),
+        end_step=integer(0, optional=True),
+        freeze_step=integer(0, optional=True),
+        finetune_steps=integer(0, optional=True),
+        sigma=one_of((None, *SIGMAS)),
+        bn_momentum=one_of(BN_MODES),
+        weight_decay_scope=one_of(WD_SCOPES),
+        update_interval=integer(1),
+    )
+    RENAMED = renamed(
+        ramp_begin_step="begin_step",
+        ramp_end_step="end_step",
+        fix_step="freeze_step",
+    )
 
     def __init__(
         self,
         *,
-        ramp_begin_step: int | None = None,
-        ramp_end_step: int | None = None,
-        fix_step: int | None = None,
+        begin_step: int | None = None,
+        end_step: int | None = None,
+        freeze_step: int | None = None,
         finetune_steps: int | None = None,
         sigma: str | None = None,
         soft: bool = True,
@@ -101,13 +116,10 @@ class ST3(InPlaceMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_choice("sigma formula", sigma, (None, *SIGMAS))
-        check_choice("bn_momentum", bn_momentum, BN_MODES)
-        check_choice("weight_decay_scope", weight_decay_scope, WD_SCOPES)
-        self.ramp_begin_step, self.ramp_end_step, self.fix_step = resolve_schedule(
-            self.total_steps, ramp_begin_step, ramp_end_step, fix_step, finetune_steps, self.name
+        self.begin_step, self.end_step, self.freeze_step = resolve_schedule(
+            self.total_steps, begin_step, end_step, freeze_step, finetune_steps, self.name
         )
-        self.update_interval = check_interval(update_interval)
+        self.update_interval = update_interval
         self.sigma, self.soft, self.rescale = sigma, bool(soft), bool(rescale)
         self.bn_momentum, self.weight_decay_scope = bn_momentum, weight_decay_scope
         self._tau: list[float] | None = None  # per-target τ_l; None: dense phase
@@ -156,9 +168,9 @@ class ST3(InPlaceMethod):
     def refresh(self, step: int) -> None:
         if self._fixed:
             return
-        if step == self.fix_step:
+        if step == self.freeze_step:
             self._fix()
-        elif step % self.update_interval == 0 or step <= self.ramp_begin_step + 1:
+        elif step % self.update_interval == 0 or step <= self.begin_step + 1:
             self._update(self.sparsity_at(step))  # otherwise τ_l and c stay, applied to new W
 
     def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:
@@ -241,19 +253,19 @@ class ST3(InPlaceMethod):
         self.history.append({"step": self.step, "event": "fix", "nnz": nnz})
 
     def fix(self) -> None:
-        """Bake and freeze now (done automatically after ``fix_step``)."""
+        """Bake and freeze now (done automatically after ``freeze_step``)."""
         self._require_attached()
         self.unpublish()
         self._fix()
         self.publish()
 
     def sparsity_at(self, step: int) -> float:
-        return cubic(step, final=self.sparsity, start=self.ramp_begin_step, end=self.ramp_end_step)
+        return cubic(step, final=self.sparsity, start=self.begin_step, end=self.end_step)
 
     def update_steps(self, total_steps: int) -> list[int]:
-        last = total_steps if self.fix_step is None else min(self.fix_step, total_steps)
-        first, k = self.ramp_begin_step + 1, self.update_interval
-        return [s for s in range(first, last + 1) if s % k == 0 or s in (first, self.fix_step)]
+        last = total_steps if self.freeze_step is None else min(self.freeze_step, total_steps)
+        first, k = self.begin_step + 1, self.update_interval
+        return [s for s in range(first, last + 1) if s % k == 0 or s in (first, self.freeze_step)]
 
     def _extra_state(self) -> dict[str, Any]:
         scale = [None if c is None else c.clone() for c in self._scale]

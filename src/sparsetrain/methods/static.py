@@ -12,6 +12,7 @@ from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densitie
 from sparsetrain.masking.topk import global_topk_masks, random_mask
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
 from sparsetrain.methods.base import SparsityMethod
+from sparsetrain.methods.options import checks, one_of
 from sparsetrain.methods.registry import register_method
 
 INITS = ("random", "snip")
@@ -46,6 +47,7 @@ class Static(SparsityMethod):
 
     name = "static"
     supports_sparse_execution = True
+    CHECKS = checks(distribution=one_of(DISTRIBUTIONS))
 
     def __init__(
         self,
@@ -57,13 +59,8 @@ class Static(SparsityMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(
-                f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"
-            )
         scored = [n for n, c in PRUNE_CRITERIA.items() if not c.selection and n != "random"]
-        if not isinstance(init, str) or init not in ("random", *scored):
-            raise ValueError(f"unknown init {init!r}; valid: {', '.join(['random', *scored])}")
+        one_of(["random", *scored])(self.name, "init", init)  # criteria register at run time
         self.distribution, self.init, self.bernoulli = distribution, init, bernoulli
         self.criterion = None if init == "random" else get_prune_criterion(init)
         self.prune_options = (

@@ -22,15 +22,43 @@ from sparsetrain.config import (
     OptimConfig,
     check_registry_options,
 )
-from sparsetrain.methods import SparsityMethod, create_method, get_method_info, method_options
+from sparsetrain.methods import (
+    SparsityMethod,
+    canonical_options,
+    create_method,
+    get_method_info,
+    method_options,
+)
 
 
 def _registry_error(section: str, exc: Exception) -> ConfigError:
     return ConfigError(f"{section}.name: {exc}")
 
 
+def canonical_method_options(
+    name: str, options: dict[str, Any], *, saved: bool = False
+) -> dict[str, Any]:
+    """``options`` of method ``name`` with old option names replaced by the new ones.
+
+    A user's config gets a ``DeprecationWarning`` per old name (``method.interval`` →
+    ``method.update_interval``); both names given is an error. ``saved``: a ``config.yaml``
+    written by an earlier version (every default written out, so both names may be there with
+    one at its default): renamed silently, so old runs compare equal to new ones.
+
+    Raises:
+        ConfigError: Both an old and its new name given (with differing values, for ``saved``).
+    """
+    try:
+        return canonical_options(name, options, warn=not saved, prefix="method.", saved=saved)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def check_method(cfg: ExperimentConfig) -> dict[str, Any]:
     """Validate the method name and options; return the user's options, type-checked.
+
+    Old option names are accepted with a ``DeprecationWarning`` and returned under their new
+    names (:func:`canonical_method_options`).
 
     Raises:
         ConfigError: Unknown method (with close matches), unknown or reserved key, wrong type.
@@ -40,12 +68,13 @@ def check_method(cfg: ExperimentConfig) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise _registry_error("method", exc) from None
     valid = {k: v for k, v in method_options(info.factory).items() if k not in HARNESS_METHOD_KEYS}
+    options = canonical_method_options(info.name, cfg.method.options)
     for key in HARNESS_METHOD_KEYS:
-        if key in cfg.method.options:
+        if key in options:
             raise ConfigError(
                 f"method.{key} is set by the harness from the data and train.epochs; remove it"
             )
-    return check_registry_options("method", info.name, cfg.method.options, valid)
+    return check_registry_options("method", info.name, options, valid)
 
 
 def method_kwargs(cfg: ExperimentConfig, steps_per_epoch: int) -> dict[str, Any]:
@@ -115,6 +144,22 @@ def takes_sparsity(method: str) -> bool:
     return method != "dense" and info.sparsity_mode == "target"
 
 
+def sparsity_is_option(method: str) -> bool:
+    """Whether ``sparsity`` is one of ``method``'s options.
+
+    True for target methods, and for an emergent method that can aim at a target in one of its
+    modes (SCL's adaptive λ), which declares ``sparsity`` itself with default ``None`` (no
+    target); ``dense`` and purely emergent methods (STR) refuse it.
+    """
+    if takes_sparsity(method):
+        return True
+    try:
+        options = method_options(get_method_info(method).factory)
+    except (ValueError, TypeError):
+        return False
+    return method != "dense" and "sparsity" in options and options["sparsity"] is None
+
+
 def entry_defaults(section: str, name: str) -> dict[str, Any] | None:
     """The options a config may set beside ``name`` in ``section``, with their defaults.
 
@@ -133,7 +178,7 @@ def entry_defaults(section: str, name: str) -> dict[str, Any] | None:
         options = method_options(get_method_info(name).factory)
     except (ValueError, TypeError):
         return None
-    skip = {*HARNESS_METHOD_KEYS, "seed", *(() if takes_sparsity(name) else ("sparsity",))}
+    skip = {*HARNESS_METHOD_KEYS, "seed", *(() if sparsity_is_option(name) else ("sparsity",))}
     return {k: v for k, v in options.items() if k not in skip}
 
 
@@ -150,10 +195,21 @@ def switch_entry(
     Returns:
         ``(dropped, reset)``: the keys removed for each reason.
     """
+    if section == "method":  # old names of `old`'s options (not those set for `new`): renamed
+        theirs = {k: v for k, v in options.items() if k not in keep}
+        try:
+            renamed = canonical_options(old, theirs, prefix="method.", saved=True)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+        renamed.update({k: v for k, v in options.items() if k in keep})
+        options.clear()
+        options.update(renamed)
     valid = entry_defaults(section, new)
     if valid is None or old == new:
         return [], []
     before = entry_defaults(section, old) or {}
+    if section == "method" and not takes_sparsity(new):  # SCL: a target only when asked for
+        valid = {k: v for k, v in valid.items() if k != "sparsity"}
     dropped, reset = [], []
     for key in [k for k in options if k != "name" and k not in keep]:
         if key not in valid:
@@ -182,22 +238,28 @@ def resolved_dict(raw: dict[str, Any]) -> dict[str, Any]:
     As ``config.yaml`` is written now; ``raw`` itself when it no longer validates (then
     compared as saved). A config saved before an option existed then compares equal to one that
     holds the option's default (resume checks, report pooling).
+    Old method option names become the new ones (silently: a run saved before a rename pools
+    with runs saved after it).
     """
     try:
-        return resolve_config(ExperimentConfig.from_dict(raw)).to_dict()
+        return resolve_config(ExperimentConfig.from_dict(raw), saved=True).to_dict()
     except ConfigError:
         return raw
 
 
-def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
+def resolve_config(cfg: ExperimentConfig, *, saved: bool = False) -> ExperimentConfig:
     """``cfg`` validated, with every data, model and method option's default written out.
 
     This is what a run directory's ``config.yaml`` holds. ``method.seed`` stays unset unless
-    given (it follows ``train.seed``), and so do the keys the harness derives.
+    given (it follows ``train.seed``), and so do the keys the harness derives. Old method
+    option names are written under their new names (``saved``: as in
+    :func:`canonical_method_options`).
 
     Raises:
         ConfigError: As :func:`check_config`.
     """
+    options = canonical_method_options(cfg.method.name, cfg.method.options, saved=saved)
+    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, options=options))
     check_config(cfg)
     out = cfg
     for section in ("data", "model", "method"):
