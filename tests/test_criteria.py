@@ -137,12 +137,12 @@ def test_random_criterion_select_is_seeded_and_exact() -> None:
 def test_grad_criteria_need_grad() -> None:
     for name in ("mest", "snip", "sensitivity", "reciprocal_sensitivity", "taylor", "gradstep"):
         crit = get_prune_criterion(name)
-        assert crit.needs_grad and crit.order == "after"
+        assert crit.needs_grad and crit.default_order == "pre_step"
         with pytest.raises(ValueError, match=rf"{name}.*needs the dense gradient"):
             crit.scores(W, None)
     for name in ("magnitude", "set", "set_as_released", "random"):
         crit = get_prune_criterion(name)
-        assert not crit.needs_grad and crit.order == "before"
+        assert not crit.needs_grad and crit.default_order == "post_step"
 
 
 def test_set_rules_are_not_scores() -> None:
@@ -248,7 +248,7 @@ def select_topk_growth(
     name: str, grad: torch.Tensor | None, mom: torch.Tensor | None, cand: torch.Tensor, n: int
 ) -> torch.Tensor:
     """Deterministic growth as the DST methods do it: top-n growth scores among candidates."""
-    return select_topk(growth_scores(name, grad, mom), n, cand)
+    return select_topk(get_growth_criterion(name).scores(None, grad, momentum=mom), n, cand)
 
 
 def test_grow_random_exact_among_candidates() -> None:
@@ -301,10 +301,13 @@ def test_momentum_growth_uses_abs_momentum() -> None:
 
 def test_growth_scores_errors() -> None:
     with pytest.raises(ValueError, match="'gradient' needs the dense gradient"):
-        growth_scores("gradient", None, torch.zeros(2))
+        get_growth_criterion("gradient").scores(None, None, momentum=torch.zeros(2))
     with pytest.raises(ValueError, match="'momentum' needs an optimizer with momentum"):
-        growth_scores("momentum", torch.zeros(2), None)
-    with pytest.raises(ValueError, match="'random' has no score"):
+        get_growth_criterion("momentum").scores(None, torch.zeros(2), momentum=None)
+    with (
+        pytest.warns(DeprecationWarning, match="growth_scores"),
+        pytest.raises(ValueError, match="'random' has no score"),
+    ):
         growth_scores("random", torch.zeros(2), torch.zeros(2))
 
 
