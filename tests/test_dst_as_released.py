@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from dst_runs import train_dst
 from sparsetrain import create_method
 
 
@@ -59,29 +60,6 @@ def test_regrown_value_kept_for_weights_dropped_and_regrown_in_one_update():
             assert (t.param.detach()[again] == 0).all()
 
 
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)
-    )
-
-
-def _train(steps: int, momentum: float = 0.9, **options: object):
-    model = _mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
-    method = create_method("dst", sparsity=0.8, total_steps=steps, **options).attach(model, opt)
-    losses = []
-    for step in range(steps):
-        g = torch.Generator().manual_seed(step)
-        x = torch.randn(16, 16, generator=g)
-        loss = nn.functional.cross_entropy(model(x), (x.sum(1) > 0).long())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses, [t.mask.clone() for t in method.targets], method
-
-
 def test_kept_regrown_value_is_the_same_in_sparse_execution() -> None:
     # a weight dropped and regrown in one update keeps its value in masked-dense execution;
     # sparse execution used to restart it from zero, so the runs drifted apart
@@ -92,8 +70,8 @@ def test_kept_regrown_value_is_the_same_in_sparse_execution() -> None:
         drop_fraction=0.9,
         drop_fraction_end=0.5,
     )
-    dense_losses, dense_masks, _ = _train(10, **opts)
-    sparse_losses, sparse_masks, _ = _train(10, execution="sparse", **opts)
+    dense_losses, dense_masks, _ = train_dst(10, **opts)
+    sparse_losses, sparse_masks, _ = train_dst(10, execution="sparse", **opts)
     assert sparse_losses == pytest.approx(dense_losses, abs=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(dense_masks, sparse_masks, strict=True))
 
@@ -102,6 +80,8 @@ def test_momentum_growth_without_momentum_state_in_both_scopes() -> None:
     # SGD without momentum keeps no momentum buffer: momentum growth reads zero momentum in
     # both scopes (the global scope used to raise while the layer scope went on)
     for scope in ("layer", "global"):
-        _, masks, method = _train(4, momentum=0.0, update_interval=1, grow="momentum", scope=scope)
+        _, masks, method = train_dst(
+            4, momentum=0.0, update_interval=1, grow="momentum", scope=scope
+        )
         assert sum(int(m.sum()) for m in masks) == method.global_target_count()
         assert len(method.history) == 3  # updates at steps 1, 2, 3 (none at the final step)

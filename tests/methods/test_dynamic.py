@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from dst_runs import train_dst
 from sparsetrain import create_method
 
 
@@ -252,34 +253,6 @@ def test_prune_options_reach_the_criterion_and_bad_ones_are_refused() -> None:
 # --------------------------------------------------------------------------- threads
 
 
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)
-    )
-
-
-def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(step)
-    x = torch.randn(16, 16, generator=g)
-    return x, (x.sum(1) > 0).long()
-
-
-def _train(steps: int, momentum: float = 0.9, **options: object):
-    model = _mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
-    method = create_method("dst", sparsity=0.8, total_steps=steps, **options).attach(model, opt)
-    losses = []
-    for step in range(steps):
-        x, y = _batch(step)
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses, [t.mask.clone() for t in method.targets], method
-
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -295,9 +268,9 @@ def test_threaded_update_equals_the_single_threaded_one(threads: int, options) -
         pytest.skip("the 1-thread run is the reference of the 2-thread one")
     opts = dict(update_interval=2, **options)
     torch.set_num_threads(1)
-    ref_losses, ref_masks, ref = _train(6, **opts)
+    ref_losses, ref_masks, ref = train_dst(6, **opts)
     torch.set_num_threads(threads)
-    losses, masks, method = _train(6, **opts)
+    losses, masks, method = train_dst(6, **opts)
     assert losses == ref_losses
     assert all(torch.equal(a, b) for a, b in zip(masks, ref_masks, strict=True))
     assert method.history == ref.history
