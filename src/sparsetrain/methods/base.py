@@ -88,10 +88,12 @@ from sparsetrain.methods._execution import SparseExecution
 from sparsetrain.methods.options import (
     Check,
     check_options,
+    checks,
     integer,
     number,
     one_of,
     rename_options,
+    renamed,
 )
 from sparsetrain.optim import check_state, param_ids, zero_preserving, zero_state
 from sparsetrain.report import LayerRow, SparsityReport
@@ -223,18 +225,18 @@ def _declared_init(owner: type, init: Callable[..., None]) -> Callable[..., None
     to its base gets it checked there too.
     """
     params = inspect.signature(init).parameters
-    checks = owner.__dict__.get("CHECKS", {})
-    missing = [k for k in checks if k not in params]
+    declared = owner.__dict__.get("CHECKS", {})
+    missing = [k for k in declared if k not in params]
     if missing:
         raise TypeError(f"{owner.__name__}.CHECKS names options its __init__ lacks: {missing}")
-    defaults = {k: params[k].default for k in checks if params[k].default is not params[k].empty}
+    defaults = {k: params[k].default for k in declared if params[k].default is not params[k].empty}
 
     @functools.wraps(init)
     def __init__(self: SparsityMethod, *args: Any, **kwargs: Any) -> None:
-        renamed = type(self).renamed_options()
-        if renamed:
-            kwargs = rename_options(self.name, renamed, kwargs, stacklevel=3)
-        check_options(self.name, checks, {**defaults, **kwargs})
+        old_names = type(self).renamed_options()
+        if old_names:
+            kwargs = rename_options(self.name, old_names, kwargs, stacklevel=3)
+        check_options(self.name, declared, {**defaults, **kwargs})
         init(self, *args, **kwargs)
 
     return __init__
@@ -296,17 +298,17 @@ class SparsityMethod(SparseExecution):
     sparse_execution_note: ClassVar[str] = (
         "needs dense gradients or dense weights every step, so it keeps the dense path"
     )
-    CHECKS: ClassVar[Mapping[str, Check]] = {
-        "sparsity": number(0, 1, high_open=True),
-        "total_steps": integer(1, optional=True),
-        "seed": integer(),
-        "execution": one_of(EXECUTIONS),
-        "execution_batch_size": integer(1, optional=True),
-        "weight_init": one_of(WEIGHT_INITS),
-    }
+    CHECKS: ClassVar[Mapping[str, Check]] = checks(
+        sparsity=number(0, 1, high_open=True),
+        total_steps=integer(1, optional=True),
+        seed=integer(),
+        execution=one_of(EXECUTIONS),
+        execution_batch_size=integer(1, optional=True),
+        weight_init=one_of(WEIGHT_INITS),
+    )
     """Declared checks of the options of *this class's* constructor (see
     :mod:`~sparsetrain.methods.options`); each subclass declares its own."""
-    RENAMED: ClassVar[Mapping[str, str]] = {}
+    RENAMED: ClassVar[Mapping[str, str]] = renamed()
     """Old option name → new name, accepted for one release (subclasses inherit them)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
