@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsetrain import create_method, get_method_info, list_methods
+from sparsetrain import create_method, get_method_info, list_methods, param_groups
 from sparsetrain.methods.registry import method_options
 
 STEPS = 30
@@ -31,9 +31,10 @@ FAST: dict[str, dict[str, object]] = {
     "st3_sigma": {"begin_step": 2, "end_step": 15, "freeze_step": 25},
 }
 
+# optimizer class, its options and the weight decay (given through sparsetrain.param_groups)
 OPTIMIZERS = {
-    "sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
-    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=1e-2),
+    "sgd": (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}, 1e-3),
+    "adamw": (torch.optim.AdamW, {"lr": 1e-2}, 1e-2),
 }
 
 
@@ -55,17 +56,24 @@ def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x.sum(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, 0] > 0).long()
 
 
-def build(name: str, opt_name: str = "sgd"):
+def build(name: str, opt_name: str = "sgd", *, attach: bool = True, recipe: bool = True):
+    """Model, optimizer and method, attached unless told not.
+
+    The optimizer is built from the method's recipe groups (``sparsetrain.param_groups``), or
+    with ``recipe=False`` from ``model.parameters()`` with one weight decay for all.
+    """
     model = make_model()
-    opt = OPTIMIZERS[opt_name](model.parameters())
     kwargs: dict[str, object] = {"total_steps": STEPS, **FAST.get(name, {})}
     info = get_method_info(name)
     if info.sparsity_mode == "target" and name != "dense":
         kwargs["sparsity"] = SPARSITY
     valid = method_options(info.factory)
     kwargs = {k: v for k, v in kwargs.items() if k in valid}
-    method = create_method(name, **kwargs).attach(model, opt)
-    return model, opt, method
+    method = create_method(name, **kwargs)
+    cls, options, wd = OPTIMIZERS[opt_name]
+    groups = param_groups(model, method if recipe else "dense", weight_decay=wd)
+    opt = cls(groups, **options)
+    return model, opt, method.attach(model, opt) if attach else method
 
 
 def train_step(model, opt, step: int) -> float:

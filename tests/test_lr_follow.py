@@ -1,8 +1,8 @@
 """Every parameter a method trains follows the LR schedule, step by step.
 
-Methods never add parameter groups to the user's optimizer: OptG's scores, SCL's mask variables,
-STR's thresholds and ST-3's biases/normalisation (no weight decay) are stepped by a
-``sparsetrain.optim.Companion`` whose groups take the LR of a user group at every step.
+Methods never add parameter groups to the user's optimizer: OptG's scores, SCL's mask variables
+and STR's thresholds are stepped by a ``sparsetrain.optim.Companion`` whose groups take the LR
+of a user group at every step.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from sparsetrain.train.experiment import build_run, load_splits
 from sparsetrain.train.loop import forward_backward, update
 
 CASES = {
-    "st3": dict(sparsity=0.5, end_step=4),
     "str": dict(threshold_lr=0.05, threshold_weight_decay=0.0),
     "scl": dict(lam=0.1, mask_lr=0.02),
     "scl-user": dict(lam=0.1, mask_lr=0.02, mask_optimizer="user"),
@@ -66,40 +65,7 @@ def test_companion_lr_follows_a_user_scheduler(case: str, before: bool) -> None:
         assert len(opt.param_groups) == n_groups
 
 
-def test_st3_moves_biases_out_and_back_with_their_state() -> None:
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()  # momentum state for every parameter
-    bias = model[0].bias
-    buf = opt.state[bias]["momentum_buffer"].clone()
-    method = sparsetrain.create_method("st3", sparsity=0.5, total_steps=8, end_step=4)
-    method.attach(model, opt)
-    assert bias not in opt.state and all(bias is not p for p in opt.param_groups[0]["params"])
-    assert torch.equal(method._free.opt.state[bias]["momentum_buffer"], buf)
-    method.detach()
-    assert any(bias is p for p in opt.param_groups[0]["params"])
-    assert torch.equal(opt.state[bias]["momentum_buffer"], buf)
-
-
-def test_st3_free_group_gets_no_decay_and_no_stale_gradient() -> None:
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
-    method = sparsetrain.create_method("st3", sparsity=0.5, total_steps=8, end_step=4)
-    method.attach(model, opt)
-    bias = model[3].bias
-    before = bias.detach().clone()
-    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    opt.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    g = bias.grad.clone()
-    opt.step()
-    torch.testing.assert_close(bias.detach(), before - 0.1 * g)  # plain SGD, no decay term
-    assert bias.grad is None  # cleared, as the user's zero_grad() would
-
-
-@pytest.mark.parametrize("case", ["st3", "str", "scl", "optg"])
+@pytest.mark.parametrize("case", ["str", "scl", "optg"])
 def test_harness_schedule_reaches_every_group_at_every_step(case: str) -> None:
     opts = {k: v for k, v in CASES[case].items() if k != "steps_per_epoch"}
     cfg = ExperimentConfig.from_dict(

@@ -11,7 +11,7 @@ from torch import nn
 
 from sparsetrain import create_method
 from sparsetrain.methods.base import SparsityMethod
-from sparsetrain.optim import momentum_of, param_ids, remove_params, zero_preserving, zero_state
+from sparsetrain.optim import momentum_of, param_ids, zero_preserving, zero_state
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 OptFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -285,17 +285,3 @@ def test_param_ids() -> None:
     a, b = nn.Parameter(torch.ones(1)), nn.Parameter(torch.ones(1))
     opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
     assert param_ids(opt) == {id(a), id(b)}
-
-
-def test_remove_params_from_shared_and_own_groups() -> None:
-    w, b, s, m = (torch.nn.Parameter(torch.ones(2)) for _ in range(4))
-    opt = torch.optim.SGD([w, b], lr=0.1, momentum=0.9)
-    opt.param_groups[0]["params"].append(s)  # joined the weights' group
-    opt.add_param_group({"params": [m], "lr": 0.5})  # its own group
-    for p in (w, b, s, m):
-        p.grad = torch.ones(2)
-    opt.step()
-    remove_params(opt, [s, m])
-    assert len(opt.param_groups) == 1
-    assert opt.param_groups[0]["params"] == [w, b]
-    assert set(opt.state) == {w, b}

@@ -5,6 +5,10 @@ Two-line integration into a plain training loop::
     method = sparsetrain.create_method("rigl", sparsity=0.9, total_steps=len(loader) * epochs)
     method.attach(model, optimizer)   # optimizer.step() now drives the method
 
+A method never edits the optimizer; where its recipe wants per-parameter hyper-parameters
+(ST-3: no weight decay on biases and norms), build the optimizer from
+``sparsetrain.param_groups(model, method, weight_decay=...)``.
+
 See ``sparsetrain.methods.base`` for the hook order and ``sparsetrain.masking`` for where
 masks live.
 """
@@ -18,6 +22,7 @@ from sparsetrain.methods import (
     DynamicSparse,
     MethodInfo,
     Plan,
+    RecipeWarning,
     ScheduleWarning,
     SparsityMethod,
     SparsityTargetWarning,
@@ -26,6 +31,7 @@ from sparsetrain.methods import (
     create_method,
     get_method_info,
     list_methods,
+    param_groups,
     register_method,
 )
 from sparsetrain.report import SparsityReport, SparsityTargetError
@@ -38,6 +44,7 @@ __all__ = [
     "DynamicSparse",
     "MethodInfo",
     "Plan",
+    "RecipeWarning",
     "ScheduleWarning",
     "SparsityMethod",
     "SparsityReport",
@@ -53,6 +60,7 @@ __all__ = [
     "distributions",
     "get_method_info",
     "list_methods",
+    "param_groups",
     "register_method",
     "schedules",
     "select_targets",

@@ -116,20 +116,6 @@ def zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
     return type(optimizer).__module__.startswith("torch.optim")
 
 
-def remove_params(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> None:
-    """Take ``params`` out of ``optimizer``: out of every group, groups left empty, their state.
-
-    Undoes what a method added at ``attach`` (scores, mask variables, thresholds), whether it
-    joined an existing group or got its own.
-    """
-    ids = {id(p) for p in params}
-    for group in optimizer.param_groups:
-        group["params"][:] = [p for p in group["params"] if id(p) not in ids]
-    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
-    for p in [p for p in optimizer.state if id(p) in ids]:
-        del optimizer.state[p]
-
-
 def group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, Any]:
     """The parameter group of ``optimizer`` that holds ``param``.
 
@@ -148,14 +134,13 @@ _CTOR_SKIP = {"params", "initial_lr", "lr_scale"}
 class Companion:
     """The optimizer a method keeps for its own parameters, following the user's LR schedule.
 
-    Why: a method that adds parameters (OptG's scores, SCL's mask variables, STR's thresholds)
-    or needs other hyper-parameters for some of the model's (ST-3: no weight decay on biases and
-    normalisation) never adds a parameter group to the user's optimizer. A group added at
-    ``attach`` would surprise every LR scheduler built before it (PyTorch's schedulers zip their
+    Why: a method that adds parameters (OptG's scores, SCL's mask variables, STR's thresholds) never
+    adds a parameter group to the user's optimizer, nor moves a parameter out of it. A group added
+    at ``attach`` would surprise every LR scheduler built before it (PyTorch's schedulers zip their
     ``base_lrs`` with the groups, strictly) and would be missed by any code that captured the
-    groups' LRs. Instead, each companion group is *linked* to a parameter of the user's
-    optimizer (its anchor): before every companion step its LR is set to the anchor group's
-    current LR times the group's ``scale``. Whatever drives the user's LR (the harness, a
+    groups' LRs. Instead, each companion group is *linked* to a parameter of the user's optimizer
+    (its anchor): before every companion step its LR is set to the anchor group's current LR times
+    the group's ``scale``. Whatever drives the user's LR (the harness, a
     ``torch.optim.lr_scheduler`` built before or after ``attach``, Lightning, the Hugging Face
     Trainer) therefore drives these groups too, with nothing to register.
 
@@ -163,6 +148,12 @@ class Companion:
     SCL's mask SGD) or an optimizer of the user's class built from the anchor group's
     hyper-parameters (``kind="like"``), so a group in it updates exactly as the same group inside
     the user's optimizer would. Its state is saved by the method's ``state_dict``.
+
+    Mixed precision: the companion's parameters never get a gradient from autograd. The method
+    forms their gradients in the step pre-hook from the user's parameters' gradients, which a
+    ``GradScaler`` has unscaled and checked for inf/NaN by then, and steps them inside the user's
+    ``optimizer.step()``: so they are unscaled before their step, and a step the scaler skips
+    steps none of them (tested for every method in ``tests/test_user_optimizer.py``).
 
     Args:
         user: The user's optimizer (holds the anchors).
@@ -175,7 +166,6 @@ class Companion:
         self.user, self.kind = user, kind
         self.opt: torch.optim.Optimizer | None = None
         self._anchors: list[torch.Tensor] = []
-        self._taken: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # (anchor, moved params)
 
     def add(
         self,
@@ -183,7 +173,6 @@ class Companion:
         anchor: torch.Tensor,
         *,
         scale: float = 1.0,
-        take: bool = False,
         **overrides: Any,
     ) -> int:
         """Add a group over ``params`` following ``anchor``'s group; returns its index.
@@ -193,18 +182,11 @@ class Companion:
             anchor: A parameter of the user's optimizer whose group's LR this group follows
                 (and, for ``kind="like"``, whose hyper-parameters it copies).
             scale: LR of this group / LR of the anchor's group (change with :meth:`set_scale`).
-            take: Move ``params`` (and their optimizer state) out of the user's optimizer;
-                :meth:`release` puts them back.
             **overrides: Hyper-parameters that differ from the anchor group's (or SGD's).
         """
         home = group_of(self.user, anchor)
         hp = {k: v for k, v in home.items() if k not in _CTOR_SKIP} if self.kind == "like" else {}
         hp = hp | overrides | {"lr": float(home["lr"]) * scale}
-        if take:
-            moved = {id(p) for p in params}
-            state = {p: self.user.state.pop(p) for p in params if p in self.user.state}
-            home["params"][:] = [p for p in home["params"] if id(p) not in moved]
-            self._taken.append((anchor, list(params)))
         group = {"params": list(params), **hp, "lr_scale": scale}
         if self.opt is None:
             cls = torch.optim.SGD if self.kind == "sgd" else type(self.user)
@@ -217,8 +199,6 @@ class Companion:
                 ) from None
         else:
             self.opt.add_param_group(group)
-        if take:
-            self.opt.state.update(state)
         self._anchors.append(anchor)
         return len(self._anchors) - 1
 
@@ -249,16 +229,8 @@ class Companion:
             self.opt.zero_grad(set_to_none=True)
 
     def release(self) -> None:
-        """Give moved parameters and their state back to the anchors' groups; drop the rest."""
-        opt = self.opt
-        for anchor, params in self._taken:
-            home = group_of(self.user, anchor)
-            home["params"].extend(params)
-            if opt is not None:
-                for p in params:
-                    if p in opt.state:
-                        self.user.state[p] = opt.state.pop(p)
-        self._taken, self._anchors, self.opt = [], [], None
+        """Drop the companion's groups and state (at ``detach``)."""
+        self._anchors, self.opt = [], None
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.opt is None else self.opt.state_dict()

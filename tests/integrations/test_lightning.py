@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")  # part of the dev install: never skipped in CI
 
+import sparsetrain  # noqa: E402
 from sparsetrain.integrations.lightning import SparsityCallback  # noqa: E402
 
 EPOCHS, BATCHES = 4, 4  # 16 optimizer steps
@@ -110,3 +111,68 @@ def test_resume_from_checkpoint_is_bit_identical(
     for t, u in zip(cb.method.targets, cb2.method.targets, strict=True):
         assert torch.equal(t.mask, u.mask), t.name
     assert cb.method.history == cb2.method.history
+
+
+class Recipe(Tiny):
+    """Builds its optimizer from the recipe groups, with weight decay, as the README says."""
+
+    def __init__(self, method: str, inf_batch: int | None = None) -> None:
+        super().__init__()
+        self.method, self.inf_batch = method, inf_batch
+
+    def training_step(self, batch: Any, index: int) -> torch.Tensor:
+        loss = super().training_step(batch, index)
+        at_inf = self.inf_batch is not None and self.trainer.global_step == self.inf_batch
+        return loss * float("inf") if at_inf and not getattr(self, "_done", False) else loss
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        if self.inf_batch is not None and self.trainer.global_step > self.inf_batch:
+            self._done = True  # one infinite loss only (the skipped step repeats global_step)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = sparsetrain.param_groups(self, self.method, weight_decay=1e-3)
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+
+
+MIXED = [
+    ("rigl", {"sparsity": 0.8, "update_interval": 3}),
+    ("st3", {"sparsity": 0.8}),
+    ("optg", {"sparsity": 0.8}),
+    ("scl", {"lam": 0.1}),
+    ("str", {"threshold_weight_decay": 1e-2}),
+]
+
+
+def _tensors(x: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return {prefix: x} if x.is_floating_point() else {}
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else []
+    return {k: v for i, y in items for k, v in _tensors(y, f"{prefix}/{i}").items()}
+
+
+def _mixed_fit(tmp_path: Path, name: str, options: dict[str, Any], scaler: bool, inf: bool):
+    plugin = pl.plugins.precision.MixedPrecision(
+        "16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024) if scaler else None
+    )
+    model, cb = Recipe(name, inf_batch=5 if inf else None), SparsityCallback(name, **options)
+    run = trainer(tmp_path, cb, logger=False, enable_checkpointing=False, plugins=[plugin])
+    run.fit(model, loader())
+    return model, cb.method, plugin
+
+
+@pytest.mark.parametrize(("name", "options"), MIXED, ids=[m for m, _ in MIXED])
+def test_fp16_grad_scaler_gives_the_unscaled_run_and_skips_inf_steps(
+    tmp_path: Path, name: str, options: dict[str, Any]
+) -> None:
+    plain, m_plain, _ = _mixed_fit(tmp_path, name, options, scaler=False, inf=False)
+    scaled, m_scaled, _ = _mixed_fit(tmp_path, name, options, scaler=True, inf=False)
+    for (k, a), (_, b) in zip(plain.state_dict().items(), scaled.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert m_plain.step == m_scaled.step == EPOCHS * BATCHES
+    _, m_inf, plugin = _mixed_fit(tmp_path, name, options, scaler=True, inf=True)
+    assert plugin.scaler.get_scale() == 512.0  # the infinite step was skipped
+    assert m_inf.step == EPOCHS * BATCHES - 1  # ... and counted by no method
+    for t in m_inf.targets:
+        assert t.param.isfinite().all(), t.name  # nothing the method owns took the inf step
+    for key, value in _tensors(m_inf.state_dict()["extra"]).items():
+        assert value.isfinite().all(), key  # scores, mask variables, thresholds, their state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: models come from configs
 transformers = pytest.importorskip("transformers")  # part of the dev install: never skipped in CI
 
+import sparsetrain  # noqa: E402
 from sparsetrain import create_method  # noqa: E402
 from sparsetrain.integrations.transformers import (  # noqa: E402
     STATE_FILE,
     SparsityCallback,
     default_targets,
+    recipe_optimizer,
 )
 
 STEPS = 8
@@ -151,3 +154,61 @@ def test_methods_with_their_own_parameters_resume_bit_identical(
         straight.state_dict().items(), resumed.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), k
+
+
+def _amp_trainer(out: Path, model: Any, cb: SparsityCallback, precision: str, recipe: str | None):
+    args = transformers.TrainingArguments(
+        output_dir=str(out),
+        max_steps=STEPS,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        weight_decay=0.01,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **{precision: True},
+    )
+    opt = None if recipe is None else recipe_optimizer(model, args, recipe)
+    return transformers.Trainer(
+        model=model, args=args, train_dataset=Data(), callbacks=[cb], optimizers=(opt, None)
+    )
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_recipe_optimizer_and_mixed_precision_leave_the_optimizer_as_built(
+    tmp_path: Path, precision: str
+) -> None:
+    model = tiny_bert()
+    cb = SparsityCallback("st3", sparsity=0.5)
+    run = _amp_trainer(tmp_path, model, cb, precision, recipe="st3")
+    opt = run.optimizer
+    before = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    ids = [[id(p) for p in g["params"]] for g in opt.param_groups]
+    embeddings = model.bert.embeddings.word_embeddings.weight
+    assert [g["weight_decay"] for g in before] == [0.01, 0.0]
+    assert id(embeddings) in ids[1] and id(model.classifier.weight) in ids[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sparsetrain.RecipeWarning)  # the recipe's own groups
+        run.train()
+    assert cb.method is not None and cb.method.step == STEPS
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == ids
+    after = [
+        {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+        for g in opt.param_groups
+    ]
+    assert after == [{k: v for k, v in g.items() if k not in ("lr", "initial_lr")} for g in before]
+    assert abs(cb.report.sparsity - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("name", ["optg", "scl", "str"])
+def test_own_parameters_train_under_fp16_autocast(tmp_path: Path, name: str) -> None:
+    options = {"optg": {"sparsity": 0.5, "steps_per_epoch": 2}, "scl": {"lam": 0.1}, "str": {}}
+    cb = SparsityCallback(name, **options[name])
+    _amp_trainer(tmp_path, tiny_bert(), cb, "fp16", recipe=None).train()
+    assert cb.method is not None and cb.method.step == STEPS
+    extra = cb.method.state_dict()["extra"]
+    owned = {"optg": extra.get("scores"), "scl": extra.get("mask_vars"), "str": [extra.get("s")]}
+    assert owned[name] and all(torch.isfinite(t).all() for t in owned[name])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
+import sparsetrain
 from sparsetrain.methods import create_method
 from sparsetrain.methods._st3_parts import OrderStatistics, quantile, sigma_of
 from sparsetrain.methods.st3 import ST3
@@ -238,24 +240,43 @@ def test_bn_momentum_option() -> None:
     assert model[1].momentum == 0.1
 
 
-def test_weight_decay_only_on_weights() -> None:
+def test_recipe_groups_leave_the_optimizer_as_built() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    method = ST3(sparsity=0.5, end_step=1).attach(model, opt)
-    (decayed,) = opt.param_groups  # the user's groups stay: schedulers built before keep working
-    (free,) = method._free.groups
-    assert [id(p) for p in decayed["params"]] == [id(t.param) for t in method.targets]
-    assert decayed["weight_decay"] == 1e-4 and free["weight_decay"] == 0.0
-    assert {id(p) for p in free["params"]} == {
-        id(p) for p in (model[0].bias, model[1].weight, model[1].bias, model[2].bias)
-    }
-    assert free["lr"] == 0.1 and free["momentum"] == 0.9
+    method = ST3(sparsity=0.5, end_step=1)
+    groups = sparsetrain.param_groups(model, method, weight_decay=1e-4)
+    decayed, free = ({id(p) for p in g["params"]} for g in groups)
+    assert decayed == {id(model[0].weight), id(model[2].weight)}
+    assert free == {id(p) for p in (model[0].bias, model[1].weight, model[1].bias, model[2].bias)}
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
+    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    before = [dict(g, params=list(g["params"])) for g in opt.param_groups]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the recipe's groups: no RecipeWarning
+        method.attach(model, opt)
+    assert opt.param_groups == before
     method.detach()
-    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 6
+    assert opt.param_groups == before
+
+
+def test_other_groups_are_used_as_given_with_one_warning() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
-    ST3(sparsity=0.5, end_step=1, weight_decay_scope="as_given").attach(model, opt)
+    before = [dict(g, params=list(g["params"])) for g in opt.param_groups]
+    with pytest.warns(
+        sparsetrain.RecipeWarning, match=r"decays 2 parameter\(s\).*0\.bias, 1\.bias"
+    ):
+        ST3(sparsity=0.5, end_step=1).attach(model, opt)
+    assert opt.param_groups == before and not opt.state
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ST3(sparsity=0.5, end_step=1, weight_decay_scope="as_given").attach(model, opt)
     assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 4
+    assert sparsetrain.param_groups(model, "st3_sigma", weight_decay=0.1)[1]["weight_decay"] == 0
+    as_given = ST3(sparsity=0.5, end_step=1, weight_decay_scope="as_given")
+    (group,) = sparsetrain.param_groups(model, as_given, weight_decay=0.1, lr=0.5)
+    assert group["weight_decay"] == 0.1 and group["lr"] == 0.5 and len(group["params"]) == 4
 
 
 def test_bad_inputs() -> None:
@@ -311,9 +332,6 @@ def test_state_dict_round_trip_mid_ramp() -> None:
 def test_weight_decay_reaches_attention_targets() -> None:
     model = nn.Sequential(nn.Linear(4, 8))
     model.attn = nn.MultiheadAttention(8, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
-    method = ST3(sparsity=0.5, end_step=1).attach(model, opt)
-    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    decayed, free = ({id(p) for p in g["params"]} for g in sparsetrain.param_groups(model, "st3"))
     assert id(model.attn.in_proj_weight) in decayed and id(model[0].weight) in decayed
-    free = {id(p) for g in method._free.groups for p in g["params"]}
     assert id(model.attn.in_proj_bias) in free and id(model[0].bias) in free

@@ -3,27 +3,30 @@
     from sparsetrain.integrations.lightning import SparsityCallback
     trainer = L.Trainer(max_epochs=10, callbacks=[SparsityCallback("rigl", sparsity=0.9)])
 
-When fitting starts (after ``configure_optimizers``, and after Lightning has wrapped the model
-for ``strategy="ddp"``) the callback builds the method with ``total_steps`` =
+When fitting starts (after ``configure_optimizers``, and after Lightning has wrapped the model for
+``strategy="ddp"``) the callback builds the method with ``total_steps`` =
 ``trainer.estimated_stepping_batches`` (and ``steps_per_epoch`` for methods that take it) and
-attaches it to the LightningModule and its first optimizer. Lightning runs the forward and
-backward pass inside ``optimizer.step(closure)``, so a step pre-hook would come before the
-backward pass: ``after_backward`` runs in ``on_before_optimizer_step`` instead (after the
-backward pass and the gradient all-reduce, before gradient clipping), ``after_optimizer_step``
-in a step post-hook of the optimizer. The method's state rides in every Lightning checkpoint
-(key ``"sparsetrain"``); the checkpoint's ``state_dict`` holds the effective sparse weights
-under the plain names, so ``load_from_checkpoint`` gives the sparse model. ``fit(ckpt_path=...)``
-continues the method where it stopped (with the total steps of the original run). Sparsity is
-logged every epoch (``self.log``) and the numeric fields of every topology update (churn,
-pruned, grown, ...) go to the trainer's loggers as ``sparsetrain/<field>`` at the update's
-step. At fit end the sparsity report is printed on rank 0 and kept in
-:attr:`SparsityCallback.report`. The method stays attached after ``fit``
-(``callback.method.squash()`` gives a plain sparse model).
+attaches it to the LightningModule and its first optimizer, never changing it (build it in
+``configure_optimizers`` from ``sparsetrain.param_groups(self, "st3", weight_decay=...)`` for a
+method whose recipe has its own groups). Lightning runs the forward and backward pass inside
+``optimizer.step(closure)``, so a step pre-hook would come before the backward pass:
+``after_backward`` runs in ``on_before_optimizer_step`` instead (after the backward pass and the
+gradient all-reduce, before gradient clipping), ``after_optimizer_step`` in a step post-hook of the
+optimizer. With a gradient scaler (``precision="16-mixed"`` on CUDA, or a ``MixedPrecision`` plugin
+given a ``GradScaler``) Lightning runs the closure first and then ``scaler.step(optimizer)``, which
+skips steps with inf/NaN gradients: ``after_backward`` then runs in a step pre-hook of the optimizer
+(after unscaling and clipping), so a skipped step runs no hook of the method, exactly as in a plain
+loop with a ``GradScaler``. The method's state rides in every Lightning checkpoint (key
+``"sparsetrain"``); the checkpoint's ``state_dict`` holds the effective sparse weights under the
+plain names, so ``load_from_checkpoint`` gives the sparse model. ``fit(ckpt_path=...)`` continues
+the method where it stopped (with the total steps of the original run). Sparsity is logged every
+epoch (``self.log``) and the numeric fields of every topology update (churn, pruned, grown, ...) go
+to the trainer's loggers as ``sparsetrain/<field>`` at the update's step. At fit end the sparsity
+report is printed on rank 0 and kept in :attr:`SparsityCallback.report`. The method stays attached
+after ``fit`` (``callback.method.squash()`` gives a plain sparse model).
 
-Not supported: a skipped AMP step still runs ``after_backward`` (only a gradient mask, except
-on an update step of a method that updates before the optimizer step), more than one
-optimizer (the method follows the first), and strategies that shard the model (FSDP,
-DeepSpeed): refused at attach.
+Not supported: more than one optimizer (the method follows the first), and strategies that shard the
+model (FSDP, DeepSpeed): refused at attach.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class SparsityCallback(pl.Callback):
         self.method: SparsityMethod | None = method if isinstance(method, SparsityMethod) else None
         self.report: SparsityReport | None = None
         self._pending: dict[str, Any] | None = None  # checkpoint entry to continue from
-        self._hook: Any = None
+        self._hooks: list[Any] = []
+        self._scaled = False  # a GradScaler steps the optimizer: after_backward in a pre-hook
         self._seen = 0
 
     @property
@@ -99,11 +103,18 @@ class SparsityCallback(pl.Callback):
         if self._pending is not None:
             weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         self.method.attach(pl_module, optimizer, hook=False)
-        self._hook = optimizer.register_step_post_hook(self._after_step)
+        self._scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+        self._hooks = [optimizer.register_step_post_hook(self._after_step)]
+        if self._scaled:
+            self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
         if self._pending is not None and weights is not None:
             _common.restore(self.method, pl_module, weights, self._pending)
             self._pending = None
         self._seen = len(self.method.history)
+
+    def _before_step(self, *_: Any) -> None:
+        if self.method is not None and self.method.model is not None:
+            self.method.after_backward()
 
     def _after_step(self, *_: Any) -> None:
         if self.method is not None and self.method.model is not None:
@@ -112,7 +123,7 @@ class SparsityCallback(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        if self.method is not None and optimizer is self.method.optimizer:
+        if self.method is not None and optimizer is self.method.optimizer and not self._scaled:
             self.method.after_backward()
 
     def on_train_batch_end(
@@ -139,9 +150,9 @@ class SparsityCallback(pl.Callback):
             print(self.report, flush=True)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -23,10 +23,15 @@ the Trainer: insert it first with ``trainer.callback_handler.callbacks.insert(0,
 have them there too). At the end of training the sparsity report is printed by the main
 process and kept in :attr:`SparsityCallback.report`.
 
-Parameters a method trains itself (STR's thresholds, OptG's scores, SCL's masks) never join the
-Trainer's optimizer (see :class:`sparsetrain.optim.Companion`): their optimizer state is part of
-the method's state file, so every method resumes. Not supported: FSDP and DeepSpeed (refused at
-attach).
+The Trainer's optimizer is never changed. For a method whose recipe has its own parameter
+groups (ST-3: no weight decay on biases, norms and embeddings), build the optimizer with
+:func:`recipe_optimizer` and pass it as ``Trainer(..., optimizers=(optimizer, None))``; the
+Trainer's own optimizer (decay on everything but biases and LayerNorm weights) is used as given
+otherwise. Parameters a method trains itself (STR's thresholds, OptG's scores, SCL's masks) never
+join the Trainer's optimizer (see :class:`sparsetrain.optim.Companion`): their optimizer state is
+part of the method's state file, so every method resumes; their gradients come from the model's
+after accelerate's ``GradScaler`` has unscaled them, and a step it skips runs no hook (fp16 on
+CUDA). Not supported: FSDP and DeepSpeed (refused at attach).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch
 from torch import nn
 
 try:
-    from transformers import TrainerCallback
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 except ImportError as exc:  # pragma: no cover - the extra is part of the dev install
     raise ImportError(
         "sparsetrain.integrations.transformers needs Hugging Face transformers: "
@@ -48,11 +53,26 @@ except ImportError as exc:  # pragma: no cover - the extra is part of the dev in
     ) from exc
 
 from sparsetrain.integrations import _common
-from sparsetrain.methods import SparsityMethod
+from sparsetrain.methods import SparsityMethod, param_groups
 from sparsetrain.report import SparsityReport
 
 STATE_FILE = "sparsetrain.pt"
 """Name of the method's file inside each Trainer checkpoint folder."""
+
+
+def recipe_optimizer(
+    model: nn.Module, args: TrainingArguments, method: str | SparsityMethod
+) -> torch.optim.Optimizer:
+    """The optimizer ``args`` asks for (class, LR, betas, ...), in ``method``'s recipe groups.
+
+    Pass it as ``Trainer(..., optimizers=(recipe_optimizer(model, args, "st3"), None))``: the
+    groups are :func:`sparsetrain.param_groups` with ``args.weight_decay``, so the callback's
+    method finds the groups its recipe wants and changes nothing.
+    """
+    cls, options = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    include = default_targets(model) if isinstance(method, str) else None  # as the callback
+    groups = param_groups(model, method, weight_decay=args.weight_decay, include=include)
+    return cls(groups, **options)
 
 
 def default_targets(model: nn.Module) -> list[str]:
@@ -185,4 +205,4 @@ class SparsityCallback(TrainerCallback):
             print(self.report, flush=True)
 
 
-__all__ = ["STATE_FILE", "SparsityCallback", "default_targets"]
+__all__ = ["STATE_FILE", "SparsityCallback", "default_targets", "recipe_optimizer"]

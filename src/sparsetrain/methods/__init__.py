@@ -16,6 +16,7 @@ from sparsetrain.methods.base import (
 from sparsetrain.methods.dense import Dense
 from sparsetrain.methods.dynamic import DynamicSparse
 from sparsetrain.methods.gmp import GMP
+from sparsetrain.methods.groups import RecipeWarning, param_groups
 from sparsetrain.methods.registry import (
     MethodInfo,
     canonical_options,
@@ -34,6 +35,7 @@ __all__ = [
     "DynamicSparse",
     "MethodInfo",
     "Plan",
+    "RecipeWarning",
     "ScheduleWarning",
     "SparsityMethod",
     "SparsityTargetWarning",
@@ -45,6 +47,7 @@ __all__ = [
     "list_methods",
     "method_options",
     "method_renames",
+    "param_groups",
     "register_method",
 ]
 

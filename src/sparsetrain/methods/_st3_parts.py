@@ -16,11 +16,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from sparsetrain.masking.targets import SUPPORTED_MODULES, Target
+from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import select_topk
-from sparsetrain.optim import Companion
 
 BN_MODES = ("corrected", "as_released")
 WD_SCOPES = ("weights", "as_given")
@@ -262,55 +260,6 @@ def resolve_schedule(
     if fix is not None and total is not None and fix > total:
         raise ValueError(f"{name}: freeze_step ({fix}) is after total_steps ({total})")
     return begin, end, fix
-
-
-def decay_only_weights(
-    model: nn.Module, optimizer: torch.optim.Optimizer, targets: Sequence[Target] = ()
-) -> tuple[Companion | None, Callable[[], None]]:
-    """Make weight decay apply only to Conv/Linear weights (ST-3's ``configure_optimizers``).
-
-    The user's optimizer keeps its parameter groups (so LR schedulers built before ``attach``
-    keep working): from each group with non-zero ``weight_decay`` that holds Conv/Linear weights
-    or ``targets`` (attention and recurrent weight matrices, included embeddings), the other
-    parameters of ``model`` (biases, normalisation parameters, ...) move, with their
-    optimizer state, into a :class:`~sparsetrain.optim.Companion` group with the same options,
-    ``weight_decay=0`` and the LR of the group they came from at every step. A group holding no
-    Conv/Linear weight just gets ``weight_decay=0``. Parameters that are not the model's, and
-    groups without weight decay, are untouched.
-
-    Returns:
-        The companion (``None`` if nothing moved; step it after the user's update) and a
-        function undoing the change.
-    """
-    decayed: set[int] = {id(t.param) for t in targets}
-    for module in model.modules():
-        if isinstance(module, SUPPORTED_MODULES):
-            w = (
-                module.parametrizations.weight.original
-                if parametrize.is_parametrized(module, "weight")
-                else module.weight
-            )
-            decayed.add(id(w))
-    exempt = {id(p) for p in model.parameters()} - decayed
-    zeroed: list[tuple[dict, float]] = []
-    companion = Companion(optimizer, "like")
-    for group in optimizer.param_groups:
-        if not group.get("weight_decay") or not any(id(p) in exempt for p in group["params"]):
-            continue
-        keep = [p for p in group["params"] if id(p) not in exempt]
-        if not keep:
-            zeroed.append((group, group["weight_decay"]))
-            group["weight_decay"] = 0.0
-            continue
-        rest = [p for p in group["params"] if id(p) in exempt]
-        companion.add(rest, keep[0], take=True, weight_decay=0.0)
-
-    def undo() -> None:
-        companion.release()
-        for group, wd in zeroed:
-            group["weight_decay"] = wd
-
-    return (companion if companion.groups else None), undo
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> Callable[[], None]:

@@ -31,12 +31,16 @@ the step, after the pre-hook has masked the gradients, so the update would use d
 
 Parameters a method trains itself
 ----------------------------------
-A method never adds a parameter group to the user's optimizer: OptG's scores, SCL's mask
-variables and STR's thresholds, and the biases/normalisation parameters ST-3 keeps free of weight
-decay, are stepped by the method's own :class:`~sparsetrain.optim.Companion`, whose groups take
-the LR of a user group (times a ratio) at every step. So any LR schedule, a
-``torch.optim.lr_scheduler`` built before or after ``attach`` included, reaches every parameter
-with nothing to register, and the user's optimizer state dict keeps its layout.
+A method never edits the user's optimizer: its groups (parameters and hyper-parameters) and
+state layout are the same before and after ``attach``. OptG's scores, SCL's mask variables and
+STR's thresholds are stepped by the method's own :class:`~sparsetrain.optim.Companion`, whose
+groups take the LR of a user group (times a ratio) at every step, so any LR schedule reaches
+them with nothing to register. Their gradients are formed in the step pre-hook from the user's
+gradients, after a ``GradScaler`` has unscaled and checked those: under mixed precision they
+behave exactly as the user's parameters. Where a method's recipe wants other hyper-parameters
+for some of the model's parameters (ST-3: no weight decay on biases and normalisation), the
+user builds the optimizer from :func:`sparsetrain.param_groups`; an optimizer built otherwise
+is used as given (ST-3 warns once).
 
 The step counter (``method.step``: optimizer steps completed) lives in the method because the
 schedules count optimizer steps and must survive a resume; it is saved by ``state_dict()``.
@@ -293,6 +297,10 @@ class SparsityMethod(SparseExecution):
     targets_sparsity: bool = False
     """An emergent method sets this before ``super().__init__`` when one of its options makes
     it reach a set sparsity (SCL's adaptive λ); ``sparsity`` is then that target."""
+    decay_scope: str = "all"
+    """Which parameters the method's recipe decays: ``"all"`` (the optimizer's own rule) or
+    ``"weights"`` (Conv/Linear weights and targets only); read by
+    :func:`sparsetrain.param_groups`, never applied to the user's optimizer."""
     supports_sparse_execution: ClassVar[bool] = False
     """Whether the method can run on sparse kernels (dense gradients on update steps at most)."""
     sparse_execution_note: ClassVar[str] = (
@@ -399,9 +407,10 @@ class SparsityMethod(SparseExecution):
 
         Args:
             model: The model to sparsify.
-            optimizer: The optimizer holding the model's parameters. Its parameter groups keep
-                their number and order: parameters a method adds (scores, thresholds) are
-                trained by a :class:`~sparsetrain.optim.Companion` following its LRs.
+            optimizer: The optimizer holding the model's parameters; never changed (its groups,
+                their hyper-parameters and its state layout stay as built). Parameters a method
+                adds (scores, thresholds) are trained by a
+                :class:`~sparsetrain.optim.Companion` following its LRs.
             hook: Register ``after_backward``/``after_optimizer_step`` as optimizer step hooks.
 
         Returns:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,6 @@ from sparsetrain.methods._st3_parts import (
     WD_SCOPES,
     OrderStatistics,
     abs_buffer,
-    decay_only_weights,
     exact_mask,
     flat_layout,
     quantile,
@@ -36,9 +36,9 @@ from sparsetrain.methods._st3_parts import (
     set_bn_momentum,
     sigma_of,
 )
+from sparsetrain.methods.groups import RecipeWarning, check_recipe
 from sparsetrain.methods.options import checks, integer, one_of, renamed
 from sparsetrain.methods.registry import preset, register_method
-from sparsetrain.optim import Companion
 from sparsetrain.schedules import cubic
 
 
@@ -71,10 +71,12 @@ class ST3(InPlaceMethod):
         rescale: Per-output-channel rescale c (``False``: c = 1).
         bn_momentum: ``"corrected"`` (default: PyTorch's 0.1 kept) or ``"as_released"`` (every
             BatchNorm gets momentum 0.99 at attach, restored at detach, as the official code).
-        weight_decay_scope: ``"weights"`` (default, as the official config; see
-            :func:`~sparsetrain.methods._st3_parts.decay_only_weights`: biases and
-            normalisation parameters are trained without decay by the method's companion
-            optimizer, at the LR of their group) or ``"as_given"``.
+        weight_decay_scope: ``"weights"`` (default, as the official ``configure_optimizers``:
+            weight decay on Conv/Linear weights and the targets only; build the optimizer from
+            :func:`sparsetrain.param_groups` to get it, ``attach`` warns once with a
+            :class:`~sparsetrain.methods.groups.RecipeWarning` naming the other decayed
+            parameters otherwise) or ``"as_given"`` (the optimizer's groups are the recipe,
+            no warning). The user's optimizer is used as given either way.
         update_interval: Recompute τ and c every this many steps (default 1, the official
             ``update_frequency``); more is a speed option: the last τ_l, c apply in between.
         **kwargs: Common options of :class:`~sparsetrain.methods.base.SparsityMethod`.
@@ -84,6 +86,7 @@ class ST3(InPlaceMethod):
     """
 
     name = "st3"
+    decay_scope = "weights"
     CHECKS = checks(
         begin_step=integer(0, optional=True),
         end_step=integer(0, optional=True),
@@ -122,6 +125,7 @@ class ST3(InPlaceMethod):
         self.update_interval = update_interval
         self.sigma, self.soft, self.rescale = sigma, bool(soft), bool(rescale)
         self.bn_momentum, self.weight_decay_scope = bn_momentum, weight_decay_scope
+        self.decay_scope = "weights" if weight_decay_scope == "weights" else "all"
         self._tau: list[float] | None = None  # per-target τ_l; None: dense phase
         self._scale: list[torch.Tensor | None] = []
         self._fixed, self._select = False, OrderStatistics()
@@ -134,7 +138,6 @@ class ST3(InPlaceMethod):
         self._sums: list[torch.Tensor] = []  # row sums of |W_l|/σ_l and of the kept part
         self._inv_sigmas: list[float] = []
         self._undo: list[Callable[[], None]] = []
-        self._free: Companion | None = None  # trains biases/normalisation without decay
 
     def _on_attach(self) -> None:
         sig = self.sigma
@@ -147,9 +150,17 @@ class ST3(InPlaceMethod):
         self._sums = [torch.empty(rows[-1], device=self._row_k.device) for _ in range(2)]
         super()._on_attach()  # raw-weight buffers, refresh(0), publish(): may raise, so first
         model, opt = self._require_attached(), self.optimizer
-        if opt is not None and self.weight_decay_scope == "weights":
-            self._free, undo = decay_only_weights(model, opt, self.targets)
-            self._undo.append(undo)
+        decayed = [] if opt is None else check_recipe(self, model, opt)
+        if decayed:
+            warnings.warn(
+                f"{self.name}: the optimizer decays {len(decayed)} parameter(s) that ST-3's "
+                f"recipe keeps free of weight decay ({', '.join(decayed[:3])}"
+                f"{', ...' if len(decayed) > 3 else ''}); they are trained as given. Build the "
+                f"optimizer from sparsetrain.param_groups(model, method, weight_decay=...) for "
+                "the recipe, or pass weight_decay_scope='as_given' to keep yours",
+                RecipeWarning,
+                stacklevel=3,
+            )
         if self.bn_momentum == "as_released":  # the official 0.99, in PyTorch's convention
             self._undo.append(set_bn_momentum(model, 0.99))
 
@@ -157,13 +168,6 @@ class ST3(InPlaceMethod):
         super()._on_detach()
         while self._undo:
             self._undo.pop()()
-        self._free = None
-
-    def _after_step(self, step: int) -> None:
-        if self._free is not None:  # biases/normalisation: their update, after clipping
-            self._free.step()
-            self._free.zero_grad()  # the user's zero_grad() no longer reaches them
-        super()._after_step(step)
 
     def refresh(self, step: int) -> None:
         if self._fixed:
@@ -269,13 +273,10 @@ class ST3(InPlaceMethod):
 
     def _extra_state(self) -> dict[str, Any]:
         scale = [None if c is None else c.clone() for c in self._scale]
-        free = {} if self._free is None else self._free.state_dict()
-        return {"tau": self._tau, "scale": scale, "fixed": self._fixed, "free_optimizer": free}
+        return {"tau": self._tau, "scale": scale, "fixed": self._fixed}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._tau, self._fixed = state["tau"], bool(state["fixed"])
-        if self._free is not None:
-            self._free.load_state_dict(state.get("free_optimizer", {}))
         dev = self.targets[0].param.device
         self._scale = [None if c is None else c.to(dev) for c in state["scale"]]
         self._masks_f = [t.mask.to(t.param.dtype) for t in self.targets] if self._fixed else []

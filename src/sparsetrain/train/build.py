@@ -28,6 +28,7 @@ from sparsetrain.methods import (
     create_method,
     get_method_info,
     method_options,
+    param_groups,
 )
 
 
@@ -283,14 +284,18 @@ def build_model(cfg: ExperimentConfig, num_classes: int, input_shape: tuple[int,
         raise ConfigError(f"model {cfg.model.name!r}: {exc}") from None
 
 
-def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or AdamW over all of ``model``'s parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(
+    model: nn.Module, o: OptimConfig, method: SparsityMethod
+) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over ``model``, in the groups of ``method``'s recipe.
+
+    The groups are :func:`sparsetrain.param_groups` (ST-3: no weight decay on biases and
+    normalisation parameters), so the method never needs to change the optimizer.
+    """
+    params = param_groups(model, method, weight_decay=o.weight_decay)
     if o.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
 def batches_per_epoch(n_train: int, batch_size: int) -> int:

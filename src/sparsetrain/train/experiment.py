@@ -280,14 +280,14 @@ def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
         cfg.train.channels_last == "auto" and uses_channels_last(cfg.model.name)
     )
     model = model.to(device, memory_format=torch.channels_last) if cl else model.to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     spe = steps_per_epoch(len(splits.train), cfg.train.batch_size, cfg.train.grad_accum)
     try:
         ddp.check_batches(len(splits.train), cfg.train.batch_size)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     method = build_method(cfg, spe)
+    optimizer = build_optimizer(model, cfg.optim, method)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     if method.execution == "auto" and method.execution_batch_size is None:
         method.execution_batch_size = cfg.train.batch_size  # measure at the run's batch size
     try:
