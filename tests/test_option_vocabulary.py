@@ -96,7 +96,7 @@ def test_old_name_warns_and_builds_the_same_method(
 def test_old_name_works_on_the_class_too() -> None:
     with pytest.warns(DeprecationWarning, match="now called update_interval") as got:
         method = GMP(interval=7, total_steps=100)
-    assert method.schedule.interval == 7
+    assert method.pruning.interval == 7
     assert got[0].filename == __file__  # the warning points at the caller's line
 
 

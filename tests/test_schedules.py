@@ -7,6 +7,11 @@ import math
 import pytest
 
 from sparsetrain.schedules import (
+    ConstantRamp,
+    PolynomialRamp,
+    Schedule,
+    SigmoidRamp,
+    StepRamp,
     UpdateSchedule,
     constant,
     cosine_decay,
@@ -135,3 +140,73 @@ def test_update_schedule_end_before_start() -> None:
 def test_update_schedule_negative_start() -> None:
     with pytest.raises(ValueError, match="update start must be >= 0, got -1"):
         UpdateSchedule(5, start=-1)
+
+
+# --------------------------------------------------------------------------- schedule objects
+
+
+def test_update_schedule_phase_and_single_steps() -> None:
+    """ST-3's cadence: τ on multiples of 4 of the run after step 2, plus steps 3 and 14."""
+    s = UpdateSchedule(4, start=2, end=14, phase=0, at=(3, 14))
+    assert s.steps(20) == [3, 4, 8, 12, 14]
+    assert s.steps(10) == [3, 4, 8]
+    assert [t for t in range(25) if s.is_update(t)] == [3, 4, 8, 12, 14]
+    assert s.latest(2) is None and s.latest(7) == 4 and s.latest(100) == 14
+
+
+def test_update_schedule_final_step_rules() -> None:
+    always = UpdateSchedule(3, final="always", total=10)  # DNW: also the last step
+    assert always.steps(10) == [3, 6, 9, 10] and always.steps(7) == [3, 6, 7]
+    assert always.is_update(10) and always.is_update(12) and not always.is_update(11)
+    never = UpdateSchedule(2, final="never", total=8)  # OptG: never at or after the last step
+    assert never.steps(8) == [2, 4, 6] and never.steps(5) == [2, 4]
+    assert not never.is_update(8) and not never.is_update(10)
+    assert never.latest(100) == 6
+
+
+def test_update_schedule_offset_moves_every_update() -> None:
+    """One field moves a per-epoch cadence to the first step of the next epoch."""
+    s = UpdateSchedule(10, at=(25,), final="never", total=40, offset=1)
+    assert s.steps(40) == [11, 21, 26, 31]
+    assert s.is_update(11) and not s.is_update(10) and s.latest(20) == 11
+
+
+def test_update_schedule_only_single_steps() -> None:
+    s = UpdateSchedule(None, at=(1,))
+    assert s.steps(10) == [1] and s.is_update(1) and not s.is_update(2)
+
+
+def test_update_schedule_bad_final() -> None:
+    with pytest.raises(ValueError, match=r"final must be one of plain, always, never, got 'x'"):
+        UpdateSchedule(5, final="x")
+
+
+def test_ramps() -> None:
+    assert ConstantRamp(0.3).at(7) == 0.3
+    assert [StepRamp(0.8, 3).at(t) for t in (0, 2, 3, 9)] == [0.0, 0.0, 0.8, 0.8]
+    cube = PolynomialRamp(0.0, 0.8, 0, 100)
+    assert cube.at(50) == cubic(50, final=0.8, start=0, end=100)
+    with pytest.raises(ValueError, match=r"schedule end \(10\) is before its start \(100\)"):
+        PolynomialRamp(0.0, 0.8, 100, 10)
+    sig = SigmoidRamp(0.9, epochs=160, steps_per_epoch=10, final_epochs=1)
+    assert sig.at(809) == pytest.approx(sigmoid_ramp(80, target=0.9, total_epochs=160))
+    forced = SigmoidRamp(0.8, epochs=4, steps_per_epoch=2, final_epochs=1)
+    assert [forced.fraction(e) for e in (2, 3)] == [0.5, 1.0] and forced.at(5) == 0.4
+
+
+def test_schedule_union_and_held_sparsity() -> None:
+    ramp = SigmoidRamp(0.8, epochs=4, steps_per_epoch=2)
+    held = Schedule(ramp, (UpdateSchedule(3, final="never", total=8),), held=True)
+    assert held.update_steps(8) == [3, 6]
+    # the sparsity of the latest selection: step 0's until 3, step 3's (epoch 1) until 6
+    assert [held.sparsity_at(t) for t in (0, 2, 3, 5, 6, 8)] == [
+        ramp.at(0),
+        ramp.at(0),
+        ramp.at(3),
+        ramp.at(3),
+        ramp.at(6),
+        ramp.at(6),
+    ]
+    both = Schedule(ConstantRamp(0.5), (UpdateSchedule(4), UpdateSchedule(None, at=(5,))))
+    assert both.update_steps(12) == [4, 5, 8, 12] and both.is_update(5) and not both.is_update(6)
+    assert not Schedule(ConstantRamp(0.5)).update_steps(10)

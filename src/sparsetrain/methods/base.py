@@ -101,6 +101,7 @@ from sparsetrain.methods.options import (
 )
 from sparsetrain.optim import check_state, param_ids, zero_preserving, zero_state
 from sparsetrain.report import LayerRow, SparsityReport
+from sparsetrain.schedules import ConstantRamp, Schedule
 
 if TYPE_CHECKING:
     from sparsetrain.sparse.layers import SparseLinear
@@ -350,6 +351,8 @@ class SparsityMethod(SparseExecution):
         rank_check: bool = True,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
+        # what the mask does over the run: a subclass with a schedule replaces this constant one
+        self.schedule = Schedule(ConstantRamp(self.sparsity))
         if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
             raise ValueError(
                 f"{self.name}: does not take sparsity={sparsity!r}: its sparsity is emergent"
@@ -579,16 +582,16 @@ class SparsityMethod(SparseExecution):
         self.apply_masks()
 
     def sparsity_at(self, step: int) -> float:
-        """Planned global sparsity after ``step`` optimizer steps."""
-        return self.sparsity
+        """Planned global sparsity after ``step`` optimizer steps (``self.schedule``)."""
+        return self.schedule.sparsity_at(step)
 
     def update_steps(self, total_steps: int) -> list[int]:
-        """Steps at whose end the topology changes."""
-        return []
+        """Steps at whose end the topology changes (``self.schedule``)."""
+        return self.schedule.update_steps(total_steps)
 
     def is_update_step(self, step: int) -> bool:
         """Whether the hooks of optimizer step ``step`` (1-based) may change a mask."""
-        return step in self.update_steps(step)
+        return self.schedule.is_update(step)
 
     def needs_dense_grad(self, step: int) -> bool:
         """Whether the hooks of step ``step`` read the dense gradient (sparse execution arms it)."""
@@ -783,8 +786,9 @@ class SparsityMethod(SparseExecution):
         total = self.total_steps
         if total is None or self.step >= total:
             return
-        pending = [s for s in self.update_steps(total) if s > self.step]
-        now, planned = self.sparsity_at(self.step), self.sparsity_at(total)
+        schedule = self.schedule
+        pending = [s for s in schedule.update_steps(total) if s > self.step]
+        now, planned = schedule.sparsity_at(self.step), schedule.sparsity_at(total)
         if not pending and now == planned:
             return
         parts = [
@@ -812,9 +816,8 @@ class SparsityMethod(SparseExecution):
             raise ValueError("plan() needs total_steps (argument or method option)")
         n = max(2, points)
         steps = sorted({math.floor(i * total / (n - 1)) for i in range(n)})
-        return Plan(
-            self.name, total, [(s, self.sparsity_at(s)) for s in steps], self.update_steps(total)
-        )
+        curve = [(s, self.schedule.sparsity_at(s)) for s in steps]
+        return Plan(self.name, total, curve, self.schedule.update_steps(total))
 
     def __repr__(self) -> str:
         where = "attached" if self.model is not None else "unattached"

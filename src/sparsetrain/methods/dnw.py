@@ -14,7 +14,7 @@ from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods._st3_parts import OrderStatistics, abs_buffer
 from sparsetrain.methods.options import checks, integer, one_of, option_error, renamed
 from sparsetrain.methods.registry import register_method
-from sparsetrain.schedules import cubic
+from sparsetrain.schedules import PolynomialRamp, Schedule, StepRamp, UpdateSchedule
 
 SCOPES = ("layer", "global")
 
@@ -71,6 +71,17 @@ class DNW(InPlaceMethod):
             )
         self.scope, self.begin_step, self.end_step = scope, begin_step, end_step
         self.update_interval = update_interval
+        ramp = (
+            StepRamp(self.sparsity, begin_step)  # no ramp: the target from begin_step on
+            if end_step == begin_step
+            else PolynomialRamp(0.0, self.sparsity, begin_step, end_step)
+        )
+        # re-select every update_interval steps, at the end of the ramp and at the last step
+        at = (end_step,) if end_step >= 1 else ()
+        updates = UpdateSchedule(
+            update_interval, phase=0, at=at, final="always", total=self.total_steps
+        )
+        self.schedule = Schedule(ramp, (updates,))
         self._cut: list[float | torch.Tensor | None] = []  # per target: λ (|W| > λ), mask, all
         self._fresh: list[bool] = []  # per target: its mask still to be set from the new cut
         self._ends: list[int] = []  # each target's span in the magnitude buffer
@@ -79,8 +90,7 @@ class DNW(InPlaceMethod):
         self._counts: tuple[float, list[int]] = (-1.0, [])
 
     def refresh(self, step: int) -> None:
-        last = step == self.total_steps or step == self.end_step
-        if step % self.update_interval == 0 or last:
+        if step == 0 or self.schedule.is_update(step):
             self._update(self.sparsity_at(step))
 
     def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:
@@ -95,15 +105,6 @@ class DNW(InPlaceMethod):
         else:
             torch.mul(raw, cut, out=out)
         return True
-
-    def sparsity_at(self, step: int) -> float:
-        if self.end_step == self.begin_step:
-            return self.sparsity if step >= self.begin_step else 0.0
-        return cubic(step, final=self.sparsity, start=self.begin_step, end=self.end_step)
-
-    def update_steps(self, total_steps: int) -> list[int]:
-        k, end = self.update_interval, self.end_step
-        return [s for s in range(1, total_steps + 1) if s % k == 0 or s in (end, total_steps)]
 
     def _keep(self, s: float) -> list[int]:
         """Active count per tensor (``layer``) or in total (``global``) at sparsity ``s``."""

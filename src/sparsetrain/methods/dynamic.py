@@ -25,7 +25,13 @@ from sparsetrain.methods._drop_grow import apply_change, check_states, criterion
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.options import checks, integer, number, one_of, option_error
 from sparsetrain.methods.registry import preset, register_method
-from sparsetrain.schedules import UpdateSchedule, cosine_decay, last_update_step
+from sparsetrain.schedules import (
+    ConstantRamp,
+    Schedule,
+    UpdateSchedule,
+    cosine_decay,
+    last_update_step,
+)
 
 ORDERS = ("auto", "pre_step", "post_step")
 INACTIVE_GRADS = ("masked", "dense")
@@ -159,7 +165,8 @@ class DynamicSparse(SparsityMethod):
         else:
             total = self.total_steps or 0
             end = min(int(stop_fraction * total), last_update_step(total, update_interval))
-        self.schedule = UpdateSchedule(update_interval, begin_step, max(begin_step, end))
+        self.cadence = UpdateSchedule(update_interval, begin_step, max(begin_step, end))
+        self.schedule = Schedule(ConstantRamp(self.sparsity), (self.cadence,))
         self.distribution, self.drop_schedule, self.scope = distribution, drop_schedule, scope
         self.drop_fraction, self.drop_fraction_end = drop_fraction, drop_fraction_end
         self.order = self.prune.default_order if order == "auto" else order
@@ -208,19 +215,13 @@ class DynamicSparse(SparsityMethod):
         """ζ_t: the fraction of active weights replaced at an update at ``step``."""
         if self.drop_schedule == "constant":
             return self.drop_fraction
-        span = (self.schedule.end or step) - self.schedule.start
+        span = (self.cadence.end or step) - self.cadence.start
         return cosine_decay(
-            step - self.schedule.start,
+            step - self.cadence.start,
             initial=self.drop_fraction,
             final=self.drop_fraction_end,
             total=span,
         )
-
-    def update_steps(self, total_steps: int) -> list[int]:
-        return self.schedule.steps(total_steps)
-
-    def is_update_step(self, step: int) -> bool:
-        return self.schedule.is_update(step)
 
     def needs_dense_grad(self, step: int) -> bool:
         return self.needs_grad and self.schedule.is_update(step)

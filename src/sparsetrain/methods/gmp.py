@@ -11,7 +11,7 @@ from sparsetrain.masking.topk import global_topk_masks, select_bottomk
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.options import checks, integer, number, one_of, option_error, renamed
 from sparsetrain.methods.registry import register_method
-from sparsetrain.schedules import UpdateSchedule, polynomial
+from sparsetrain.schedules import PolynomialRamp, Schedule, UpdateSchedule, polynomial
 
 SCOPES = ("layer", "global")
 
@@ -78,13 +78,16 @@ class GMP(SparsityMethod):
                 "len(loader) * epochs) or end_step for its pruning schedule",
             )
         end = end_step if end_step is not None else max(1, int(0.75 * (self.total_steps or 0)))
-        self.schedule = UpdateSchedule(update_interval, begin_step, end)
+        # pruning every update_interval steps in (begin_step, end], and at end_step itself
+        self.pruning = UpdateSchedule(update_interval, begin_step, end, at=(end,))
+        ramp = PolynomialRamp(initial_sparsity, self.sparsity, begin_step, end)
+        self.schedule = Schedule(ramp, (self.pruning,))
         self.initial_sparsity, self.scope, self.distribution = initial_sparsity, scope, distribution
         self._final: dict[str, int] = {}
 
     @property
     def end_step(self) -> int:
-        return self.schedule.end or 0
+        return self.pruning.end or 0
 
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
@@ -92,15 +95,6 @@ class GMP(SparsityMethod):
         if self.initial_sparsity > 0:
             self._prune_to(0)
         self.apply_masks()
-
-    def sparsity_at(self, step: int) -> float:
-        return polynomial(
-            step,
-            initial=self.initial_sparsity,
-            final=self.sparsity,
-            start=self.schedule.start,
-            end=self.end_step,
-        )
 
     def _keep_count(self, t: Target, step: int) -> int:
         if step >= self.end_step:
@@ -110,19 +104,10 @@ class GMP(SparsityMethod):
             step,
             initial=self.initial_sparsity,
             final=final_s,
-            start=self.schedule.start,
+            start=self.pruning.start,
             end=self.end_step,
         )
         return round((1.0 - s) * t.numel)
-
-    def update_steps(self, total_steps: int) -> list[int]:
-        steps = self.schedule.steps(total_steps)
-        if self.end_step <= total_steps and self.end_step not in steps:
-            steps.append(self.end_step)
-        return steps
-
-    def is_update_step(self, step: int) -> bool:
-        return self.schedule.is_update(step) or step == self.end_step
 
     def _after_step(self, step: int) -> None:
         if self.is_update_step(step):
@@ -131,7 +116,7 @@ class GMP(SparsityMethod):
 
     def _update(self, step: int) -> None:
         """The topology update ending step ``step`` (GMP: prune to the schedule)."""
-        if self.schedule.is_update(step) or step == self.end_step:
+        if self.pruning.is_update(step):
             self._prune_to(step)
 
     def _prune_to(self, step: int) -> None:

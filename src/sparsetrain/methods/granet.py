@@ -26,7 +26,6 @@ it when it stays inactive); every other regrown entry restarts at zero.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,7 +38,7 @@ from sparsetrain.methods._drop_grow import apply_change, check_states, criterion
 from sparsetrain.methods.gmp import GMP, SCOPES
 from sparsetrain.methods.options import checks, number, one_of, option_error
 from sparsetrain.methods.registry import register_method
-from sparsetrain.schedules import cosine_decay, last_update_step
+from sparsetrain.schedules import Schedule, UpdateSchedule, cosine_decay, last_update_step
 
 REGROW_SCOPES = ("layer", "global")
 INITIAL_MASKS = ("erk", "magnitude")
@@ -113,6 +112,16 @@ class GraNet(GMP):
         self.regrow_fraction, self.regrow_fraction_end = regrow_fraction, regrow_fraction_end
         self.regrow_scope, self.regrow_after_pruning = regrow_scope, regrow_after_pruning
         self.initial_mask = initial_mask
+        # regrowth on the pruning cadence, and after it if regrow_after_pruning, until one
+        # interval before the end: grown weights get at least one interval of training
+        start, interval, end = self.pruning.start, self.pruning.interval or 1, self.end_step
+        last = None if self.total_steps is None else last_update_step(self.total_steps, interval)
+        if not regrow_after_pruning:
+            last = end if last is None else min(last, end)
+        at = (end,) if start < end and (last is None or end <= last) else ()
+        stop = None if last is None else max(start, last)  # an empty window if last < start
+        self.regrowth = UpdateSchedule(interval, start, stop, at=at)
+        self.schedule = Schedule(self.schedule.ramp, (self.pruning, self.regrowth))
 
     # ------------------------------------------------------------------ schedule
 
@@ -125,15 +134,7 @@ class GraNet(GMP):
 
     def is_regrow_step(self, step: int) -> bool:
         """Whether a drop-and-regrow round ends optimizer step ``step``."""
-        start, total = self.schedule.start, self.total_steps
-        last = math.inf if total is None else last_update_step(total, self.schedule.interval)
-        if step <= start or step > last or (step > self.end_step and not self.regrow_after_pruning):
-            return False  # grown weights get at least one interval of training
-        return (step - start) % self.schedule.interval == 0 or step == self.end_step
-
-    def update_steps(self, total_steps: int) -> list[int]:
-        regrow = [s for s in range(1, total_steps + 1) if self.is_regrow_step(s)]
-        return sorted(set(super().update_steps(total_steps)) | set(regrow))
+        return self.regrowth.is_update(step)
 
     # ------------------------------------------------------------------ hooks
 
@@ -152,9 +153,6 @@ class GraNet(GMP):
                 for t in self.targets
                 if t.param.grad is not None
             }
-
-    def is_update_step(self, step: int) -> bool:
-        return super().is_update_step(step) or self.is_regrow_step(step)
 
     def needs_dense_grad(self, step: int) -> bool:
         return self.is_regrow_step(step)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -35,18 +35,11 @@ from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.options import checks, integer, number, one_of, option_error, renamed
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
+from sparsetrain.schedules import Schedule, SigmoidRamp, UpdateSchedule
 
 SCORE_LR_MODES = ("corrected", "as_released")
 SCORE_OPTIMIZERS = ("sgd", "user")
 SELECTIONS = ("exact", "as_released")
-
-
-def _sigmoid(x: float) -> float:
-    """Overflow-free logistic function (β·E can be large)."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
 
 
 def select_global(
@@ -155,6 +148,21 @@ class OptG(InPlaceMethod):
         if beta_ref_epochs is not None:
             beta *= max(1.0, beta_ref_epochs / self.epochs)
         self.beta = beta
+        # the mask is re-selected every update_interval steps before the last one, and at the
+        # first step of the forced final epochs; it holds its selection's sparsity until the next
+        e_forced = self.epochs - final_epochs_at_target
+        forced = max(e_forced, 0) * steps_per_epoch if final_epochs_at_target > 0 else 0
+        updates = UpdateSchedule(
+            self.update_interval,
+            phase=0,
+            at=(forced,) if forced else (),
+            final="never",
+            total=self.total_steps,
+        )
+        ramp = SigmoidRamp(
+            self.sparsity, self.epochs, steps_per_epoch, beta, final_epochs_at_target
+        )
+        self.schedule = Schedule(ramp, (updates,), held=True)
         self.score_lr, self.score_lr_mode, self.selection = score_lr, score_lr_mode, selection
         self.score_optimizer = score_optimizer
         self._scores_opt: Companion | None = None  # the supermask optimizer (see optim.Companion)
@@ -165,38 +173,7 @@ class OptG(InPlaceMethod):
 
     def ramp(self, epoch: int) -> float:
         """r(e) = σ(β(e − E/2)), or 1 in the last ``final_epochs_at_target`` epochs."""
-        if epoch >= self.epochs - self.final_epochs_at_target:
-            return 1.0
-        return _sigmoid(self.beta * (epoch - self.epochs / 2))
-
-    @property
-    def _forced_step(self) -> int | None:
-        """First step of the forced final epochs (always a selection step), if any."""
-        if self.final_epochs_at_target <= 0:
-            return None
-        return max(self.epochs - self.final_epochs_at_target, 0) * self.steps_per_epoch
-
-    def _selects_at(self, step: int) -> bool:
-        if step == 0 or step == self._forced_step:
-            return True
-        return step % self.update_interval == 0 and step < (self.total_steps or 0)
-
-    def sparsity_at(self, step: int) -> float:
-        last = max(min(step, (self.total_steps or 1) - 1), 0)  # no selection at the last step
-        chosen = (
-            last // self.update_interval * self.update_interval
-        )  # the latest selection at or before it
-        forced = self._forced_step
-        if forced is not None and forced <= last:
-            chosen = max(chosen, forced)
-        return self.sparsity * self.ramp(chosen // self.steps_per_epoch)
-
-    def update_steps(self, total_steps: int) -> list[int]:
-        steps = set(range(self.update_interval, total_steps, self.update_interval))
-        forced = self._forced_step
-        if forced is not None and 0 < forced < total_steps:
-            steps.add(forced)
-        return sorted(steps)
+        return cast(SigmoidRamp, self.schedule.ramp).fraction(epoch)
 
     def score_lr_factor(self, epoch: int) -> float:
         """lr_S / lr_w in ``epoch``: r(e), times score_lr/lr0 when ``score_lr`` is honoured."""
@@ -259,7 +236,7 @@ class OptG(InPlaceMethod):
                 g.mul_(self._fmasks[i])
 
     def refresh(self, step: int) -> None:
-        if self._selects_at(step):
+        if step == 0 or self.schedule.is_update(step):
             self.reselect(step)
 
     def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:

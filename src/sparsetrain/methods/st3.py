@@ -39,7 +39,7 @@ from sparsetrain.methods._st3_parts import (
 from sparsetrain.methods.groups import RecipeWarning, check_recipe
 from sparsetrain.methods.options import checks, integer, one_of, renamed
 from sparsetrain.methods.registry import preset, register_method
-from sparsetrain.schedules import cubic
+from sparsetrain.schedules import PolynomialRamp, Schedule, UpdateSchedule
 
 
 class ST3(InPlaceMethod):
@@ -123,6 +123,14 @@ class ST3(InPlaceMethod):
             self.total_steps, begin_step, end_step, freeze_step, finetune_steps, self.name
         )
         self.update_interval = update_interval
+        begin, freeze = self.begin_step, self.freeze_step
+        # τ every update_interval steps (of the run, not of the ramp) after begin_step until the
+        # mask is frozen, and at the first step of the ramp and at freeze_step
+        last = math.inf if freeze is None else freeze
+        at = tuple(s for s in (begin + 1, freeze) if s is not None and begin < s <= last)
+        updates = UpdateSchedule(update_interval, begin, freeze, phase=0, at=at)
+        ramp = PolynomialRamp(0.0, self.sparsity, begin, self.end_step)
+        self.schedule = Schedule(ramp, (updates,))
         self.sigma, self.soft, self.rescale = sigma, bool(soft), bool(rescale)
         self.bn_momentum, self.weight_decay_scope = bn_momentum, weight_decay_scope
         self.decay_scope = "weights" if weight_decay_scope == "weights" else "all"
@@ -174,7 +182,7 @@ class ST3(InPlaceMethod):
             return
         if step == self.freeze_step:
             self._fix()
-        elif step % self.update_interval == 0 or step <= self.begin_step + 1:
+        elif step == 0 or self.schedule.is_update(step):
             self._update(self.sparsity_at(step))  # otherwise τ_l and c stay, applied to new W
 
     def effective(self, index: int, raw: torch.Tensor, out: torch.Tensor) -> bool:
@@ -262,14 +270,6 @@ class ST3(InPlaceMethod):
         self.unpublish()
         self._fix()
         self.publish()
-
-    def sparsity_at(self, step: int) -> float:
-        return cubic(step, final=self.sparsity, start=self.begin_step, end=self.end_step)
-
-    def update_steps(self, total_steps: int) -> list[int]:
-        last = total_steps if self.freeze_step is None else min(self.freeze_step, total_steps)
-        first, k = self.begin_step + 1, self.update_interval
-        return [s for s in range(first, last + 1) if s % k == 0 or s in (first, self.freeze_step)]
 
     def _extra_state(self) -> dict[str, Any]:
         scale = [None if c is None else c.clone() for c in self._scale]

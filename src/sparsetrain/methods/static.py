@@ -14,6 +14,7 @@ from sparsetrain.methods._drop_grow import apply_change, check_states, criterion
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.options import checks, one_of
 from sparsetrain.methods.registry import register_method
+from sparsetrain.schedules import Schedule, StepRamp, UpdateSchedule
 
 INITS = ("random", "snip")
 """The documented values of ``init``; any pruning criterion of ``sparsetrain.criteria`` works."""
@@ -67,6 +68,9 @@ class Static(SparsityMethod):
             {} if self.criterion is None else criterion_options(self.criterion, prune_options)
         )
         self._counts: dict[str, int] | None = None
+        if self.criterion is not None:  # dense until the one update, pruning at the first step
+            at_first = UpdateSchedule(None, at=(1,))
+            self.schedule = Schedule(StepRamp(self.sparsity, 1), (at_first,))
 
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
@@ -100,7 +104,7 @@ class Static(SparsityMethod):
             t.mask.copy_(m)
 
     def _before_step(self, step: int) -> None:
-        if self.criterion is not None and step == 1:
+        if self.is_update_step(step):  # SNIP & co: the first step (a random mask has none)
             self.prune_at_init(step)
             self.init_weights()
 
@@ -122,15 +126,6 @@ class Static(SparsityMethod):
             keep_top=True,  # the top-k by score, as SNIP states it
             commit=lambda i, c: apply_change(self, self.targets[i], c, keep_regrown=False),
         )
-
-    def sparsity_at(self, step: int) -> float:
-        return 0.0 if self.criterion is not None and step == 0 else self.sparsity
-
-    def update_steps(self, total_steps: int) -> list[int]:
-        return [1] if self.criterion is not None else []
-
-    def is_update_step(self, step: int) -> bool:
-        return self.criterion is not None and step == 1
 
     def needs_dense_grad(self, step: int) -> bool:
         return self.is_update_step(step)
