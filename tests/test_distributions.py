@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from sparsetrain.distributions import (
     allocate,
     allocate_densities,
-    check_sparsity,
     densities_to_counts,
 )
 
@@ -126,10 +125,10 @@ def test_densities_to_counts_total_and_ties_in_model_order() -> None:
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
 def test_invalid_sparsity_value(bad: float) -> None:
-    with pytest.raises(ValueError, match=rf"sparsity must be in \[0, 1\), got {bad}"):
+    with pytest.raises(
+        ValueError, match=rf"^allocate: sparsity must be a number in \[0, 1\), got {bad}$"
+    ):
         allocate(SHAPES, bad, "erk")
-    with pytest.raises(ValueError, match=str(bad)):
-        check_sparsity(bad)
 
 
 @pytest.mark.parametrize("bad", ["0.5", None, True])
@@ -143,9 +142,8 @@ def test_unknown_distribution() -> None:
         allocate(SHAPES, 0.5, "erdos")
 
 
-def test_check_sparsity_accepts_int_zero() -> None:
-    assert check_sparsity(0) == 0.0
-    assert isinstance(check_sparsity(0), float)
+def test_allocate_accepts_int_zero() -> None:
+    assert allocate(SHAPES, 0, "uniform") == {"fc1.weight": 32, "fc2.weight": 8, "conv.weight": 54}
 
 
 # --------------------------------------------------------------------------- properties

@@ -28,8 +28,8 @@ from sparsetrain.methods import (
     method_options,
     method_renames,
 )
-from sparsetrain.methods.gmp import GMP
-from sparsetrain.methods.options import checks, integer
+from sparsetrain.methods.options import declared_checks
+from sparsetrain.methods.registry import method_class
 from sparsetrain.train.aggregate import flatten
 from sparsetrain.train.build import check_method, resolve_config, resolved_dict
 
@@ -93,13 +93,6 @@ def test_old_name_warns_and_builds_the_same_method(
         create_method(name, **{old: value, new: value}, **extra)
 
 
-def test_old_name_works_on_the_class_too() -> None:
-    with pytest.warns(DeprecationWarning, match="now called update_interval") as got:
-        method = GMP(interval=7, total_steps=100)
-    assert method.pruning.interval == 7
-    assert got[0].filename == __file__  # the warning points at the caller's line
-
-
 # (method, options, error type, the whole message after "<method>: ")
 BAD_VALUES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("gmp", {"update_interval": 0}, ValueError, "update_interval must be an int >= 1, got 0"),
@@ -153,14 +146,17 @@ def test_unknown_option_is_a_type_error() -> None:
         create_method("gmp", intervall=5, total_steps=100)
 
 
-def test_a_check_must_name_an_option_of_its_constructor() -> None:
-    with pytest.raises(TypeError, match=r"CHECKS names options its __init__ lacks: \['steps'\]"):
+@pytest.mark.parametrize("name", list_methods())
+def test_every_declared_check_names_an_option_of_the_method(name: str) -> None:
+    factory = get_method_info(name).factory
+    options = method_options(factory)
+    declared = declared_checks(method_class(factory))
+    assert declared and set(declared) <= set(options)
 
-        class Broken(SparsityMethod):
-            CHECKS = checks(steps=integer(1))
 
-            def __init__(self, *, interval: int = 1, **kwargs: Any) -> None:
-                super().__init__(**kwargs)
+def test_create_method_checks_every_declared_option() -> None:
+    with pytest.raises(ValueError, match=r"^gmp: update_interval must be an int >= 1, got 0$"):
+        create_method("gmp", update_interval=0, total_steps=10)
 
 
 # --------------------------------------------------------------------------- configs

@@ -34,18 +34,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from sparsetrain.checks import SPARSITY
 from sparsetrain.types import ShapeDict
 
 DISTRIBUTIONS = ("uniform", "er", "erk", "global")
-
-
-def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
-    """Validate a sparsity in [0, 1) and return it as a float."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
-        raise TypeError(f"{name} must be a number in [0, 1), got {sparsity!r}")
-    if not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {sparsity!r}")
-    return float(sparsity)
 
 
 def _raw_ratio(shape: tuple[int, ...], kind: str, power: float, blocks: int = 1) -> float:
@@ -82,7 +74,8 @@ def allocate_densities(
     Returns:
         Tensor name to density in [0, 1].
     """
-    sparsity = check_sparsity(sparsity)
+    SPARSITY("allocate", "sparsity", sparsity)
+    sparsity = float(sparsity)
     if kind not in DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {kind!r}; valid: {', '.join(DISTRIBUTIONS)}")
     density = 1.0 - sparsity

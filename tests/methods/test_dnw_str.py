@@ -88,7 +88,7 @@ def test_dnw_update_interval_holds_the_cut() -> None:
     _train(model, opt, 5)  # step 7 = total_steps: exact again
     assert method.report().nnz == method.global_target_count()
     with pytest.raises(ValueError, match=r"^dnw: update_interval must be an int >= 1, got 0$"):
-        DNW(sparsity=0.5, update_interval=0)
+        create_method("dnw", sparsity=0.5, update_interval=0)
 
 
 def test_dnw_ramp_and_bad_scope() -> None:
@@ -98,7 +98,7 @@ def test_dnw_ramp_and_bad_scope() -> None:
         [0.0, 0.0, 0.7, 0.8, 0.8]
     )
     with pytest.raises(ValueError, match="valid: layer, global"):
-        DNW(sparsity=0.5, scope="block")
+        create_method("dnw", sparsity=0.5, scope="block")
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])

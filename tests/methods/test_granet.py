@@ -120,4 +120,4 @@ def test_sparse_start_uses_an_erk_mask(tiny_mlp) -> None:
 )
 def test_bad_options(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
-        GraNet(sparsity=0.5, total_steps=10, **kwargs)
+        create_method("granet", sparsity=0.5, total_steps=10, **kwargs)

@@ -252,7 +252,7 @@ def test_layer_flags_and_detach(tiny_mlp) -> None:
 )
 def test_bad_options(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
-        OptG(sparsity=0.5, **kwargs)
+        create_method("optg", sparsity=0.5, **kwargs)
 
 
 def test_needs_an_optimizer(tiny_mlp) -> None:

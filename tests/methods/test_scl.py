@@ -177,7 +177,7 @@ def test_masked_weight_decay_spares_pruned_weights(opt_name) -> None:
 )
 def test_bad_options(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
-        SCL(**kwargs)
+        create_method("scl", **kwargs)
 
 
 def test_detach_restores_the_model(tiny_mlp) -> None:

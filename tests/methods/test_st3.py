@@ -222,7 +222,7 @@ def test_update_interval_holds_tau_between_updates() -> None:
     _step(model, opt, x)  # step 4: updated
     assert method._tau != tau
     with pytest.raises(TypeError, match="update_interval must be an int"):
-        ST3(sparsity=0.5, total_steps=10, update_interval=2.0)
+        create_method("st3", sparsity=0.5, total_steps=10, update_interval=2.0)
 
 
 def test_bn_momentum_option() -> None:
@@ -281,17 +281,17 @@ def test_other_groups_are_used_as_given_with_one_warning() -> None:
 
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match=r"freeze_step \(5\) is before end_step \(10\)"):
-        ST3(sparsity=0.5, end_step=10, freeze_step=5)
+        create_method("st3", sparsity=0.5, end_step=10, freeze_step=5)
     with pytest.raises(ValueError, match="valid: None, dims, glorot"):
-        ST3(sparsity=0.5, total_steps=10, sigma="width")
+        create_method("st3", sparsity=0.5, total_steps=10, sigma="width")
     with pytest.raises(ValueError, match="valid: corrected, as_released"):
-        ST3(sparsity=0.5, total_steps=10, bn_momentum="keras")
+        create_method("st3", sparsity=0.5, total_steps=10, bn_momentum="keras")
     with pytest.raises(ValueError, match="valid: weights, as_given"):
-        ST3(sparsity=0.5, total_steps=10, weight_decay_scope="bn")
+        create_method("st3", sparsity=0.5, total_steps=10, weight_decay_scope="bn")
     with pytest.raises(ValueError, match="end_step or total_steps"):
-        ST3(sparsity=0.5)
+        create_method("st3", sparsity=0.5)
     with pytest.raises(ValueError, match="after total_steps"):
-        ST3(sparsity=0.5, total_steps=10, freeze_step=11)
+        create_method("st3", sparsity=0.5, total_steps=10, freeze_step=11)
 
 
 @pytest.mark.parametrize("name", ["st3", "st3_sigma"])

@@ -72,12 +72,11 @@ gradients every step and keep the dense path. ``detach``/``squash`` put the orig
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -86,19 +85,10 @@ import torch
 from torch import nn
 
 from sparsetrain import distributed as _dist
-from sparsetrain.distributions import check_sparsity
+from sparsetrain.checks import SPARSITY, Check, integer, one_of
 from sparsetrain.masking.targets import Target, select_targets
 from sparsetrain.methods._execution import SparseExecution
-from sparsetrain.methods.options import (
-    Check,
-    check_options,
-    checks,
-    integer,
-    number,
-    one_of,
-    rename_options,
-    renamed,
-)
+from sparsetrain.methods.options import checks, renamed
 from sparsetrain.optim import check_state, param_ids, zero_preserving, zero_state
 from sparsetrain.report import LayerRow, SparsityReport
 from sparsetrain.schedules import ConstantRamp, Schedule
@@ -221,32 +211,6 @@ class _AttachSnapshot:
         method.execution_decisions, method.history = [], self.history
 
 
-def _declared_init(owner: type, init: Callable[..., None]) -> Callable[..., None]:
-    """``owner``'s constructor, preceded by the renames and the declared checks of its options.
-
-    Old option names (``RENAMED`` of the instance's class and its bases) become the new ones,
-    with a ``DeprecationWarning``; then every option in ``owner.CHECKS`` is checked (the given
-    value, or the default). Each class checks its own options, so a subclass passing a value on
-    to its base gets it checked there too.
-    """
-    params = inspect.signature(init).parameters
-    declared = owner.__dict__.get("CHECKS", {})
-    missing = [k for k in declared if k not in params]
-    if missing:
-        raise TypeError(f"{owner.__name__}.CHECKS names options its __init__ lacks: {missing}")
-    defaults = {k: params[k].default for k in declared if params[k].default is not params[k].empty}
-
-    @functools.wraps(init)
-    def __init__(self: SparsityMethod, *args: Any, **kwargs: Any) -> None:
-        old_names = type(self).renamed_options()
-        if old_names:
-            kwargs = rename_options(self.name, old_names, kwargs, stacklevel=3)
-        check_options(self.name, declared, {**defaults, **kwargs})
-        init(self, *args, **kwargs)
-
-    return __init__
-
-
 class SparsityMethod(SparseExecution):
     """Base class of all methods: targets, masks, hooks, state and diagnostics.
 
@@ -308,31 +272,17 @@ class SparsityMethod(SparseExecution):
         "needs dense gradients or dense weights every step, so it keeps the dense path"
     )
     CHECKS: ClassVar[Mapping[str, Check]] = checks(
-        sparsity=number(0, 1, high_open=True),
+        sparsity=SPARSITY,
         total_steps=integer(1, optional=True),
         seed=integer(),
         execution=one_of(EXECUTIONS),
         execution_batch_size=integer(1, optional=True),
         weight_init=one_of(WEIGHT_INITS),
     )
-    """Declared checks of the options of *this class's* constructor (see
-    :mod:`~sparsetrain.methods.options`); each subclass declares its own."""
+    """Declared checks of the options of *this class's* constructor, run by ``create_method``
+    (see :mod:`~sparsetrain.methods.options`); each subclass declares its own."""
     RENAMED: ClassVar[Mapping[str, str]] = renamed()
     """Old option name → new name, accepted for one release (subclasses inherit them)."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is not None:
-            cls.__init__ = _declared_init(cls, init)  # type: ignore[method-assign]
-
-    @classmethod
-    def renamed_options(cls) -> dict[str, str]:
-        """Every old option name this method still accepts → its new name."""
-        out: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            out.update(klass.__dict__.get("RENAMED", {}))
-        return out
 
     def __init__(
         self,
@@ -350,7 +300,7 @@ class SparsityMethod(SparseExecution):
         weight_init: str = "default",
         rank_check: bool = True,
     ) -> None:
-        self.sparsity = check_sparsity(sparsity)
+        self.sparsity = float(sparsity)
         # what the mask does over the run: a subclass with a schedule replaces this constant one
         self.schedule = Schedule(ConstantRamp(self.sparsity))
         if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
@@ -822,6 +772,3 @@ class SparsityMethod(SparseExecution):
     def __repr__(self) -> str:
         where = "attached" if self.model is not None else "unattached"
         return f"<{type(self).__name__} {self.name!r} sparsity={self.sparsity} {where}>"
-
-
-SparsityMethod.__init__ = _declared_init(SparsityMethod, SparsityMethod.__init__)  # type: ignore[method-assign]

@@ -1,22 +1,20 @@
-"""Method options: one vocabulary, renamed options, and one way to validate a value.
+"""Method options: one vocabulary, declared checks, and the one function that validates them.
 
 A method's options are the keyword parameters of its constructor (names, defaults and help in
 the ``Args:`` section of its docstring: what ``sparsetrain list methods NAME`` shows). Next to the
-constructor a method declares two class attributes, read by :class:`~sparsetrain.methods.base.
-SparsityMethod` for every subclass:
+constructor a method declares ``CHECKS``: option name → :class:`~sparsetrain.checks.Check` (type,
+range or valid values), read by :func:`validate`, which :func:`~sparsetrain.methods.registry.
+create_method` calls before it builds the method (config loading goes through
+``create_method`` too). Every value of a declared option, default included, is checked there,
+so all methods report a bad value the same way::
 
-- ``CHECKS``: option name → :class:`Check` (type, range or valid values). Every value of a
-  declared option, default included, is checked before the constructor body runs, so all
-  methods report a bad value the same way::
+    gmp: update_interval must be an int >= 1, got 0          (ValueError; TypeError: wrong type)
+    gmp: unknown scope 'x'; valid: layer, global             (ValueError)
 
-      gmp: update_interval must be an int >= 1, got 0          (ValueError; TypeError: wrong type)
-      gmp: unknown scope 'x'; valid: layer, global             (ValueError)
-
-  Rules that tie several options together stay in the constructor and raise
-  :func:`option_error` (same format).
-- ``RENAMED``: old option name → new name. The old spelling keeps working for one release with
-  a ``DeprecationWarning`` naming the new one; giving both is a ``TypeError``. Subclasses
-  inherit the renames of their bases (``granet`` takes GMP's).
+A class's declaration of an option overrides its bases' (SCL declares its own ``sparsity``).
+Rules that tie several options together stay in the constructor and raise
+:func:`~sparsetrain.checks.option_error` (same format). Constructors themselves check nothing
+that ``CHECKS`` says: build methods with ``create_method`` (the classes are for subclassing).
 
 The vocabulary, one name per idea across methods: ``update_interval`` (steps between mask
 updates), ``begin_step``/``end_step`` (the schedule's window), ``freeze_step`` (the mask is
@@ -27,102 +25,64 @@ what a method trains itself (OptG's ``score_lr``, SCL's ``mask_lr``, STR's ``thr
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from sparsetrain.checks import Check, integer, number, one_of, option_error
 
-@dataclass(frozen=True)
-class Check:
-    """What values one option takes: an int or number in a range, or one of a few values.
+__all__ = [
+    "Check",
+    "checks",
+    "declared_checks",
+    "integer",
+    "number",
+    "one_of",
+    "option_error",
+    "rename_options",
+    "renamed",
+    "validate",
+]
 
-    Build it with :func:`integer`, :func:`number` or :func:`one_of`.
+
+def checks(**declared: Check) -> Mapping[str, Check]:
+    """A method's ``CHECKS``: option name → :class:`~sparsetrain.checks.Check` (read-only)."""
+    return MappingProxyType(declared)
+
+
+def declared_checks(cls: type) -> dict[str, Check]:
+    """Every option check of ``cls`` and its bases; a class's own declaration wins."""
+    out: dict[str, Check] = {}
+    for klass in cls.__mro__:
+        for option, check in klass.__dict__.get("CHECKS", {}).items():
+            out.setdefault(option, check)
+    return out
+
+
+def validate(
+    method: str, cls: type, defaults: Mapping[str, Any], options: Mapping[str, Any]
+) -> None:
+    """Raise on an unknown option or a value (given, or the default) its check refuses.
+
+    Args:
+        method: The registry name, for the messages.
+        cls: The method's class (its ``CHECKS`` and its bases').
+        defaults: Every option the method takes, with its default.
+        options: The options given.
+
+    Raises:
+        TypeError: An unknown option (one line with the valid names), or a value of the wrong
+            type.
+        ValueError: A value out of range or not among the valid ones.
     """
-
-    kind: str  # "int", "number" or "choice"
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[Any, ...] = ()
-    optional: bool = False
-
-    def rule(self) -> str:
-        """The rule in words, e.g. ``an int >= 1`` or ``a number in (0, 1]``."""
-        what = "an int" if self.kind == "int" else "a number"
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            brackets = ("(" if self.low_open else "[", ")" if self.high_open else "]")
-            text = f"{what} in {brackets[0]}{lo:g}, {hi:g}{brackets[1]}"
-        elif lo is not None:
-            text = f"{what} {'>' if self.low_open else '>='} {lo:g}"
-        elif hi is not None:
-            text = f"{what} {'<' if self.high_open else '<='} {hi:g}"
-        else:
-            text = what
-        return f"{text} or None" if self.optional else text
-
-    def __call__(self, method: str, option: str, value: Any) -> None:
-        """Raise ``ValueError`` (``TypeError`` for a wrong type) if ``value`` breaks the rule."""
-        if value is None and self.optional:
-            return
-        if self.kind == "choice":
-            if not _member(value, self.choices):
-                valid = ", ".join(map(str, self.choices))
-                raise option_error(method, f"unknown {option} {value!r}; valid: {valid}")
-            return
-        types = (int,) if self.kind == "int" else (int, float)
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise option_error(method, f"{option} must be {self.rule()}, got {value!r}", TypeError)
-        ok = not (isinstance(value, float) and math.isnan(value))
-        if ok and self.low is not None:
-            ok = value > self.low if self.low_open else value >= self.low
-        if ok and self.high is not None:
-            ok = value < self.high if self.high_open else value <= self.high
-        if not ok:
-            raise option_error(method, f"{option} must be {self.rule()}, got {value!r}")
-
-
-def _member(value: Any, choices: Sequence[Any]) -> bool:
-    try:
-        return value in choices
-    except TypeError:  # an unhashable or oddly comparing value
-        return False
-
-
-def integer(low: int | None = None, high: int | None = None, *, optional: bool = False) -> Check:
-    """An int (not a bool) in ``[low, high]``; ``optional``: ``None`` allowed."""
-    return Check("int", low, high, optional=optional)
-
-
-def number(
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    optional: bool = False,
-) -> Check:
-    """An int or float (not a bool, not NaN) in the range; open ends with ``*_open``."""
-    return Check("number", low, high, low_open, high_open, optional=optional)
-
-
-def one_of(choices: Sequence[Any], *, optional: bool = False) -> Check:
-    """One of ``choices`` (``optional``: or ``None``)."""
-    return Check("choice", choices=(*choices,), optional=optional)
-
-
-def option_error(method: str, text: str, kind: type[Exception] = ValueError) -> Exception:
-    """The one error format for a bad option: ``"<method>: <text>"``."""
-    return kind(f"{method}: {text}")
-
-
-def check_options(method: str, checks: Mapping[str, Check], values: Mapping[str, Any]) -> None:
-    """Run each declared check on the value of its option (options absent are skipped)."""
-    for option, check in checks.items():
+    bad = [k for k in options if k not in defaults]
+    if bad:
+        raise TypeError(
+            f"method {method!r} got unknown option(s) {bad}; valid: {', '.join(defaults)}"
+        )
+    values = {**defaults, **options}
+    for option, check in declared_checks(cls).items():
         if option in values:
             check(method, option, values[option])
 
@@ -191,11 +151,6 @@ def _same(a: Any, b: Any) -> bool:
         return bool(plain(a) == plain(b))
     except Exception:
         return False
-
-
-def checks(**declared: Check) -> Mapping[str, Check]:
-    """A method's ``CHECKS``: option name → :class:`Check` (read-only)."""
-    return MappingProxyType(declared)
 
 
 def renamed(**old_to_new: str) -> Mapping[str, str]:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from sparsetrain._names import unknown_name
 from sparsetrain.methods.base import SparsityMethod
-from sparsetrain.methods.options import rename_options
+from sparsetrain.methods.options import rename_options, validate
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,8 @@ def create_method(method: str | SparsityMethod, **kwargs: Any) -> SparsityMethod
     renamed = method_renames(info.factory)
     if renamed:  # old spellings: the new name, with a DeprecationWarning (the caller's line)
         kwargs = rename_options(method, renamed, kwargs, stacklevel=3)
-    valid = method_options(info.factory)
-    bad = [k for k in kwargs if k not in valid]
-    if bad:
-        raise TypeError(f"method {method!r} got unknown option(s) {bad}; valid: {', '.join(valid)}")
+    cls = method_class(info.factory)
+    validate(method, SparsityMethod if cls is None else cls, method_options(info.factory), kwargs)
     return info.factory(**kwargs)
 
 
@@ -148,8 +146,10 @@ def method_class(factory: Callable[..., Any]) -> type[SparsityMethod] | None:
 
 def method_renames(factory: Callable[..., Any]) -> dict[str, str]:
     """Old option names a factory still accepts → their new names (see ``RENAMED``)."""
-    cls = method_class(factory)
-    return cls.renamed_options() if cls is not None else {}
+    out: dict[str, str] = {}
+    for klass in reversed((method_class(factory) or SparsityMethod).__mro__):
+        out.update(klass.__dict__.get("RENAMED", {}))
+    return out
 
 
 def canonical_options(
