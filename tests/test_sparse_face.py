@@ -262,3 +262,60 @@ def test_tied_head_stays_dense_and_tie_weights_still_works():
     assert method.report().rows  # the method still runs the tied target
     with pytest.raises(AttributeError, match="read-only"):  # a tie onto a sparse layer: clear
         model.mid.weight = model.emb.weight
+
+
+# --------------------------------------------------------------------------- the train harness
+
+HARNESS = {
+    "data": {"name": "synthetic", "n_train": 64, "n_test": 32},  # 4 batches an epoch
+    "model": {"name": "mlp", "hidden_sizes": [16]},
+    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+    "train": {"epochs": 3, "batch_size": 16, "plots": False},
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "rigl", "sparsity": 0.8, "update_interval": 2, "execution": "sparse"},
+        # layers move to sparse kernels at step 4, before the kill at step 7
+        {"name": "gmp", "sparsity": 0.9, "update_interval": 2, "end_step": 4},
+    ],
+    ids=["rigl", "gmp"],
+)
+def test_harness_resume_of_a_sparse_run_is_identical(tmp_path, monkeypatch, method):
+    import yaml
+
+    from sparsetrain.cli import main
+    from sparsetrain.train import experiment
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({**HARNESS, "method": {"execution": "sparse", **method}}))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["train", str(cfg), "--out", str(straight), "--quiet"]) == 0
+    build, calls = experiment.build_model, [0]
+
+    def killing(*args, **kwargs):  # a KeyboardInterrupt in the 7th training forward
+        model = build(*args, **kwargs)
+
+        def hook(module, *_):
+            calls[0] += module.training
+            if calls[0] == 7:
+                raise KeyboardInterrupt
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    with monkeypatch.context() as m:
+        m.setattr(experiment, "build_model", killing)
+        assert main(["train", str(cfg), "--out", str(resumed), "--quiet"]) == 130
+    mid = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    assert "sparse" in mid["method"]["execution"].values() and "fc1.weight" in mid["model"]
+    assert main(["train", str(cfg), "--out", str(resumed), "--quiet", "--resume"]) == 0
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (straight, resumed))
+    untimed = [[{k: v for k, v in r.items() if k != "time"} for r in c["history"]] for c in (a, b)]
+    assert untimed[0] == untimed[1]  # losses and accuracies of every epoch
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    masks = a["method"]["masks"]
+    assert all(torch.equal(masks[k], b["method"]["masks"][k]) for k in masks)
