@@ -88,7 +88,7 @@ def _logical_state(model: nn.Module) -> dict[str, torch.Tensor | _Sparse]:
         mod = sparse.get(prefix)
         if mod is None:
             out[key] = value
-        elif leaf in ("values", "crow_indices", "col_indices"):
+        elif leaf in ("weight", "values", "crow_indices", "col_indices"):  # training, serving
             if prefix + "weight" not in out:
                 shape = (mod.out_features, mod.in_features)
                 vals = mod.values.detach()

@@ -20,6 +20,16 @@ recurrent weights, embeddings and other tensors keep the masked-dense path, and 
 tied to another name (an output head tied to an embedding) and a Linear registered under
 several names: the swap replaces one module under one name, and the other names would read a
 placeholder. Each such target's row in ``execution_report()`` says why it stayed dense.
+
+Resume. A sparse layer saves the plain ``nn.Linear``'s ``weight`` (dense, zeros at pruned
+positions) and ``bias`` (see ``sparsetrain.sparse.layers``), so a model checkpoint loads in any
+execution. The optimizer state of a sparse layer is ordered by its structure, which is the
+checkpoint's mask, known only once the method state is loaded: ``load_state_dict`` therefore
+first gives each target the checkpoint's execution (:meth:`SparseExecution.adopt_execution`),
+then rebuilds each sparse layer whose structure differs from its loaded mask, taking the weights
+from the model state loaded before it, and keeping the optimizer state as it is when the
+optimizer was loaded since (a load hook on the optimizer tells). The README's order (model,
+optimizer, method), the method first, or the optimizer first all continue bit for bit.
 """
 
 from __future__ import annotations
@@ -34,9 +44,12 @@ from torch.nn.utils import parametrize
 
 from sparsetrain.masking.targets import Target
 from sparsetrain.optim import momentum_of
+from sparsetrain.sparse import bench
+from sparsetrain.sparse.convert import replace_param, scatter_state, swap_to_sparse
+from sparsetrain.sparse.layers import SparseLinear
 
 if TYPE_CHECKING:
-    from sparsetrain.sparse.layers import SparseLinear
+    from torch.utils.hooks import RemovableHandle
 
 
 AUTO_FROM_DENSITY = 0.5
@@ -55,6 +68,11 @@ class SparseExecution:
         """Eligible targets still masked-dense that may move to sparse kernels later."""
         return self.__dict__.setdefault("_deferred_targets", [])
 
+    @property
+    def _state_loaded(self) -> set[str]:
+        """Sparse targets whose optimizer state was loaded since their structure last changed."""
+        return self.__dict__.setdefault("_state_loaded_targets", set())
+
     def _check_execution(self) -> None:
         """Raise before attach if this method cannot run with its ``execution`` option."""
         if self.execution == "dense":
@@ -72,9 +90,11 @@ class SparseExecution:
 
     def _setup_execution(self) -> None:
         """Choose dense or sparse per target and swap the sparse Linear layers in (attach)."""
-        from sparsetrain.sparse.bench import plan_layers
-
         model = self._require_attached()
+        if self.optimizer is not None:
+            self._optimizer_hook = self.optimizer.register_load_state_dict_post_hook(
+                self._optimizer_loaded
+            )
         names = {id(m): n for n, m in model.named_modules()}
         batch = self.execution_batch_size
         rows: dict[str, dict[str, Any]] = {}
@@ -114,7 +134,7 @@ class SparseExecution:
         elif eligible:
             sub = nn.ModuleDict({mn.replace(".", "/"): t.module for t, mn in eligible})
             masks = {f"{mn.replace('.', '/')}.weight": t.mask for t, mn in eligible}
-            decisions = plan_layers(sub, batch or 1, mode="train", masks=masks, repeats=10)
+            decisions = bench.plan_layers(sub, batch or 1, mode="train", masks=masks, repeats=10)
             for (t, mn), d in zip(eligible, decisions, strict=True):
                 rows[t.name].update(
                     dense_ms=d.dense_ms, sparse_ms=d.sparse_ms, decision=d.choice, note="measured"
@@ -128,8 +148,6 @@ class SparseExecution:
 
     def _swap_in(self, t: Target, mod_name: str) -> None:
         """Replace target ``t``'s ``nn.Linear`` by a :class:`SparseLinear` (optimizer included)."""
-        from sparsetrain.sparse.convert import swap_to_sparse
-
         model = self._require_attached()
         t.param.grad = None  # the optimizer holds the layer's values from now on
         layer = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
@@ -137,6 +155,10 @@ class SparseExecution:
         self._dense_layers[t.name] = (t.module, mod_name)
         t.param.data = _placeholder(t.param)
         self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
+
+    def _optimizer_loaded(self, optimizer: torch.optim.Optimizer) -> None:
+        """Optimizer load hook: the sparse layers' state is now the checkpoint's, in its order."""
+        self._state_loaded.update(self._sparse)
 
     def _switch_density(self) -> float | None:
         """Density from which deferred layers are considered (``None``: no deferral)."""
@@ -160,12 +182,10 @@ class SparseExecution:
         rows = {r["layer"]: r for r in self.execution_decisions}
         chosen = ready
         if self.execution == "auto":
-            from sparsetrain.sparse.bench import plan_layers
-
             sub = nn.ModuleDict({mn.replace(".", "/"): t.module for t, mn in ready})
             masks = {f"{mn.replace('.', '/')}.weight": t.mask for t, mn in ready}
             with torch.enable_grad():  # the measurement trains copies of the layers
-                decisions = plan_layers(
+                decisions = bench.plan_layers(
                     sub, self.execution_batch_size or 1, mode="train", masks=masks, repeats=10
                 )
             chosen = []
@@ -235,6 +255,7 @@ class SparseExecution:
         """Make the sparse layer of ``target`` follow ``target.mask`` (grown entries at zero)."""
         layer = self._sparse[target.name]
         dense_grad = layer.dense_grad if self._in_backward else None
+        self._state_loaded.discard(target.name)  # a training step: the state is the layer's
         layer.set_structure(target.mask, self.optimizer, reset=grown)
         if dense_grad is not None:  # this step's update still applies to the new structure
             layer.values.grad = dense_grad.reshape(-1)[layer.flat_indices()].clone()
@@ -279,11 +300,10 @@ class SparseExecution:
     def adopt_execution(self, state: dict[str, Any]) -> None:
         """Give each target the execution recorded in a method ``state_dict``.
 
-        Call it before loading a model checkpoint taken with ``execution="auto"``: the layer
-        choices measured now may differ from the checkpoint's.
+        :meth:`load_state_dict` calls it; calling it before loading the model and optimizer
+        too (as ``sparsetrain train --resume`` does) builds each sparse layer on the
+        checkpoint's mask from the start.
         """
-        from sparsetrain.sparse.convert import swap_to_sparse
-
         model = self._require_attached()
         layout = state.get("execution") if isinstance(state, dict) else None
         if not layout or self.execution == "dense":
@@ -298,9 +318,7 @@ class SparseExecution:
                     raise ValueError(f"{t.name!r} cannot run sparse in this model: {why}")
                 mask = state["masks"][t.name].to(device=t.mask.device, dtype=torch.bool)
                 t.mask.copy_(mask)
-                self._sparse[t.name] = swap_to_sparse(model, mod_name, t.mask, self.optimizer)
-                self._dense_layers[t.name] = (t.module, mod_name)
-                t.param.data = _placeholder(t.param)
+                self._swap_in(t, mod_name)
                 self._deferred[:] = [d for d in self._deferred if d[0] is not t]
             elif want == "dense" and has:
                 self._restore_dense_layers([t.name])
@@ -312,10 +330,38 @@ class SparseExecution:
                 row.update(decision=want, note="from checkpoint")
         self._masked_targets = [t for t in self.targets if t.name not in self._sparse]
 
-    def _restore_dense_layers(self, names: Sequence[str] | None = None) -> None:
-        """Put the original ``nn.Linear`` back for sparse targets (all, or ``names``)."""
-        from sparsetrain.sparse.convert import replace_param, scatter_state
+    def _load_execution(self, state: dict[str, Any]) -> None:
+        """After ``load_state_dict`` set the masks: the checkpoint's execution and structures."""
+        self.adopt_execution(state)
+        self.sync_sparse_layers()
+        if self._sparse:
+            self._arm(self.step + 1)
 
+    def sync_sparse_layers(self) -> None:
+        """Rebuild each sparse layer whose structure differs from its target's mask.
+
+        For code that sets ``Target.mask`` directly (``load_state_dict`` calls it). Weights come
+        from a model state loaded just before (positions outside the old structure included),
+        else from the layer's values; optimizer state loaded since the structure last changed
+        is kept as it is (it follows the checkpoint's mask), other state is remapped.
+        """
+        loaded = self._state_loaded
+        for t in self.targets:
+            layer = self._sparse.get(t.name)
+            if layer is not None and not torch.equal(layer.mask(), t.mask):
+                layer.set_structure(t.mask, self.optimizer, keep_state=t.name in loaded)
+        loaded.clear()
+
+    def _restore_dense_layers(self, names: Sequence[str] | None = None) -> None:
+        """Put the original ``nn.Linear`` back for sparse targets (all, or ``names``).
+
+        All (``names=None``: detach, or undoing a failed attach) also removes the optimizer
+        load hook of sparse execution.
+        """
+        if names is None:
+            hook: RemovableHandle | None = self.__dict__.pop("_optimizer_hook", None)
+            if hook is not None:
+                hook.remove()
         if not self._sparse:
             return
         model = self._require_attached()
@@ -323,9 +369,11 @@ class SparseExecution:
             if t.name not in self._sparse or (names is not None and t.name not in names):
                 continue
             layer = self._sparse.pop(t.name)
+            self._state_loaded.discard(t.name)
             linear, mod_name = self._dense_layers.pop(t.name)
+            loaded = layer.loaded_weight()  # a model state loaded before: all its weights
             with torch.no_grad():
-                t.param.data = layer.to_dense().clone()
+                t.param.data = (layer.to_dense() if loaded is None else loaded).clone()
             t.param.grad = None
             t.param.requires_grad_(layer.values.requires_grad)
             if self.optimizer is not None:

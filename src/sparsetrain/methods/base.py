@@ -694,12 +694,7 @@ class SparsityMethod(SparseExecution):
             with torch.no_grad():
                 for t in self._masked_targets:
                     t.param.mul_(t.mask.view(torch.uint8))
-        if self._sparse:
-            for t in self.targets:
-                layer = self._sparse.get(t.name)
-                if layer is not None and not torch.equal(layer.mask(), t.mask):
-                    layer.set_structure(t.mask, self.optimizer)
-            self._arm(self.step + 1)
+        self._load_execution(state)  # sparse execution: the checkpoint's layout and structures
 
     # ------------------------------------------------------------------ diagnostics
 

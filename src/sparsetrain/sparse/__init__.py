@@ -37,10 +37,14 @@ The method stays the single owner of masks (``Target.mask``); the sparse layer's
    every value-shaped optimizer state entry; dropped ones vanish; grown ones start at zero
    (value and state), which is the method's default regrowth policy. The ``values`` Parameter
    object is unchanged, so nothing else needs rewiring. ``t.mask.copy_(new_mask)`` as today.
-4. **state_dict / resume**: a ``SparseLinear`` saves ``values``, ``crow_indices`` and
-   ``col_indices`` and reloads any nnz, so ``model``/``optimizer``/``method`` state dicts
-   round-trip in sparse mode. Loading a sparse-mode checkpoint into a dense-mode run (or the
-   reverse) is what :func:`swap_to_dense`/``sparsetrain.export.save_compressed`` are for.
+4. **state_dict / resume**: a ``SparseLinear`` keeps the face of the ``nn.Linear`` it
+   replaced: ``layer.weight`` reads the dense weight (read-only) and ``state_dict`` holds
+   ``weight`` (dense, zeros at pruned positions) and ``bias``, so a model checkpoint loads into
+   the plain model and back. A dense weight loaded into a sparse layer fills the values at its
+   structure; the method's ``load_state_dict`` then rebuilds the structure from its masks (the
+   truth), taking the other live weights from that loaded weight and keeping optimizer state
+   loaded since as it is (``set_structure(..., keep_state=True)``): the README's resume order
+   continues bit for bit. Optimizer state stays sized to the live values.
 5. **detach / squash**: ``swap_to_dense(model, name, optimizer)`` for every sparse layer gives
    back ``nn.Linear`` modules with the original parameter names and zeros at pruned positions.
 

@@ -6,8 +6,10 @@ representation (``weight`` ``(out, in)`` ↔ ``values`` ``(nnz,)``), so the weig
 replaced in the optimizer's param group *at the same index*: ``optimizer.state_dict()`` keeps
 its numbering. State that is shaped like the parameter (SGD ``momentum_buffer``, Adam
 ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, ...) is gathered to the live positions or
-scattered back (zeros elsewhere); scalars (``step``) are carried as they are; any other layout
-raises ``TypeError`` naming the state key.
+scattered back (zeros elsewhere); scalars (``step``) are carried as they are; state already in
+the target layout (value-shaped state of a 2-D weight, or dense-shaped state of the values:
+loaded from a checkpoint taken in the other execution, with this structure) is carried as it
+is; any other layout raises ``TypeError`` naming the state key.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def gather_state(
         flat_index: Sorted flat positions in ``dense`` of the live values.
 
     Raises:
-        TypeError: A non-scalar state tensor not shaped like ``dense``.
+        TypeError: A non-scalar state tensor shaped neither like ``dense`` nor like ``values``
+            (a 2-D or larger ``dense`` only: then ``values``-shaped state is carried as it is).
     """
     state = optimizer.state.pop(dense, None)
     if not state:
@@ -50,6 +53,9 @@ def gather_state(
     moved = {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
+            if dense.dim() > 1 and value.shape == values.shape:
+                moved[key] = value  # already value-ordered (a sparse-execution checkpoint)
+                continue
             if value.shape != dense.shape:
                 raise TypeError(
                     f"optimizer state {key!r} has shape {tuple(value.shape)}, not the weight's "
@@ -69,7 +75,8 @@ def scatter_state(
     """Move ``values``' state to ``dense``: live entries at ``flat_index``, zeros elsewhere.
 
     Raises:
-        TypeError: A non-scalar state tensor not shaped like ``values``.
+        TypeError: A non-scalar state tensor shaped neither like ``values`` nor like ``dense``
+            (a 2-D or larger ``dense`` only: then ``dense``-shaped state is carried as it is).
     """
     state = optimizer.state.pop(values, None)
     if not state:
@@ -77,6 +84,9 @@ def scatter_state(
     moved = {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
+            if dense.dim() > 1 and value.shape == dense.shape:
+                moved[key] = value  # already dense (a masked-dense checkpoint)
+                continue
             if value.shape != values.shape:
                 raise TypeError(
                     f"optimizer state {key!r} has shape {tuple(value.shape)}, not the values' "

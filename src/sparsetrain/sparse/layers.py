@@ -1,9 +1,25 @@
 """Sparse Linear layers: :class:`SparseLinear` trains, :class:`SparseInferenceLinear` serves.
 
 ``SparseLinear`` keeps its weight as CSR: a 1-D trainable ``values`` Parameter (``nnz``) plus
-the pattern as int32 buffers ``crow_indices``/``col_indices`` (saved by ``state_dict``) and the
-transposed pattern (rebuilt, not saved). The optimizer therefore sees ``nnz`` numbers and sizes
-its state to them. The bias stays a plain ``bias`` Parameter.
+the pattern as int32 buffers ``crow_indices``/``col_indices`` and the transposed pattern. The
+optimizer therefore sees ``nnz`` numbers and sizes its state to them. The bias stays a plain
+``bias`` Parameter.
+
+The layer keeps the face of the ``nn.Linear`` it replaces:
+
+- ``layer.weight`` reads the dense ``(out, in)`` weight (zeros at pruned positions), a new
+  tensor at each read; assigning to it raises ``AttributeError`` (there is no dense weight to
+  replace: change ``values``, or the structure through :meth:`SparseLinear.set_structure`).
+- ``state_dict()`` holds ``weight`` (that dense tensor) and ``bias``, the keys and shapes of the
+  plain ``nn.Linear``, so a checkpoint loads into the model without sparsetrain
+  (``strict=True``) and the reverse. ``load_state_dict`` takes a dense ``weight``'s entries at
+  the layer's structure positions; nonzeros outside the structure are kept aside, unused by
+  ``forward``, until the next :meth:`~SparseLinear.set_structure` (the attached method's
+  ``load_state_dict`` calls it with its masks, which decide the structure), where positions live
+  in the new mask take their loaded value. An optimizer step (any in-place change of
+  ``values``), or a later structure change or load, discards them. State dicts written before
+  this dense face (``values``/``crow_indices``/``col_indices``) still load, adopting their
+  pattern. ``SparseInferenceLinear`` (serving) saves its CSR buffers as they are.
 
 Topology changes go through :meth:`SparseLinear.set_structure`, which keeps the *same*
 ``values`` Parameter object (its ``.data`` is replaced), so optimizer references stay valid, and
@@ -85,6 +101,30 @@ class _CSRModule(nn.Module):
     """A module whose weight pattern lives in ``crow_indices``/``col_indices`` buffers."""
 
     _structure: CSRStructure
+    in_features: int
+    out_features: int
+    values: torch.Tensor
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense ``(out, in)`` weight, zeros at pruned positions (a new tensor per read).
+
+        Read-only: writing into the returned tensor does not reach the layer. Autograd records
+        it as a function of ``values``, so a loss term computed from it trains the live values.
+        """
+        dense = self.values.new_zeros(self.out_features * self.in_features)
+        flat = flat_indices(self.structure)
+        return dense.index_put((flat,), self.values).view(self.out_features, self.in_features)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "weight":
+            raise AttributeError(
+                f"{type(self).__name__}.weight is read-only: the layer stores its weight as CSR "
+                "(values at the structure's positions), so there is no dense weight to assign; "
+                "write the values (layer.values) or change the structure (set_structure), or "
+                "keep this layer dense (a tied or shared weight stays masked-dense)"
+            )
+        super().__setattr__(name, value)
 
     def _set_buffers(self, s: CSRStructure) -> None:
         self._structure = s
@@ -173,6 +213,9 @@ class SparseLinear(_CSRModule):
         )
         self.capture_dense_grad = False
         self.dense_grad: torch.Tensor | None = None
+        # the dense weight last loaded with nonzeros outside the structure, and the values'
+        # version counter right after that load (see the module docstring)
+        self._loaded: tuple[torch.Tensor, int] | None = None
 
     # ------------------------------------------------------------------ structure
 
@@ -211,6 +254,7 @@ class SparseLinear(_CSRModule):
         *,
         reset: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
+        keep_state: bool = False,
     ) -> None:
         """Replace the pattern; kept weights and their optimizer state follow, new ones are zero.
 
@@ -227,12 +271,18 @@ class SparseLinear(_CSRModule):
             reset: ``bool`` ``(out, in)``; live positions listed here restart from zero value
                 and state even if they were live before (e.g. regrown weights).
             values: Optional dense ``(out, in)`` weight to read the new values from instead of
-                the current values (positions outside ``mask`` are ignored).
+                the current values (positions outside ``mask`` are ignored). Default: the
+                dense weight just loaded by ``load_state_dict`` if it had nonzeros outside the
+                structure and the values have not changed since, else the current values.
+            keep_state: The optimizer's value-shaped state already follows ``mask`` (it was
+                loaded from a checkpoint taken with this structure): keep it as it is.
         """
         old_flat = self.flat_indices()
         new = structure_from_mask(mask.to(device=self.crow_indices.device))
         new_flat = flat_indices(new)
         reset_v = None if reset is None else reset.reshape(-1)[new_flat]
+        if values is None:
+            values = self.loaded_weight()
         if values is not None:
             new_vals = values.reshape(-1)[new_flat].to(self.values.dtype).clone()
             if reset_v is not None:
@@ -241,16 +291,20 @@ class SparseLinear(_CSRModule):
             new_vals = remap_values(self.values.detach(), old_flat, new_flat, reset_v)
         if optimizer is not None:
             state = optimizer.state.get(self.values, {})
+            want = (new.nnz,) if keep_state else tuple(self.values.shape)
             for key, value in list(state.items()):
                 if not isinstance(value, torch.Tensor) or value.dim() == 0:
                     continue
-                if value.shape != self.values.shape:
+                if tuple(value.shape) != want:
                     raise TypeError(
-                        f"optimizer state {key!r} has shape {tuple(value.shape)}, not the values' "
-                        f"{tuple(self.values.shape)}; set_structure cannot remap it"
+                        f"optimizer state {key!r} has shape {tuple(value.shape)}, not {want} "
+                        f"({'the new' if keep_state else 'the current'} structure's nnz); "
+                        "set_structure cannot remap it"
                     )
-                state[key] = remap_values(value, old_flat, new_flat, reset_v)
+                if not keep_state:
+                    state[key] = remap_values(value, old_flat, new_flat, reset_v)
         self._set_buffers(new)
+        self._loaded = None
         if new_vals.shape == self.values.shape:
             self.values.data = new_vals
             self.values.grad = None
@@ -267,6 +321,67 @@ class SparseLinear(_CSRModule):
         return sparse_linear(x, self.values, self.structure, self.bias, self)
 
     # ------------------------------------------------------------------ state dict
+
+    def loaded_weight(self) -> torch.Tensor | None:
+        """The dense weight last loaded with nonzeros outside the structure, if still current.
+
+        ``None`` once the values changed after that load (an optimizer step), or after a
+        structure change; see the module docstring.
+        """
+        if self._loaded is None:
+            return None
+        weight, version = self._loaded
+        if version != self.values._version:
+            self._loaded = None
+            return None
+        return weight.to(device=self.values.device, dtype=self.values.dtype)
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        # the plain nn.Linear's keys and shapes; the dense weight is made here, not a Parameter
+        destination[prefix + "weight"] = self.to_dense()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + "weight"
+        rest = (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._loaded = None
+        if key not in state_dict:  # a state dict from before the dense face: CSR keys
+            super()._load_from_state_dict(state_dict, prefix, *rest)
+            return
+        weight = state_dict[key]
+        shape = torch.Size((self.out_features, self.in_features))
+        if not isinstance(weight, torch.Tensor) or weight.shape != shape:
+            got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            error_msgs.append(
+                f"size mismatch for {key}: copying a param with shape {got} from checkpoint, "
+                f"the shape in current model is {shape}."
+            )
+            return
+        w = weight.detach().to(device=self.values.device, dtype=self.values.dtype)
+        flat = self.flat_indices()
+        local = {k: v for k, v in state_dict.items() if k.startswith(prefix) and k != key}
+        local[prefix + "values"] = w.reshape(-1)[flat]
+        local[prefix + "crow_indices"] = self.crow_indices  # the structure stays
+        local[prefix + "col_indices"] = self.col_indices
+        errors = len(error_msgs)
+        # not the base class's CSR reload: the structure stays
+        nn.Module._load_from_state_dict(self, local, prefix, *rest)
+        outside = w.reshape(-1) != 0
+        outside[flat] = False
+        if len(error_msgs) == errors and bool(outside.any()):
+            self._loaded = (w.clone(), self.values._version)
 
     def _resize_values(self, nnz: int) -> None:
         self.values.data = self.values.data.new_empty(nnz)  # same Parameter object

@@ -222,8 +222,8 @@ def load_best_model(run: Run, path: str | Path) -> int:
 
     ``run`` must be restored from the same run's ``checkpoint.pt`` first (:func:`load_run`):
     the file holds the model's ``state_dict`` (for in-place methods, the effective weights in
-    the parameters and the raw ones in ``*_raw`` buffers; for sparse execution, the CSR
-    layers) and each target's mask, not the optimizer or the method's other state.
+    the parameters and the raw ones in ``*_raw`` buffers; sparse layers save a dense weight)
+    and each target's mask, not the optimizer or the method's other state.
 
     Returns:
         The epoch the weights are from.
@@ -253,14 +253,16 @@ def load_best_model(run: Run, path: str | Path) -> int:
             raise ValueError(f"masks for {sorted(masks)}, the method's targets are {names}")
         state = best["model"]
         run.model.load_state_dict(state)
+        sparse = method.sparse_layers()  # their targets' parameters are placeholders
         with torch.no_grad():
             for t in method.targets:
                 t.mask.copy_(masks[t.name].to(torch.bool))
-                stored = state.get(t.name)
+                stored = None if t.name in sparse else state.get(t.name)
                 if stored is not None and not torch.equal(t.param.detach().cpu(), stored):
                     # the parameter shared its storage with the raw-weight buffer (loaded
                     # after it): give it back the stored (effective) weight
                     t.param.data = stored.to(t.param.device, t.param.dtype).clone()
+        method.sync_sparse_layers()  # sparse layers follow the best epoch's masks
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path} does not match the model: {exc}") from None
     return int(best["epoch"])
