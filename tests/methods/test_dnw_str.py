@@ -272,7 +272,7 @@ def test_str_needs_optimizer_and_round_trips() -> None:
 
 
 def test_str_warns_when_a_layer_reaches_density_0() -> None:
-    from sparsetrain.methods.base import SparsityTargetWarning
+    from sparsetrain.methods.diagnostics import SparsityTargetWarning
 
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -15,7 +15,8 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsetrain.methods.base import SparsityMethod, attached_method
+from sparsetrain.methods.base import SparsityMethod
+from sparsetrain.methods.lifecycle import attached_method
 from sparsetrain.sparse.bench import LayerDecision, plan_layers
 from sparsetrain.sparse.convert import to_dense_linear
 from sparsetrain.sparse.layers import SparseInferenceLinear, SparseLinear

@@ -49,7 +49,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sparsetrain._io import atomic_path
-from sparsetrain.methods.base import attached_method
+from sparsetrain.methods.lifecycle import attached_method
 from sparsetrain.sparse._csr import flat_indices, structure_from_csr
 from sparsetrain.sparse.layers import SparseInferenceLinear, SparseLinear
 

@@ -6,17 +6,13 @@ Every module in this package is imported here, so a new method registers by exis
 import importlib
 import pkgutil
 
-from sparsetrain.methods.base import (
-    Plan,
-    ScheduleWarning,
-    SparsityMethod,
-    SparsityTargetWarning,
-    attached_method,
-)
+from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.dense import Dense
+from sparsetrain.methods.diagnostics import Plan, ScheduleWarning, SparsityTargetWarning
 from sparsetrain.methods.dynamic import DynamicSparse
 from sparsetrain.methods.gmp import GMP
 from sparsetrain.methods.groups import RecipeWarning, param_groups
+from sparsetrain.methods.lifecycle import attached_method
 from sparsetrain.methods.registry import (
     MethodInfo,
     canonical_options,

@@ -71,14 +71,9 @@ gradients every step and keep the dense path. ``detach``/``squash`` put the orig
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import math
 import warnings
-import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -87,128 +82,25 @@ from torch import nn
 from sparsetrain import distributed as _dist
 from sparsetrain.checks import SPARSITY, Check, integer, one_of
 from sparsetrain.masking.targets import Target, select_targets
+from sparsetrain.methods import lifecycle
 from sparsetrain.methods._execution import SparseExecution
+from sparsetrain.methods.diagnostics import (
+    Plan,
+    ScheduleWarning,
+    SparsityTargetWarning,
+    build_report,
+    short_run_message,
+)
 from sparsetrain.methods.options import checks, renamed
-from sparsetrain.optim import check_state, param_ids, zero_preserving, zero_state
-from sparsetrain.report import LayerRow, SparsityReport
+from sparsetrain.methods.state import check_method_state, method_state
+from sparsetrain.methods.weight_init import WEIGHT_INITS, draw_kaiming, sparse_init
+from sparsetrain.optim import check_state, zero_preserving, zero_state
+from sparsetrain.report import SparsityReport
 from sparsetrain.schedules import ConstantRamp, Schedule
-
-if TYPE_CHECKING:
-    from sparsetrain.sparse.layers import SparseLinear
-
-FORMAT_VERSION = 1
+from sparsetrain.sparse.layers import SparseLinear
 
 EXECUTIONS = ("dense", "sparse", "auto")
 """Values of the common ``execution`` option."""
-
-WEIGHT_INITS = ("default", "kaiming_normal", "sparse_layer_scaled", "sparse_unit_scaled")
-"""Values of the common ``weight_init`` option (see :meth:`SparsityMethod.init_weights`)."""
-
-_INIT_STREAM = 1 << 40  # generator "step" of weight_init draws, beyond any training step
-
-_ATTACHED: weakref.WeakKeyDictionary[nn.Module, SparsityMethod] = weakref.WeakKeyDictionary()
-
-
-class SparsityTargetWarning(UserWarning):
-    """Emitted when training ends with a tensor off its sparsity target."""
-
-
-class ScheduleWarning(UserWarning):
-    """Emitted by ``finish()`` when training ended before the method's schedule did."""
-
-
-def attached_method(model: nn.Module) -> SparsityMethod | None:
-    """The method attached to ``model`` (or to the module a DDP wrapper holds), if any."""
-    return _ATTACHED.get(_dist.unwrap(model))
-
-
-def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer.step`` requires a closure (LBFGS and the like)."""
-    if isinstance(optimizer, torch.optim.LBFGS):
-        return True
-    try:
-        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
-    except (TypeError, ValueError):  # a builtin or wrapped step without a signature
-        return False
-    return closure is not None and closure.default is inspect.Parameter.empty
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A dry run of a method's schedule: sparsity along the way and the update steps."""
-
-    method: str
-    total_steps: int
-    curve: list[tuple[int, float]]
-    update_steps: list[int]
-
-    def __str__(self) -> str:
-        lines = [
-            f"plan for {self.method!r} over {self.total_steps} optimizer steps",
-            "step  sparsity",
-        ]
-        lines += [f"{s:>6d}  {v:.4f}" for s, v in self.curve]
-        n, steps = len(self.update_steps), list(map(str, self.update_steps))
-        shown = ", ".join(steps if n <= 12 else [*steps[:10], "...", *steps[-2:]])
-        lines.append(f"topology updates: {n}" + (f" at steps {shown}" if n else ""))
-        if n:
-            lines.append(f"last topology update: step {self.update_steps[-1]}")
-        return "\n".join(lines)
-
-
-@dataclass
-class _AttachSnapshot:
-    """What ``attach`` may change, kept (on the CPU) so a failed attach can put it back."""
-
-    weights: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]
-    state: list[tuple[torch.Tensor, dict[str, tuple[Any, torch.Tensor | None]] | None]]
-    history: list[dict[str, Any]]
-
-    @classmethod
-    def take(
-        cls,
-        method: SparsityMethod,
-        targets: list[Target],
-        optimizer: torch.optim.Optimizer | None,
-    ) -> _AttachSnapshot:
-        def cpu(x: torch.Tensor) -> torch.Tensor:
-            return x.detach().to("cpu", copy=True)
-
-        weights = [(t.param, t.param.data, cpu(t.param)) for t in targets]
-        state: list[tuple[torch.Tensor, dict[str, tuple[Any, torch.Tensor | None]] | None]] = []
-        for t in targets if optimizer is not None else []:
-            entry = optimizer.state.get(t.param)  # type: ignore[union-attr]
-            kept = None
-            if entry is not None:
-                kept = {
-                    k: (v, cpu(v) if isinstance(v, torch.Tensor) else None)
-                    for k, v in entry.items()
-                }
-            state.append((t.param, kept))
-        return cls(weights, state, list(method.history))
-
-    @torch.no_grad()
-    def restore(self, method: SparsityMethod) -> None:
-        """Undo a failed attach: sparse layers, method-made model changes, weights, state."""
-        with contextlib.suppress(Exception):
-            method._restore_dense_layers()
-        with contextlib.suppress(Exception):
-            method._on_detach()
-        for param, data, values in self.weights:
-            param.data = data
-            data.copy_(values)
-        optimizer = method.optimizer
-        for param, kept in self.state if optimizer is not None else []:
-            if kept is None:
-                optimizer.state.pop(param, None)
-                continue
-            for value, values in kept.values():
-                if values is not None:
-                    value.copy_(values)
-            optimizer.state[param] = {k: value for k, (value, _) in kept.items()}
-        method.model, method.optimizer, method.targets = None, None, []
-        method._masked_targets, method._sparse, method._dense_layers = [], {}, {}
-        method.execution_decisions, method.history = [], self.history
 
 
 class SparsityMethod(SparseExecution):
@@ -375,20 +267,7 @@ class SparsityMethod(SparseExecution):
         _dist.check_supported(self, model)  # FSDP; sparse execution across processes
         if self.model is not None:
             raise ValueError(f"this {self.name!r} method is already attached to a model")
-        if model in _ATTACHED:
-            raise ValueError(
-                f"model already has a {_ATTACHED[model].name!r} method attached; detach() it first"
-            )
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
-        if optimizer is not None and _needs_closure(optimizer):
-            raise TypeError(
-                f"{type(optimizer).__name__} needs step(closure), which re-evaluates the model "
-                "inside the step with dense gradients, after the method has masked them; "
-                "sparsetrain supports optimizers stepped as loss.backward(); optimizer.step()"
-            )
+        lifecycle.check_inputs(self.name, model, optimizer)
         targets = select_targets(
             model,
             include=self.include,
@@ -397,23 +276,11 @@ class SparsityMethod(SparseExecution):
             dense_last=self.dense_last,
         )
         if optimizer is not None:
-            held = param_ids(optimizer)
-            missing = [t.name for t in targets if id(t.param) not in held]
-            if missing:
-                hint = (
-                    "build the optimizer from model.parameters()"
-                    if len(missing) == len(targets)
-                    else f"keep them dense with exclude={missing!r}, or add them to the optimizer"
-                )
-                raise ValueError(
-                    f"the optimizer does not hold the model parameter {missing[0]!r} "
-                    f"({len(missing)} of {len(targets)} targets missing); {hint}"
-                )
-            for t in targets:
-                check_state(optimizer, t.param, skip_keys=self.state_skip_keys)
+            lifecycle.check_optimizer_holds(targets, optimizer, self.state_skip_keys)
         self._check_execution()
         self._validate(targets, optimizer)
-        saved = _AttachSnapshot.take(self, targets, optimizer)
+        saved = lifecycle.AttachSnapshot.take(targets, optimizer)
+        history = list(self.history)
         self.model, self.optimizer, self.targets = model, optimizer, targets
         self._masked_targets = targets
         self._rezero = optimizer is not None and (
@@ -422,7 +289,7 @@ class SparsityMethod(SparseExecution):
         try:
             _dist.attach_prepare(self, model)  # several processes: rank 0's weights and seed
             if self.weight_init != "default":
-                self._draw_kaiming()
+                draw_kaiming(targets, self.generator)
             self._on_attach()
             if self.init_masks_ready():
                 self.init_weights()
@@ -431,9 +298,12 @@ class SparsityMethod(SparseExecution):
             self._rank_sync = _dist.attach_sync(self)  # rank 0's state; checked per update
         except Exception:
             self._rank_sync = None
-            saved.restore(self)
+            saved.restore(optimizer, [self._restore_dense_layers, self._on_detach])
+            self.model, self.optimizer, self.targets = None, None, []
+            self._masked_targets, self._sparse, self._dense_layers = [], {}, {}
+            self.execution_decisions, self.history = [], history
             raise
-        _ATTACHED[model] = self
+        lifecycle.bind(model, self)
         if hook and optimizer is not None:
             self._hooks = [
                 optimizer.register_step_pre_hook(self._step_pre_hook),
@@ -449,7 +319,7 @@ class SparsityMethod(SparseExecution):
         self._hooks = []
         self._restore_dense_layers()
         self._on_detach()
-        _ATTACHED.pop(model, None)
+        lifecycle.unbind(model)
         self.model = None
         self.optimizer = None
         return model
@@ -579,37 +449,9 @@ class SparsityMethod(SparseExecution):
         """Whether the masks set at attach are the first real ones (static SNIP: not yet)."""
         return True
 
-    @torch.no_grad()
-    def _draw_kaiming(self) -> None:
-        for i, t in enumerate(self.targets):
-            draw = torch.empty(t.shape, dtype=t.param.dtype)  # on the CPU: one stream anywhere
-            nn.init.kaiming_normal_(
-                draw, mode="fan_in", nonlinearity="relu", generator=self.generator(_INIT_STREAM, i)
-            )
-            t.param.copy_(draw)
-
-    @torch.no_grad()
     def init_weights(self) -> None:
-        """Apply the sparsity-aware part of ``weight_init`` once the first masks exist.
-
-        ``sparse_layer_scaled`` divides each target by √(its density); ``sparse_unit_scaled``
-        redraws each live weight from N(0, 2/fan) with fan the live entries of its output unit
-        (row of the weight viewed as (shape[0], -1)). Pruned weights stay zero.
-        """
-        if not self.weight_init.startswith("sparse_"):
-            return
-        for i, t in enumerate(self.targets):
-            live = t.mask.reshape(t.shape[0], -1)
-            if self.weight_init == "sparse_layer_scaled":
-                density = max(int(live.sum()), 1) / t.numel
-                t.param.mul_(1.0 / math.sqrt(density))
-            else:
-                fan = live.sum(dim=1, keepdim=True).clamp_min(1).to(t.param.dtype)
-                draw = torch.randn(
-                    live.shape, generator=self.generator(_INIT_STREAM + 1, i), dtype=t.param.dtype
-                )
-                t.param.copy_((draw * (2.0 / fan).sqrt()).reshape(t.shape).to(t.param.device))
-            t.param.mul_(t.mask.view(torch.uint8))
+        """Apply the sparsity-aware part of ``weight_init`` once the first masks exist."""
+        sparse_init(self.weight_init, self.targets, self.generator)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -654,39 +496,18 @@ class SparsityMethod(SparseExecution):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue: step, masks, history and method-specific state."""
         self._require_attached()
-        state = {
-            "format_version": FORMAT_VERSION,
-            "method": self.name,
-            "step": self.step,
-            "masks": {t.name: t.mask.clone() for t in self.targets},
-            "history": list(self.history),
-            "extra": self._extra_state(),
-        }
+        layout = None
         if self.execution != "dense":
-            state["execution"] = {
-                t.name: "sparse" if t.name in self._sparse else "dense" for t in self.targets
-            }
-        return state
+            layout = {t.name: "sparse" if t.name in self._sparse else "dense" for t in self.targets}
+        extra = self._extra_state()
+        return method_state(self.name, self.step, self.targets, self.history, extra, layout)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; strict about method, tensor names and shapes."""
         self._require_attached()
-        if not isinstance(state, dict) or "masks" not in state:
-            raise ValueError("not a sparsetrain method state (no 'masks' entry)")
-        if state.get("method") != self.name:
-            raise ValueError(f"state is for method {state.get('method')!r}, not {self.name!r}")
-        masks = state["masks"]
-        names = [t.name for t in self.targets]
-        missing = [n for n in names if n not in masks]
-        unexpected = [n for n in masks if n not in names]
-        if missing or unexpected:
-            raise ValueError(f"mask keys do not match: missing {missing}, unexpected {unexpected}")
-        for t in self.targets:  # every check before any change
-            shape = tuple(getattr(masks[t.name], "shape", ()))
-            if shape != t.shape:
-                raise ValueError(f"mask {t.name!r} has shape {shape}, expected {t.shape}")
+        check_method_state(self.name, self.targets, state)  # every check before any change
         for t in self.targets:
-            t.mask.copy_(masks[t.name].to(torch.bool))
+            t.mask.copy_(state["masks"][t.name].to(torch.bool))
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         self._load_extra_state(state.get("extra", {}))
@@ -701,19 +522,8 @@ class SparsityMethod(SparseExecution):
     def report(self) -> SparsityReport:
         """Per-tensor target vs actual sparsity, the global row, mask memory and churn."""
         self._require_attached()
-        counts = self.target_counts()
-        rows = [
-            LayerRow(t.name, t.shape, t.numel, t.nnz, None if counts is None else counts[t.name])
-            for t in self.targets
-        ]
-        return SparsityReport(
-            method=self.name,
-            step=self.step,
-            rows=rows,
-            global_target_nnz=self.global_target_count(),
-            mask_bytes=sum(t.mask.numel() * t.mask.element_size() for t in self.targets),
-            churn=[h for h in self.history if "churn" in h],
-        )
+        counts, total = self.target_counts(), self.global_target_count()
+        return build_report(self.name, self.step, self.targets, counts, total, self.history)
 
     def finish(self) -> SparsityReport:
         """End-of-training check: the report, raising if a target is missed by > 1 weight.
@@ -721,48 +531,20 @@ class SparsityMethod(SparseExecution):
         Warns with :class:`ScheduleWarning` first when fewer than ``total_steps`` optimizer steps
         were taken and the schedule still had topology updates or sparsity changes ahead.
         """
-        self._warn_short_run()
+        message = short_run_message(self.name, self.schedule, self.step, self.total_steps)
+        if message is not None:
+            warnings.warn(message, ScheduleWarning, stacklevel=2)
         rep = self.report()
         if self.sparsity_mode == "target":
             rep.check()
         return rep
-
-    def _warn_short_run(self) -> None:
-        total = self.total_steps
-        if total is None or self.step >= total:
-            return
-        schedule = self.schedule
-        pending = [s for s in schedule.update_steps(total) if s > self.step]
-        now, planned = schedule.sparsity_at(self.step), schedule.sparsity_at(total)
-        if not pending and now == planned:
-            return
-        parts = [
-            f"{self.name}: training ended after {self.step} optimizer steps, before the "
-            f"schedule's total_steps={total}"
-        ]
-        if pending:
-            parts.append(
-                f"{len(pending)} planned topology update(s) did not run (the last at step "
-                f"{pending[-1]}; see method.plan())"
-            )
-        if now != planned:
-            parts.append(f"the schedule is at sparsity {now:.4f} of {planned:.4f}")
-        warnings.warn(
-            "; ".join(parts) + ". total_steps counts optimizer steps actually taken: steps "
-            "skipped by GradScaler or merged by gradient accumulation do not count",
-            ScheduleWarning,
-            stacklevel=3,
-        )
 
     def plan(self, total_steps: int | None = None, points: int = 11) -> Plan:
         """Dry run: the sparsity curve and topology-update steps over ``total_steps``."""
         total = total_steps or self.total_steps
         if not total or total <= 0:
             raise ValueError("plan() needs total_steps (argument or method option)")
-        n = max(2, points)
-        steps = sorted({math.floor(i * total / (n - 1)) for i in range(n)})
-        curve = [(s, self.schedule.sparsity_at(s)) for s in steps]
-        return Plan(self.name, total, curve, self.schedule.update_steps(total))
+        return Plan.of(self.name, self.schedule, total, points)
 
     def __repr__(self) -> str:
         where = "attached" if self.model is not None else "unattached"

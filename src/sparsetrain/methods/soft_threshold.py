@@ -10,7 +10,7 @@ from torch import nn
 
 from sparsetrain.masking.targets import Target
 from sparsetrain.methods._inplace import InPlaceMethod
-from sparsetrain.methods.base import SparsityTargetWarning
+from sparsetrain.methods.diagnostics import SparsityTargetWarning
 from sparsetrain.methods.options import checks, number
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
