@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.train.build import resolved_dict
+from sparsetrain.train.metrics import write_json, write_text
+from sparsetrain.train.plots import plot_accuracy_vs_sparsity
+
 SEED_KEYS = ("train.seed", "method.seed")
 # Keys that never change a number of a run (where data is read from, plots, logging, the
 # device string as in ``--resume``) and naming keys shown elsewhere (the row's method name,
@@ -130,7 +134,7 @@ def _unfinished_note(run_dir: Path) -> str:
 
 def _read_config_yaml(run_dir: Path) -> dict[str, Any] | None:
     try:
-        import yaml
+        import yaml  # optional: the `cli` extra
 
         raw = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (ImportError, OSError, ValueError):
@@ -153,8 +157,6 @@ def run_config(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any] | No
     Registry defaults are written out (:func:`~sparsetrain.train.build.resolved_dict`), so a
     run saved before an option existed pools with one that holds the option's default.
     """
-    from sparsetrain.train.build import resolved_dict
-
     cfg = summary.get("config")
     raw = dict(cfg) if isinstance(cfg, Mapping) else _read_config_yaml(run_dir)
     return None if raw is None else resolved_dict(raw)
@@ -194,7 +196,7 @@ def t_quantile(p: float, df: int) -> float:
     if not 0.0 < p < 1.0 or df < 1:
         raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1, got p={p}, df={df}")
     try:
-        from scipy.stats import t as student_t
+        from scipy.stats import t as student_t  # optional (not a dependency)
     except ImportError:
         return _t_quantile_exact(p, df)
     return float(student_t.ppf(p, df))
@@ -684,9 +686,6 @@ def write_report(
     Raises:
         ValueError: As :func:`build_report` and :func:`check_out`.
     """
-    from sparsetrain.train.metrics import write_json, write_text
-    from sparsetrain.train.plots import plot_accuracy_vs_sparsity
-
     d = default_out(paths) if out is None else Path(out)
     check_out(d, overwrite)
     text, data = build_report(paths, baseline)
