@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import torch
 
-from sparsetrain._names import unknown_name
+from sparsetrain._registry import Registry
 from sparsetrain.masking.topk import (
     global_topk_masks,
     select_bottomk,
@@ -329,8 +329,12 @@ class GrowthCriterion(_Criterion):
 
 # --------------------------------------------------------------------------- registries
 
-PRUNE_CRITERIA: dict[str, PruneCriterion] = {}
-GROWTH_CRITERIA: dict[str, GrowthCriterion] = {}
+PRUNE_CRITERIA: Registry[PruneCriterion] = Registry(
+    "prune criterion", sort_valid=False, strings_only=False
+)
+GROWTH_CRITERIA: Registry[GrowthCriterion] = Registry(
+    "growth criterion", sort_valid=False, strings_only=False
+)
 
 
 def register_prune_criterion(
@@ -352,11 +356,7 @@ def register_prune_criterion(
     def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         fixed = ("mask", "k") if selection else ()
         inputs, options = _read_signature("prune", name, fn, fixed)
-        if name in PRUNE_CRITERIA:
-            warnings.warn(
-                f"prune criterion {name!r} registered twice; the later one wins", stacklevel=2
-            )
-        PRUNE_CRITERIA[name] = PruneCriterion(
+        criterion = PruneCriterion(
             name,
             fn,
             order,
@@ -365,6 +365,7 @@ def register_prune_criterion(
             inputs,
             options,  # type: ignore[arg-type]
         )
+        PRUNE_CRITERIA.add(name, criterion)
         return fn
 
     return deco
@@ -383,36 +384,22 @@ def register_growth_criterion(
 
     def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         inputs, options = _read_signature("growth", name, fn, ())
-        if name in GROWTH_CRITERIA:
-            warnings.warn(
-                f"growth criterion {name!r} registered twice; the later one wins", stacklevel=2
-            )
-        GROWTH_CRITERIA[name] = GrowthCriterion(name, fn, description, uniform, inputs, options)
+        GROWTH_CRITERIA.add(name, GrowthCriterion(name, fn, description, uniform, inputs, options))
         return fn
 
     return deco
 
 
-def _lookup(table: dict[str, Any], name: str, kind: str) -> Any:
-    if name in table:
-        return table[name]
-    raise unknown_name(kind, name, table)
-
-
 def get_prune_criterion(name: str | PruneCriterion) -> PruneCriterion:
     """Look up a pruning criterion by name; unknown names list the valid ones."""
-    return (
-        name
-        if isinstance(name, PruneCriterion)
-        else _lookup(PRUNE_CRITERIA, name, "prune criterion")
-    )
+    return name if isinstance(name, PruneCriterion) else PRUNE_CRITERIA.lookup(name)
 
 
 def get_growth_criterion(name: str | GrowthCriterion) -> GrowthCriterion:
     """Look up a growth criterion by name; unknown names list the valid ones."""
     if isinstance(name, GrowthCriterion):
         return name
-    return _lookup(GROWTH_CRITERIA, name, "growth criterion")
+    return GROWTH_CRITERIA.lookup(name)
 
 
 # --------------------------------------------------------------------------- pruning criteria
