@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from sparsetrain.cli._common import USER_ERRORS, fail
-from sparsetrain.train.aggregate import write_report
+from sparsetrain.train.reporting import write_report
 
 
 def add_parser(sub: Any) -> None:
