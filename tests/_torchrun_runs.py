@@ -17,7 +17,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from sparsetrain.cli import main
-from sparsetrain.train import ddp, recorder
+from sparsetrain.train import recorder
 
 STOP_AT = 5
 
@@ -36,7 +36,7 @@ def _stop_at(cls: type, step: int) -> None:
 out = Path(sys.argv[1])
 dist.init_process_group("gloo")  # kept for both runs (the CLI starts one only if none is)
 _stop_at(recorder.Experiment, STOP_AT)
-_stop_at(ddp.Follower, STOP_AT)
+_stop_at(recorder.Follower, STOP_AT)
 codes = {
     "compare": main(["compare", str(out / "suite.yaml"), "--out", str(out / "suite")]),
     "train": main(["train", str(out / "base.yaml"), "--out", str(out / "b"), "--quiet"]),

@@ -293,7 +293,7 @@ def test_the_command_line_shows_one_line_per_old_name(
 
 
 def test_switching_to_scl_drops_the_base_target_unless_given() -> None:
-    from sparsetrain.train.build import switch_entry
+    from sparsetrain.config import switch_entry
 
     options = {"name": "rigl", "sparsity": 0.8, "update_interval": 5}
     dropped, reset = switch_entry(options, "method", "rigl", "scl")

@@ -11,14 +11,9 @@ import pytest
 import yaml
 
 from sparsetrain.cli import main
-from sparsetrain.train.aggregate import (
-    _t_quantile_exact,
-    aggregate,
-    build_report,
-    find_runs,
-    paired_interval,
-    t_quantile,
-)
+from sparsetrain.train.aggregate import aggregate, find_runs
+from sparsetrain.train.reporting import build_report
+from sparsetrain.train.stats import _t_quantile_exact, paired_interval, t_quantile
 
 BASE: dict[str, Any] = {
     "data": {"name": "mnist1d", "data_dir": None, "val_fraction": 0.1},

@@ -14,6 +14,7 @@ masks live.
 """
 
 from sparsetrain import criteria, distributions, schedules
+from sparsetrain._version import __version__
 from sparsetrain.distributions import allocate
 from sparsetrain.masking import Target, select_targets
 from sparsetrain.methods import (
@@ -35,8 +36,6 @@ from sparsetrain.methods import (
     register_method,
 )
 from sparsetrain.report import SparsityReport, SparsityTargetError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "GMP",

@@ -35,17 +35,17 @@ step.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from sparsetrain.methods.base import SparsityMethod
-
 __all__ = [
     "RankCheck",
     "RankDivergenceError",
+    "SyncedMethod",
+    "broadcast_",
     "broadcast_model",
     "check_supported",
     "is_distributed",
@@ -54,6 +54,35 @@ __all__ = [
     "unwrap",
     "verify_masks",
 ]
+
+
+class _Target(Protocol):
+    name: str
+    mask: torch.Tensor
+    param: torch.Tensor
+
+
+class SyncedMethod(Protocol):
+    """What this module reads of a method: :class:`~sparsetrain.methods.base.SparsityMethod`.
+
+    A structural type, so this module stays below the methods that call it.
+    """
+
+    name: str
+    execution: str
+    seed: int
+    step: int
+    total_steps: int | None
+    model: nn.Module | None
+    targets: Sequence[_Target]
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def update_steps(self, total: int) -> Iterable[int]: ...
+
+    def is_update_step(self, step: int) -> bool: ...
 
 
 class RankDivergenceError(RuntimeError):
@@ -97,7 +126,7 @@ def _is_sharded(model: nn.Module) -> bool:
     return isinstance(dtensor, type) and any(isinstance(p, dtensor) for p in model.parameters())
 
 
-def check_supported(method: SparsityMethod, model: nn.Module) -> None:
+def check_supported(method: SyncedMethod, model: nn.Module) -> None:
     """Refuse what a method cannot do across processes (called by ``attach`` before any change).
 
     Raises:
@@ -125,7 +154,7 @@ def _comm_device(like: torch.Tensor) -> torch.device:
     return like.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _broadcast_(t: torch.Tensor) -> None:
+def broadcast_(t: torch.Tensor) -> None:
     """Broadcast ``t`` from rank 0 in place (any dtype and device the backend takes)."""
     import torch.distributed as dist
 
@@ -145,7 +174,7 @@ def _broadcast_(t: torch.Tensor) -> None:
 def broadcast_model(model: nn.Module) -> None:
     """Copy rank 0's parameters and buffers into ``model`` on every rank (DDP's own rule)."""
     for t in [*model.parameters(), *model.buffers()]:
-        _broadcast_(t)
+        broadcast_(t)
 
 
 def _broadcast_object(obj: Any) -> Any:
@@ -178,7 +207,7 @@ def _join_tensors(obj: Any, tensors: list[torch.Tensor]) -> Any:
     return obj
 
 
-def broadcast_method_state(method: SparsityMethod) -> None:
+def broadcast_method_state(method: SyncedMethod) -> None:
     """Load rank 0's ``method.state_dict()`` on every other rank (tensors sent as tensors)."""
     rank, _ = rank_and_world()
     mine: list[torch.Tensor] = []
@@ -199,12 +228,12 @@ def broadcast_method_state(method: SparsityMethod) -> None:
     device = method.targets[0].mask.device if method.targets else torch.device("cpu")
     tensors = mine if rank == 0 else [torch.empty(s, dtype=d, device=device) for d, s in shapes]
     for t in tensors:
-        _broadcast_(t)
+        broadcast_(t)
     if rank != 0:
         method.load_state_dict(_join_tensors(skeleton, tensors))
 
 
-def mask_checksums(method: SparsityMethod) -> torch.Tensor:
+def mask_checksums(method: SyncedMethod) -> torch.Tensor:
     """Per target: (active count, sum of active flat indices, sum of a hash of them); int64.
 
     Exact integer arithmetic (wrapping on overflow, the same on every rank), so two ranks
@@ -220,7 +249,7 @@ def mask_checksums(method: SparsityMethod) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def verify_masks(method: SparsityMethod, step: int) -> None:
+def verify_masks(method: SyncedMethod, step: int) -> None:
     """Gather every rank's mask checksums and raise if any rank differs from rank 0.
 
     Raises:
@@ -263,7 +292,7 @@ class RankCheck:
     model's parameters (a model sharded by FSDP after attach has replaced them).
     """
 
-    def __init__(self, method: SparsityMethod, *, check: bool) -> None:
+    def __init__(self, method: SyncedMethod, *, check: bool) -> None:
         self.method, self.check = method, check
         total = method.total_steps
         self.steps: set[int] | None = set(method.update_steps(total)) | {total} if total else None
@@ -288,7 +317,7 @@ class RankCheck:
             verify_masks(m, step)
 
 
-def attach_sync(method: SparsityMethod) -> RankCheck | None:
+def attach_sync(method: SyncedMethod) -> RankCheck | None:
     """After the initial masks: broadcast the method state, check it, return the step hook.
 
     Returns ``None`` (nothing to do per step) without a multi-process group.
@@ -302,7 +331,7 @@ def attach_sync(method: SparsityMethod) -> RankCheck | None:
     return RankCheck(method, check=check)
 
 
-def attach_prepare(method: SparsityMethod, model: nn.Module) -> None:
+def attach_prepare(method: SyncedMethod, model: nn.Module) -> None:
     """Before the initial masks: rank 0's weights, buffers and seed on every rank."""
     if not is_distributed():
         return
@@ -310,5 +339,5 @@ def attach_prepare(method: SparsityMethod, model: nn.Module) -> None:
     seed = torch.tensor([method.seed], dtype=torch.int64)
     if method.targets:
         seed = seed.to(_comm_device(method.targets[0].param))
-    _broadcast_(seed)
+    broadcast_(seed)
     method.seed = int(seed)

@@ -505,7 +505,7 @@ def test_best_val_only_counts_epochs_at_final_sparsity(tmp_path: Path) -> None:
 
 
 def test_pivot_table_puts_methods_by_sparsity() -> None:
-    from sparsetrain.train.aggregate import pivot_table
+    from sparsetrain.train.tables import pivot_table
 
     def row(method: str, sparsity: float, acc: float) -> dict[str, Any]:
         return {

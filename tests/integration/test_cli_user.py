@@ -345,8 +345,8 @@ def test_list_methods_name_shows_options_defaults_and_help(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from sparsetrain.cli.listing import method_details
+    from sparsetrain.config import sparsity_is_option
     from sparsetrain.methods import get_method_info, list_methods, method_options
-    from sparsetrain.train.build import sparsity_is_option
 
     assert main(["list", "methods", "rigl"]) == 0
     out = capsys.readouterr().out

@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from sparsetrain._version import __version__
 from sparsetrain.cli import compare, export, listing, plan, report, train
 from sparsetrain.cli._common import ArgumentParser
 
@@ -40,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Masked-dense training saves FLOPs in theory, not wall time. "
         "See docs/cli.md for the config format and the run-directory layout.",
     )
-    from sparsetrain import __version__
-
     parser.add_argument("--version", action="version", version=f"sparsetrain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True

@@ -9,6 +9,9 @@ from typing import Any
 
 from sparsetrain._names import plural
 from sparsetrain.cli._common import USER_ERRORS, fail
+from sparsetrain.config import ConfigError
+from sparsetrain.train import ddp
+from sparsetrain.train.suite import load_suite, run_suite
 
 
 def add_parser(sub: Any) -> None:
@@ -32,10 +35,6 @@ def run(args: argparse.Namespace) -> int:
     Under ``torchrun --nproc-per-node N`` every process trains each run together, one run
     after the other (``--jobs 1``); only rank 0 writes and prints.
     """
-    from sparsetrain.config import ConfigError
-    from sparsetrain.train import ddp
-    from sparsetrain.train.suite import load_suite, run_suite
-
     follower = ddp.launched() and os.environ.get("RANK", "0") != "0"
     if args.jobs < 1:
         return 2 if follower else fail(f"--jobs must be >= 1, got {args.jobs}", "compare")

@@ -27,8 +27,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sparsetrain._io import atomic_path
 from sparsetrain.cli._common import USER_ERRORS, fail
+from sparsetrain.export import format_decisions, save_compressed, squash, to_sparse_inference
+from sparsetrain.train.checkpoint import CheckpointError
+from sparsetrain.train.experiment import load_run, record_export
 
 FORMATS = ("compressed", "dense", "sparse-inference")
 DEFAULT_NAMES = {
@@ -68,8 +73,6 @@ def add_parser(sub: Any) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -92,10 +95,6 @@ def headline_checkpoint(summary: dict[str, Any] | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Rebuild, load the chosen weights, squash and write; prints what was written."""
-    from sparsetrain.export import format_decisions, save_compressed, squash, to_sparse_inference
-    from sparsetrain.train.checkpoint import CheckpointError
-    from sparsetrain.train.experiment import load_run, record_export
-
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / DEFAULT_NAMES[args.format]
     try:

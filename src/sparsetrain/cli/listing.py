@@ -14,6 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from sparsetrain.cli._common import USER_ERRORS, fail
+from sparsetrain.config import sparsity_is_option, takes_sparsity
+from sparsetrain.criteria import GROWTH_CRITERIA, PRUNE_CRITERIA
+from sparsetrain.data import list_datasets
+from sparsetrain.methods import get_method_info, list_methods, method_options, method_renames
+from sparsetrain.models import list_models
+from sparsetrain.train.build import default_parameter_count
 
 KINDS = ("methods", "criteria", "models", "datasets")
 
@@ -49,8 +55,6 @@ def _table(title: str, rows: list[tuple[str, ...]]) -> str:
 
 def methods() -> str:
     """Registered methods: name, sparsity mode, description."""
-    from sparsetrain.methods import get_method_info, list_methods
-
     rows = []
     for name in list_methods():
         info = get_method_info(name)
@@ -114,9 +118,6 @@ def method_details(name: str) -> str:
     Raises:
         ValueError: Unknown method (with close matches).
     """
-    from sparsetrain.methods import get_method_info, method_options, method_renames
-    from sparsetrain.train.build import sparsity_is_option, takes_sparsity
-
     info = get_method_info(name)
     helps: dict[str, str] = {}
     for cls in _classes(info.factory):
@@ -151,7 +152,6 @@ def method_details(name: str) -> str:
 
 def criteria() -> str:
     """Pruning and growth criteria: what each reads, its options and (pruning) its update order."""
-    from sparsetrain.criteria import GROWTH_CRITERIA, PRUNE_CRITERIA
 
     def reads(c: Any) -> str:
         return "+".join(i for i in ("weights", "grads", "momentum", "generator") if i in c.inputs)
@@ -181,9 +181,6 @@ def criteria() -> str:
 
 def models() -> str:
     """Registered models with their parameter count for a default input."""
-    from sparsetrain.models import list_models
-    from sparsetrain.train.build import default_parameter_count
-
     rows = []
     for name, desc in list_models().items():
         count, shape = default_parameter_count(name)
@@ -196,8 +193,6 @@ def models() -> str:
 
 def datasets() -> str:
     """Registered datasets."""
-    from sparsetrain.data import list_datasets
-
     return _table("datasets", list(list_datasets().items()))
 
 

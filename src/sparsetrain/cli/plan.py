@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from sparsetrain.cli._common import USER_ERRORS, fail
+from sparsetrain.config import load_config
+from sparsetrain.train.experiment import plan_experiment
 
 
 def add_parser(sub: Any) -> None:
@@ -25,9 +27,6 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the plan."""
-    from sparsetrain.config import load_config
-    from sparsetrain.train.experiment import plan_experiment
-
     notes: list[str] = []
     try:
         cfg = load_config(args.config, args.overrides, notes)

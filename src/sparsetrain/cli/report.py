@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from sparsetrain.cli._common import USER_ERRORS, fail
+from sparsetrain.train.reporting import write_report
 
 
 def add_parser(sub: Any) -> None:
@@ -40,8 +41,6 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Aggregate and write; prints the tables."""
-    from sparsetrain.train.aggregate import write_report
-
     try:
         text, files, note = write_report(
             args.runs, args.out, baseline=args.baseline, overwrite=args.overwrite

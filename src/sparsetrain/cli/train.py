@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.cli._common import USER_ERRORS, fail
+from sparsetrain.config import load_config
+from sparsetrain.train import ddp
+from sparsetrain.train.experiment import RunOptions, RunResult, plan_experiment, prepare
 
 
 def add_parser(sub: Any) -> None:
@@ -47,10 +50,6 @@ def run(args: argparse.Namespace) -> int:
     Under ``torchrun --nproc-per-node N`` every process trains the run together (see
     ``sparsetrain.train.ddp``); only rank 0 writes and prints.
     """
-    from sparsetrain.config import load_config
-    from sparsetrain.train import ddp
-    from sparsetrain.train.experiment import RunOptions, RunResult, plan_experiment, prepare
-
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     follower = ddp.launched() and os.environ.get("RANK", "0") != "0"
     options = RunOptions(

@@ -8,9 +8,7 @@ dataset gets the same split logic and the same guarantee: validation data is nev
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from sparsetrain._names import unknown_name
+from sparsetrain._registry import Registry, plain_name
 from sparsetrain.data._formats import DataFile, recording_reads
 from sparsetrain.data._tensor import BatchTransform, InMemoryDataset
 
@@ -101,7 +99,7 @@ class DatasetInfo:
         return {p.name: p.default for p in params if p.name not in ("data_dir", "augment")}
 
 
-_REGISTRY: dict[str, DatasetInfo] = {}
+_DATASETS: Registry[DatasetInfo] = Registry("dataset", normalise=plain_name)
 
 
 def register_dataset(
@@ -115,26 +113,15 @@ def register_dataset(
         raise ValueError(f"unknown files={files!r}; valid: {', '.join(FILE_USES)}")
 
     def deco(loader: Loader) -> Loader:
-        if name in _REGISTRY:
-            warnings.warn(f"dataset {name!r} registered twice; the later one wins", stacklevel=2)
-        _REGISTRY[name] = DatasetInfo(name, loader, description, files)
+        _DATASETS.add(name, DatasetInfo(name, loader, description, files))
         return loader
 
     return deco
 
 
-def _normalise_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
-    return name.strip().lower().replace("-", "_")
-
-
 def get_dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of a registered dataset (``-`` and ``_`` are interchangeable)."""
-    key = _normalise_name(name)
-    if key not in _REGISTRY:
-        raise unknown_name("dataset", name, sorted(_REGISTRY))
-    return _REGISTRY[key]
+    return _DATASETS.lookup(name)
 
 
 def list_datasets(pattern: str | None = None) -> dict[str, str]:
@@ -143,11 +130,7 @@ def list_datasets(pattern: str | None = None) -> dict[str, str]:
     >>> "mnist1d" in list_datasets()
     True
     """
-    return {
-        name: _REGISTRY[name].description
-        for name in sorted(_REGISTRY)
-        if pattern is None or fnmatch.fnmatchcase(name, pattern)
-    }
+    return {name: _DATASETS[name].description for name in _DATASETS.names(pattern)}
 
 
 def load_dataset(

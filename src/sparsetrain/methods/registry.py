@@ -7,14 +7,12 @@ share one entry point.
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sparsetrain._names import unknown_name
+from sparsetrain._registry import Registry
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.options import rename_options, validate
 
@@ -43,7 +41,7 @@ class MethodInfo:
     sparse_execution: bool = False
 
 
-_REGISTRY: dict[str, MethodInfo] = {}
+_REGISTRY: Registry[MethodInfo] = Registry("method")
 
 
 def register_method(
@@ -58,33 +56,23 @@ def register_method(
     """Decorator registering a method factory under ``name`` (warns on duplicates)."""
 
     def deco(factory: Callable[..., SparsityMethod]) -> Callable[..., SparsityMethod]:
-        if name in _REGISTRY:
-            warnings.warn(f"method {name!r} registered twice; the later one wins", stacklevel=2)
-        _REGISTRY[name] = MethodInfo(
+        info = MethodInfo(
             name, factory, description, paper, sparsity_mode, dense_grad, sparse_execution
         )
+        _REGISTRY.add(name, info)
         return factory
 
     return deco
 
 
-def _unknown(name: str) -> ValueError:
-    return unknown_name("method", name, sorted(_REGISTRY))
-
-
 def get_method_info(name: str) -> MethodInfo:
     """The :class:`MethodInfo` of a registered method."""
-    if not isinstance(name, str):
-        raise TypeError(f"method name must be a string, got {type(name).__name__}")
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    return _REGISTRY[name]
+    return _REGISTRY.lookup(name)
 
 
 def list_methods(pattern: str | None = None) -> list[str]:
     """Registered method names, sorted, optionally filtered by a glob."""
-    names = sorted(_REGISTRY)
-    return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+    return _REGISTRY.names(pattern)
 
 
 def create_method(method: str | SparsityMethod, **kwargs: Any) -> SparsityMethod:

@@ -6,16 +6,14 @@ takes ``num_classes`` and the per-example ``input_shape`` plus flat keyword opti
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from sparsetrain._names import unknown_name
+from sparsetrain._registry import Registry, plain_name
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -43,7 +41,7 @@ class ModelInfo:
         return {p.name: p.default for p in params if p.name not in ("num_classes", "input_shape")}
 
 
-_REGISTRY: dict[str, ModelInfo] = {}
+_MODELS: Registry[ModelInfo] = Registry("model", normalise=plain_name)
 
 
 def register_model(
@@ -52,9 +50,7 @@ def register_model(
     """Decorator registering a model factory under ``name`` (warns on duplicates)."""
 
     def deco(factory: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY:
-            warnings.warn(f"model {name!r} registered twice; the later one wins", stacklevel=2)
-        _REGISTRY[name] = ModelInfo(name, factory, description, channels_last)
+        _MODELS.add(name, ModelInfo(name, factory, description, channels_last))
         return factory
 
     return deco
@@ -62,12 +58,7 @@ def register_model(
 
 def get_model_info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` of a registered model (``-`` and ``_`` are interchangeable)."""
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a string, got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise unknown_name("model", name, sorted(_REGISTRY))
-    return _REGISTRY[key]
+    return _MODELS.lookup(name)
 
 
 def list_models(pattern: str | None = None) -> dict[str, str]:
@@ -76,11 +67,7 @@ def list_models(pattern: str | None = None) -> dict[str, str]:
     >>> list(list_models("resnet*"))
     ['resnet20', 'resnet32', 'resnet50', 'resnet56']
     """
-    return {
-        name: _REGISTRY[name].description
-        for name in sorted(_REGISTRY)
-        if pattern is None or fnmatch.fnmatchcase(name, pattern)
-    }
+    return {name: _MODELS[name].description for name in _MODELS.names(pattern)}
 
 
 def uses_channels_last(name: str) -> bool:

@@ -26,17 +26,15 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from sparsetrain.distributed import is_distributed, rank_and_world
-
-if TYPE_CHECKING:
-    from sparsetrain.train.loop import Run
-    from sparsetrain.train.recorder import RunOptions, RunResult
+from sparsetrain.distributed import broadcast_, is_distributed, rank_and_world
+from sparsetrain.train.build import batches_per_epoch
+from sparsetrain.train.checkpoint import seed_everything
 
 T = TypeVar("T")
 
@@ -106,8 +104,6 @@ def on_rank0(fn: Callable[[], T]) -> T:
 
 def check_batches(n_train: int, batch_size: int) -> None:
     """Every rank needs at least one example of every batch (raises ``ValueError``)."""
-    from sparsetrain.train.build import batches_per_epoch
-
     world = rank_and_world()[1]
     n = n_train - 1 if n_train % batch_size == 1 and n_train > 1 else n_train  # as the loop
     smallest = min(batch_size, n - (batches_per_epoch(n_train, batch_size) - 1) * batch_size)
@@ -147,8 +143,6 @@ def rank_seed(seed: int, *key: int) -> int:
 def seed_rank(seed: int) -> None:
     """Rank r > 0: seed the global RNGs from (``seed``, r); rank 0 and one process: nothing."""
     if rank_and_world()[0] > 0:
-        from sparsetrain.train.checkpoint import seed_everything
-
         seed_everything(rank_seed(seed))
 
 
@@ -192,74 +186,5 @@ def sync_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm statistics) on every rank, before an evaluation."""
     if not is_distributed():
         return
-    from sparsetrain.distributed import _broadcast_
-
     for b in model.buffers():
-        _broadcast_(b)
-
-
-def rank_states(run: Run) -> dict[str, Any]:
-    """Checkpoint entries of a multi-process run: world size and every rank's streams.
-
-    A collective: every rank calls it at the same point (rank 0 writes the result).
-    """
-    if not is_distributed():
-        return {}
-    import torch.distributed as dist
-
-    from sparsetrain.train.checkpoint import rng_to_plain
-
-    mine = {"rng": rng_to_plain(run.state.rng), "data_rng": run.state.data_rng}
-    every: list[Any] = [None] * rank_and_world()[1]
-    dist.all_gather_object(every, mine)
-    return {"world_size": len(every), "ranks": every}
-
-
-def restore_rank(run: Run, ckpt: dict[str, Any]) -> None:
-    """After ``restore``: this rank's random streams from a multi-process checkpoint."""
-    from sparsetrain.train.checkpoint import set_rng_state
-
-    rank = rank_and_world()[0]
-    ranks = ckpt.get("ranks")
-    if not ranks or rank == 0:
-        return
-    mine = ranks[rank]
-    run.state.rng, run.state.data_rng = mine["rng"], mine["data_rng"]
-    set_rng_state(mine["rng"])
-
-
-class Follower:
-    """A rank > 0 of a multi-process run: trains with rank 0 and writes nothing.
-
-    It takes part in the collectives rank 0's recorder runs (checkpoint streams) and ends with
-    the same status as rank 0.
-    """
-
-    def __init__(self, run: Run, run_dir: Path, opts: RunOptions, resumed: bool) -> None:
-        self.run, self.run_dir, self.opts, self.resumed = run, run_dir, opts, resumed
-
-    def on_step(self, run: Run, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        pass
-
-    def on_epoch(self, run: Run, row: dict[str, Any], improved: bool) -> None:
-        run.state.history.append(row)
-        rank_states(run)  # rank 0 saves its checkpoint here
-
-    def on_interrupt(self, run: Run, consistent: bool) -> None:
-        if consistent:
-            rank_states(run)
-
-    def execute(self) -> RunResult:
-        """Train to the end (or a signal) in step with rank 0."""
-        from sparsetrain.report import SparsityTargetError
-        from sparsetrain.train.loop import train
-        from sparsetrain.train.recorder import RunResult
-
-        signum = train(self.run, self)
-        if signum is not None:
-            return RunResult("interrupted", self.run_dir, None, 128 + int(signum), "interrupted")
-        try:
-            self.run.method.finish()
-        except SparsityTargetError as exc:
-            return RunResult("target_missed", self.run_dir, None, 1, str(exc))
-        return RunResult("finished", self.run_dir, None, 0, "finished (rank > 0)")
+        broadcast_(b)

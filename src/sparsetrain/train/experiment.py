@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sparsetrain._names import plural
-from sparsetrain.config import ConfigError, ExperimentConfig, diff_configs
+from sparsetrain.config import ConfigError, ExperimentConfig, diff_configs, load_config, read_yaml
+from sparsetrain.data import DatasetSplits, load_dataset
+from sparsetrain.models import uses_channels_last
 from sparsetrain.train import ddp
 from sparsetrain.train.build import (
     build_method,
@@ -41,18 +43,16 @@ from sparsetrain.train.build import (
     steps_per_epoch,
 )
 from sparsetrain.train.checkpoint import CheckpointError, load_checkpoint, seed_everything
-
-if TYPE_CHECKING:
-    from sparsetrain.data import DatasetSplits
 from sparsetrain.train.loop import Run
 from sparsetrain.train.recorder import (
     HARNESS_DIRS,
     HARNESS_FILES,
     Experiment,
+    Follower,
     RunOptions,
     RunResult,
-    restore,
 )
+from sparsetrain.train.resume import restore, restore_rank
 
 # What to do about a damaged checkpoint.pt when resuming (train --resume, or compare).
 RESUME_WAY_OUT = (
@@ -144,17 +144,15 @@ def prepare(cfg: ExperimentConfig, run_dir: str | Path, opts: RunOptions) -> Exp
     run = build_run(cfg, splits)
     if ckpt is not None:
         restore(run, ckpt)
-        ddp.restore_rank(run, ckpt)
+        restore_rank(run, ckpt)
     elif state != "empty" and ddp.is_writer():  # --overwrite: only now that everything built
         clear_run_dir(run_dir)
-    recorder = Experiment if ddp.is_writer() else ddp.Follower
+    recorder = Experiment if ddp.is_writer() else Follower
     return recorder(run, run_dir, opts, resumed=ckpt is not None)
 
 
 def load_splits(cfg: ExperimentConfig, data_dir: str | None, *, augment: bool) -> DatasetSplits:
     """The config's dataset splits (``data_dir`` overrides ``data.data_dir``)."""
-    from sparsetrain.data import load_dataset
-
     d = cfg.data
     return load_dataset(
         d.name,
@@ -197,8 +195,6 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: str =
             ``checkpoint`` is neither ``last`` nor ``best``.
         CheckpointError: A checkpoint is missing, unreadable or does not match the config.
     """
-    from sparsetrain.config import load_config
-
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"unknown checkpoint {checkpoint!r}; valid: {', '.join(CHECKPOINTS)}")
     run_dir = Path(run_dir)
@@ -270,8 +266,6 @@ def load_best_model(run: Run, path: str | Path) -> int:
 
 def build_run(cfg: ExperimentConfig, splits: Any) -> Run:
     """Seed, then build the model, optimizer and attached method for ``cfg``."""
-    from sparsetrain.models import uses_channels_last
-
     seed_everything(cfg.train.seed)
     try:
         device = ddp.device_for(cfg.train.device)
@@ -376,8 +370,6 @@ def _check_same_run(
 
 def _finished_config(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
     """The config a finished run was trained with: its ``config.yaml``, else the summary's."""
-    from sparsetrain.config import read_yaml
-
     try:
         return read_yaml(run_dir / "config.yaml")
     except ConfigError:

@@ -220,7 +220,7 @@ class TensorBoardSink:
         if not enabled:
             return
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: the `log` extra
         except ImportError:
             self.note = (
                 "note: --tensorboard ignored: tensorboard is not installed "

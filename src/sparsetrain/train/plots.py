@@ -43,7 +43,7 @@ def series_style(i: int) -> tuple[str, str, str]:
 
 
 def _figure(width: float = 6.4, height: float = 4.0) -> Any:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # optional: the `plot` extra
 
     return Figure(figsize=(width, height), layout="constrained")
 
@@ -84,7 +84,7 @@ def _run_info(d: Path) -> tuple[str, int | None, str]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        import yaml
+        import yaml  # optional: the `cli` extra
 
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         return run_title(cfg), None, ""
@@ -109,7 +109,7 @@ def plot_run(run_dir: str | Path, summary: Mapping[str, Any] | None = None) -> s
         None, or a one-line note when matplotlib is missing.
     """
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  (optional: the `plot` extra)
     except ImportError:
         return MISSING
     d = Path(run_dir)
@@ -303,7 +303,7 @@ def plot_accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Pat
         None, or a one-line note when matplotlib is missing.
     """
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  (optional: the `plot` extra)
     except ImportError:
         return MISSING
     accuracy_figure(rows).savefig(path, dpi=100, metadata={"Software": "sparsetrain report"})

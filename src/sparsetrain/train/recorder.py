@@ -1,17 +1,15 @@
 """The run directory as training goes: checkpoints, CSV tables, progress, report and summary.
 
-:class:`Experiment` is the loop's recorder (``on_step``, ``on_epoch``, ``on_interrupt``) and runs
-the end of training: ``method.finish()``, ``sparsity.csv``/``.json``, FLOPs, plots, and
-``summary.json`` last. See :mod:`sparsetrain.train.experiment` for the directory layout.
+:class:`Experiment` is the loop's recorder (``on_step``, ``on_epoch``, ``on_interrupt``) on
+rank 0 and runs the end of training: ``method.finish()``, ``sparsity.csv``/``.json``, FLOPs,
+plots, and ``summary.json`` last. :class:`Follower` is the recorder of a rank > 0 under
+``torchrun``: it trains in step with rank 0 and writes nothing. See
+:mod:`sparsetrain.train.experiment` for the directory layout.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +17,11 @@ from typing import Any
 import torch
 
 from sparsetrain._names import plural
+from sparsetrain.distributed import rank_and_world
+from sparsetrain.models import count_parameters
 from sparsetrain.report import SparsityTargetError
-from sparsetrain.train.checkpoint import (
-    CheckpointError,
-    rng_to_plain,
-    save_checkpoint,
-    set_rng_state,
-)
-from sparsetrain.train.ddp import rank_and_world, rank_states
-from sparsetrain.train.loop import Run, TrainState, mask_sparsity, train
+from sparsetrain.train.checkpoint import save_checkpoint
+from sparsetrain.train.loop import Run, mask_sparsity, train
 from sparsetrain.train.metrics import (
     CsvAppender,
     TensorBoardSink,
@@ -36,6 +30,9 @@ from sparsetrain.train.metrics import (
     write_json,
     write_text,
 )
+from sparsetrain.train.plots import plot_run
+from sparsetrain.train.resume import checkpoint_dict, rank_states
+from sparsetrain.train.summary import EPOCH_FIELDS, data_files, flops_view, make_summary
 
 HARNESS_FILES = (
     "config.yaml",
@@ -51,19 +48,6 @@ HARNESS_FILES = (
 )
 HARNESS_DIRS = ("plots", "tensorboard")
 STEP_FIELDS = ("step", "epoch", "lr", "loss", "acc", "sparsity", "planned_sparsity")
-EPOCH_FIELDS = (
-    "epoch",
-    "step",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "sparsity",
-    "time",
-)
 
 
 @dataclass(frozen=True)
@@ -107,129 +91,6 @@ class RunResult:
     summary: dict[str, Any] | None
     exit_code: int
     message: str
-
-
-# --------------------------------------------------------------------------- checkpoint <-> run
-
-
-def checkpoint_dict(run: Run) -> dict[str, Any]:
-    """The one-dict checkpoint of ``run`` as of its last completed step."""
-    st = run.state
-    return {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "method": run.method.state_dict(),
-        "lr_schedule": {
-            "schedule": run.cfg.optim.schedule,
-            "unit": run.cfg.optim.schedule_unit,
-            "base_lrs": list(run.base_lrs),
-        },
-        "step": st.step,
-        "epoch": st.epoch,
-        "batch": st.batch,
-        "steps_per_epoch": run.steps_per_epoch,
-        "data_order": {"perm": st.perm, "generator": st.data_rng},
-        "sums": list(st.sums),
-        "rng": rng_to_plain(st.rng),
-        "history": list(st.history),
-        "best": st.best,
-        "elapsed": st.elapsed,
-        "config": run.cfg.to_dict(),
-        "data_files": data_files(run),
-        "versions": versions(),
-        **rank_states(run),  # under torchrun: world size and every rank's random streams
-    }
-
-
-def data_files(run: Run) -> list[dict[str, Any]]:
-    """The dataset files the run read: path, size in bytes and SHA-256, as plain dicts."""
-    return [dataclasses.asdict(f) for f in getattr(run.splits, "files", ())]
-
-
-def check_same_data(run: Run, ckpt: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose run read other data files (compared by content, not path)."""
-    saved = ckpt.get("data_files")
-    if saved is None:  # a checkpoint from before files were recorded
-        return
-    now = data_files(run)
-    for was, new in zip(saved, now, strict=False):
-        if was["sha256"] != new["sha256"]:
-            raise CheckpointError(
-                f"the data file {new['path']} (sha256 {new['sha256'][:12]}...) differs from the "
-                f"one the checkpoint's run read ({was['path']}, sha256 {was['sha256'][:12]}...); "
-                "resume on the data the run was trained on (--data-dir)"
-            )
-    if len(saved) != len(now):
-        raise CheckpointError(
-            f"the checkpoint's run read {len(saved)} data files, this one {len(now)}"
-        )
-
-
-def restore(run: Run, ckpt: dict[str, Any]) -> None:
-    """Load a checkpoint into freshly built objects (model, optimizer, method, RNGs, state)."""
-    check_same_data(run, ckpt)
-    if ckpt.get("steps_per_epoch") != run.steps_per_epoch:
-        raise CheckpointError(
-            f"checkpoint has {ckpt.get('steps_per_epoch')} steps per epoch, the data now gives "
-            f"{run.steps_per_epoch}: was the dataset changed?"
-        )
-    try:
-        run.method.adopt_execution(ckpt["method"])  # execution="auto": the checkpoint's choices
-        run.model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.method.load_state_dict(ckpt["method"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint does not match the model: {exc}") from None
-    order = ckpt["data_order"]
-    run.state = TrainState(
-        step=ckpt["step"],
-        epoch=ckpt["epoch"],
-        batch=ckpt["batch"],
-        perm=order["perm"],
-        data_rng=order["generator"],
-        sums=list(ckpt["sums"]),
-        history=list(ckpt["history"]),
-        best=ckpt["best"],
-        elapsed=ckpt["elapsed"],
-        rng=ckpt["rng"],
-    )
-    set_rng_state(ckpt["rng"])
-
-
-def _source_commit() -> str | None:
-    """``git describe --always --dirty`` of the sparsetrain source tree, if it is a checkout."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-_COMMIT = _source_commit()  # once per process: the code this process imported
-
-
-def versions() -> dict[str, str | None]:
-    """Versions of Python, torch, NumPy and sparsetrain (and its git commit, in a checkout)."""
-    import numpy as np
-
-    from sparsetrain import __version__
-
-    return {
-        "sparsetrain": __version__,
-        "sparsetrain_commit": _COMMIT,
-        "torch": str(torch.__version__),
-        "numpy": str(np.__version__),
-        "python": platform.python_version(),
-    }
 
 
 def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
@@ -289,7 +150,7 @@ class Experiment:
         if self.opts.quiet or not show:
             return
         try:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # optional: the `cli` extra
         except ImportError:
             return
         self.bar = tqdm(
@@ -407,8 +268,6 @@ class Experiment:
 
     def _start_message(self) -> None:
         run, st = self.run, self.run.state
-        from sparsetrain.models import count_parameters
-
         what = (
             f"resuming {self.run_dir} at step {st.step}/{run.total_steps} "
             f"(epoch {st.epoch + 1}, batch {st.batch})"
@@ -450,11 +309,9 @@ class Experiment:
         (d / "sparsity.csv").write_text(report.to_csv())
         write_text(d / "sparsity.json", report.to_json() + "\n")
         self.log(str(report))
-        flops = count_flops(_flops_view(run.model), run.splits.input_shape, run.device)
+        flops = count_flops(flops_view(run.model), run.splits.input_shape, run.device)
         summary = make_summary(run, report, flops, missed)
         if run.cfg.train.plots:
-            from sparsetrain.train.plots import plot_run
-
             note = plot_run(d, summary)
             if note:
                 self.log(note)
@@ -472,63 +329,34 @@ class Experiment:
         return RunResult("finished", d, summary, 0, line)
 
 
-def _flops_view(model: torch.nn.Module) -> torch.nn.Module:
-    """``model``, or a copy with its sparse layers as ``nn.Linear`` (for FLOP counting)."""
-    from sparsetrain.sparse import SparseLinear, to_dense_linear
+class Follower:
+    """A rank > 0 of a multi-process run: trains with rank 0 and writes nothing.
 
-    if not any(isinstance(m, SparseLinear) for m in model.modules()):
-        return model
-    view = copy.deepcopy(model)
-    for module in list(view.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, SparseLinear):
-                setattr(module, name, to_dense_linear(child))
-    return view
+    It takes part in the collectives rank 0's recorder runs (checkpoint streams) and ends with
+    the same status as rank 0.
+    """
 
+    def __init__(self, run: Run, run_dir: Path, opts: RunOptions, resumed: bool) -> None:
+        self.run, self.run_dir, self.opts, self.resumed = run, run_dir, opts, resumed
 
-def make_summary(
-    run: Run, report: Any, flops: dict[str, Any], missed: str | None
-) -> dict[str, Any]:
-    """The ``summary.json`` dict."""
-    st, cfg = run.state, run.cfg
-    final = st.history[-1]
-    best = st.best
-    head = best if cfg.train.select == "best_val" and best is not None else final
-    pick = tuple(f for f in EPOCH_FIELDS if f not in ("lr", "sparsity", "time"))
-    return {
-        "status": "target_missed" if missed else "finished",
-        "method": cfg.train.label or cfg.method.name,
-        "method_name": cfg.method.name,
-        "model": cfg.model.name,
-        "dataset": cfg.data.name,
-        "seed": cfg.train.seed,
-        "epochs": cfg.train.epochs,
-        "steps": st.step,
-        "headline": {"select": cfg.train.select, **{k: head[k] for k in pick}},
-        "final": {k: final[k] for k in pick},
-        "best_val": None if best is None else {k: best[k] for k in pick},
-        "sparsity": {
-            "target": report.target_sparsity,
-            "requested": (
-                run.method.sparsity
-                if cfg.train.report_sparsity is None
-                else cfg.train.report_sparsity
-            ),
-            "actual": report.sparsity,
-            "nnz": report.nnz,
-            "numel": report.numel,
-            "mask_bytes": report.mask_bytes,
-            "target_met": missed is None,
-            "missed": missed,
-            "layers_at_density_0": [t.name for t in run.method.targets if t.nnz == 0],
-        },
-        "layers": report.to_rows(),
-        "flops": {k: flops[k] for k in ("dense", "sparse", "ratio")},
-        "flops_layers": flops["layers"],
-        "topology_updates": len(run.method.history),
-        "wall_time_s": st.elapsed,
-        "versions": versions(),
-        "config": cfg.to_dict(),
-        "data_files": data_files(run),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    def on_step(self, run: Run, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        pass
+
+    def on_epoch(self, run: Run, row: dict[str, Any], improved: bool) -> None:
+        run.state.history.append(row)
+        rank_states(run)  # rank 0 saves its checkpoint here
+
+    def on_interrupt(self, run: Run, consistent: bool) -> None:
+        if consistent:
+            rank_states(run)
+
+    def execute(self) -> RunResult:
+        """Train to the end (or a signal) in step with rank 0."""
+        signum = train(self.run, self)
+        if signum is not None:
+            return RunResult("interrupted", self.run_dir, None, 128 + int(signum), "interrupted")
+        try:
+            self.run.method.finish()
+        except SparsityTargetError as exc:
+            return RunResult("target_missed", self.run_dir, None, 1, str(exc))
+        return RunResult("finished", self.run_dir, None, 0, "finished (rank > 0)")

@@ -42,14 +42,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sparsetrain.config import (
     ConfigError,
     ExperimentConfig,
-    _deepcopy,
+    deep_copy,
+    did_you_mean,
     parse_override,
     read_yaml,
     set_dotted,
+    switch_entry,
+    takes_sparsity,
 )
+from sparsetrain.train.build import check_config
+from sparsetrain.train.ddp import is_writer
+from sparsetrain.train.experiment import RunOptions, run_dir_state, run_experiment
 
 SUITE_KEYS = (
     "base",
@@ -120,16 +128,12 @@ def load_suite(path: str | Path, out: str | Path | None = None) -> list[SuiteRun
     Raises:
         ConfigError: A bad suite key, or a run whose config is invalid (named in the message).
     """
-    from sparsetrain.train.build import check_config
-
     p = Path(path)
     raw = read_yaml(p)
     for key in raw:
         if key not in SUITE_KEYS:
-            from sparsetrain.config import _closest
-
             raise ConfigError(
-                f"unknown suite key {key!r}{_closest(str(key), SUITE_KEYS)} "
+                f"unknown suite key {key!r}{did_you_mean(str(key), SUITE_KEYS)} "
                 f"(valid: {', '.join(SUITE_KEYS)})"
             )
     base = raw.get("base")
@@ -154,13 +158,13 @@ def load_suite(path: str | Path, out: str | Path | None = None) -> list[SuiteRun
     for label in methods:
         variant = dict(_pairs(variants.get(label), f"variants.{label}"))
         method = str(variant.pop("method.name", label))
-        takes = method != "dense" and _takes_sparsity(method)
+        takes = method != "dense" and takes_sparsity(method)
         # a run per grid sparsity only where something depends on it: a target method, or a
         # variant value tied to the grid's sparsity; otherwise once per seed at sparsity 0
         per_sparsity = takes or any(_tied_to_sparsity(v) for v in variant.values())
         for sparsity in sparsities if per_sparsity else [0.0]:
             for seed in seeds:
-                cfg_raw = _deepcopy(base)
+                cfg_raw = deep_copy(base)
                 dropped = _drop_foreign_options(cfg_raw, method)
                 for key, value in _pairs(raw.get("overrides"), "suite key 'overrides'"):
                     set_dotted(cfg_raw, key, value)
@@ -213,12 +217,6 @@ def _at_sparsity(value: Any, sparsity: float, where: str) -> Any:
     return value
 
 
-def _takes_sparsity(method: str) -> bool:
-    from sparsetrain.train.build import takes_sparsity
-
-    return takes_sparsity(method)
-
-
 def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ...]:
     """Remove the base config's method options that ``method`` does not take; return them.
 
@@ -228,8 +226,6 @@ def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ..
     defaults (a run's resolved ``config.yaml`` as the base). Options set by ``overrides`` and
     ``method_overrides`` are never dropped.
     """
-    from sparsetrain.train.build import switch_entry
-
     section = cfg_raw.get("method")
     if not isinstance(section, dict):
         return ()
@@ -238,8 +234,6 @@ def _drop_foreign_options(cfg_raw: dict[str, Any], method: str) -> tuple[str, ..
 
 
 def _options(run_dir: Path, data_dir: str | None) -> dict[str, Any]:
-    from sparsetrain.train.experiment import run_dir_state
-
     state = run_dir_state(run_dir)
     return {
         "resume": state != "other",
@@ -262,10 +256,6 @@ def _run_one(
     cfg_raw: dict[str, Any], run_dir: str, opts: dict[str, Any], threads: int
 ) -> tuple[str, str, int | None]:
     """Worker: run one config; returns (status, message, signal that stopped it). Never raises."""
-    import torch
-
-    from sparsetrain.train.experiment import RunOptions, run_experiment
-
     if _STOP is not None and _STOP.is_set():  # compare was told to stop: start nothing new
         return "interrupted", "not started (compare stopped)", None
     if threads:
@@ -308,8 +298,6 @@ def run_suite(
     Raises:
         ConfigError: Another ``compare`` holds the lock of one of the output folders.
     """
-    from sparsetrain.train.ddp import is_writer
-
     with contextlib.ExitStack() as stack:
         for root in sorted({r.run_dir.parent for r in runs}):
             if not is_writer():  # under torchrun rank 0 holds the locks
@@ -349,8 +337,6 @@ def _term_as_interrupt() -> Iterator[None]:
 def _run_suite_locked(
     runs: list[SuiteRun], *, jobs: int, data_dir: str | None, echo: Callable[[str], None]
 ) -> list[SuiteOutcome]:
-    from sparsetrain.train.experiment import run_dir_state
-
     outcomes: dict[str, SuiteOutcome] = {}
     noted: set[str] = set()
     for r in runs:
