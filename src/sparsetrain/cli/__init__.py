@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
-from typing import Any
 
 from sparsetrain._version import __version__
 from sparsetrain.cli import compare, export, listing, plan, report, train
@@ -62,20 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    with warnings.catch_warnings():
-        # Python hides DeprecationWarnings outside __main__: show ours (old option names in a
-        # config, with the new name to use) on the command line, one line each
-        warnings.filterwarnings("default", category=DeprecationWarning, module=r"sparsetrain\b")
-        shown = warnings.showwarning
-
-        def show(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
-            if issubclass(category, DeprecationWarning):
-                print(f"warning: {message}", file=sys.stderr)
-            else:
-                shown(message, category, *args, **kw)
-
-        warnings.showwarning = show
-        return int(args.func(args))
+    return int(args.func(args))
 
 
 __all__ = ["build_parser", "main"]

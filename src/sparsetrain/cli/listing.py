@@ -2,7 +2,7 @@
 
 ``sparsetrain list methods NAME`` shows one method's options with their defaults and one line of
 help each, read from the constructor signatures and the ``Args:`` sections of their docstrings
-(so they cannot drift from the code), then the old option names still accepted (``RENAMED``).
+(so they cannot drift from the code).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sparsetrain.cli._common import USER_ERRORS, fail
 from sparsetrain.config import sparsity_is_option, takes_sparsity
 from sparsetrain.criteria import GROWTH_CRITERIA, PRUNE_CRITERIA
 from sparsetrain.data import list_datasets
-from sparsetrain.methods import get_method_info, list_methods, method_options, method_renames
+from sparsetrain.methods import get_method_info, list_methods, method_options
 from sparsetrain.models import list_models
 from sparsetrain.train.build import default_parameter_count
 
@@ -143,10 +143,6 @@ def method_details(name: str) -> str:
             [("option", "default", "help"), *rows],
         )
     )
-    renamed = method_renames(info.factory)
-    if renamed:
-        pairs = ", ".join(f"{old} -> {new}" for old, new in sorted(renamed.items()))
-        lines.append(f"renamed (old names still accepted, with a warning): {pairs}")
     return "\n".join(lines)
 
 

@@ -29,7 +29,6 @@ Modules: :mod:`~sparsetrain.config.sections` (the dataclasses, :func:`load_confi
 
 from sparsetrain.config.entries import (
     HARNESS_METHOD_KEYS,
-    canonical_method_options,
     entry_defaults,
     sparsity_is_option,
     switch_entry,
@@ -70,7 +69,6 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
-    "canonical_method_options",
     "check_option",
     "check_registry_options",
     "check_type",

@@ -10,31 +10,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sparsetrain.config.values import ConfigError
 from sparsetrain.data import get_dataset_info
-from sparsetrain.methods import canonical_options, get_method_info, method_options
+from sparsetrain.methods import get_method_info, method_options
 from sparsetrain.models import get_model_info
 
 HARNESS_METHOD_KEYS = ("total_steps", "steps_per_epoch")  # set by the harness, never by a config
-
-
-def canonical_method_options(
-    name: str, options: dict[str, Any], *, saved: bool = False
-) -> dict[str, Any]:
-    """``options`` of method ``name`` with old option names replaced by the new ones.
-
-    A user's config gets a ``DeprecationWarning`` per old name (``method.interval`` →
-    ``method.update_interval``); both names given is an error. ``saved``: a ``config.yaml``
-    written by an earlier version (every default written out, so both names may be there with
-    one at its default): renamed silently, so old runs compare equal to new ones.
-
-    Raises:
-        ConfigError: Both an old and its new name given (with differing values, for ``saved``).
-    """
-    try:
-        return canonical_options(name, options, warn=not saved, prefix="method.", saved=saved)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def takes_sparsity(method: str) -> bool:
@@ -94,15 +74,6 @@ def switch_entry(
     Returns:
         ``(dropped, reset)``: the keys removed for each reason.
     """
-    if section == "method":  # old names of `old`'s options (not those set for `new`): renamed
-        theirs = {k: v for k, v in options.items() if k not in keep}
-        try:
-            renamed = canonical_options(old, theirs, prefix="method.", saved=True)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from None
-        renamed.update({k: v for k, v in options.items() if k in keep})
-        options.clear()
-        options.update(renamed)
     valid = entry_defaults(section, new)
     if valid is None or old == new:
         return [], []

@@ -31,8 +31,7 @@ applies the change to weights, optimizer state and sparse layers.
 Update order: ``"pre_step"`` criteria update the topology between ``loss.backward()`` and the
 optimizer step (pre-step weights and gradients); ``"post_step"`` ones after the optimizer step.
 Fantastic Weights' code calls these ``opt_order="after"`` and ``"before"`` respectively (the
-order of the *optimizer step* relative to the update); :func:`resolve_order` still accepts those
-names, with a ``DeprecationWarning``.
+order of the *optimizer step* relative to the update).
 
 Modules: :mod:`~sparsetrain.criteria.criterion` (the criterion objects and update orders),
 :mod:`~sparsetrain.criteria.registry` (``register_*``, ``get_*``),
@@ -56,13 +55,11 @@ from sparsetrain.criteria.builtin import (
 )
 from sparsetrain.criteria.criterion import (
     INPUTS,
-    LEGACY_ORDERS,
     ORDERS,
     SCOPES,
     GrowthCriterion,
     Order,
     PruneCriterion,
-    resolve_order,
 )
 from sparsetrain.criteria.kernel import Change, Site, drop_and_grow
 from sparsetrain.criteria.registry import (
@@ -71,7 +68,6 @@ from sparsetrain.criteria.registry import (
     get_growth_criterion,
     get_prune_criterion,
     grow_random,
-    growth_scores,
     register_growth_criterion,
     register_prune_criterion,
 )
@@ -79,7 +75,6 @@ from sparsetrain.criteria.registry import (
 __all__ = [
     "GROWTH_CRITERIA",
     "INPUTS",
-    "LEGACY_ORDERS",
     "ORDERS",
     "PRUNE_CRITERIA",
     "SCOPES",
@@ -95,14 +90,12 @@ __all__ = [
     "get_prune_criterion",
     "gradstep",
     "grow_random",
-    "growth_scores",
     "magnitude",
     "mest",
     "random_scores",
     "reciprocal_sensitivity",
     "register_growth_criterion",
     "register_prune_criterion",
-    "resolve_order",
     "sensitivity",
     "set_as_released_drop",
     "set_drop",

@@ -7,7 +7,6 @@ growth score grown) and the update orders.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,31 +18,11 @@ from sparsetrain.masking.topk import select_bottomk, topk_indices
 
 Order = Literal["pre_step", "post_step"]
 ORDERS: tuple[str, ...] = ("pre_step", "post_step")
-LEGACY_ORDERS: dict[str, str] = {"before": "post_step", "after": "pre_step"}
-"""Fantastic Weights' ``opt_order`` names: the optimizer step runs *before* / *after* the update."""
 
 INPUTS: tuple[str, ...] = ("weights", "grads", "momentum", "generator")
 """The inputs a criterion function may name."""
 
 SCOPES: tuple[str, ...] = ("layer", "global")
-
-
-def resolve_order(value: str, option: str = "order") -> str:
-    """``"pre_step"``/``"post_step"`` (and ``"auto"``) as given; the legacy names mapped, warning.
-
-    Raises:
-        ValueError: An unknown value.
-    """
-    if value in LEGACY_ORDERS:
-        new = LEGACY_ORDERS[value]
-        warnings.warn(
-            f"{option}={value!r} is deprecated (Fantastic Weights' naming: the optimizer step runs "
-            f"{value} the update); use {option}={new!r}",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        return new
-    return value
 
 
 def read_signature(
@@ -149,17 +128,6 @@ class PruneCriterion(_Criterion):
     inputs: frozenset[str] = frozenset()
     options: Mapping[str, Any] = field(default_factory=dict)
     kind = "prune"
-
-    @property
-    def order(self) -> str:
-        """Deprecated: ``default_order`` in Fantastic Weights' naming (``"before"``/``"after"``)."""
-        warnings.warn(
-            "PruneCriterion.order uses Fantastic Weights' inverted naming and is deprecated; "
-            "use default_order ('pre_step' or 'post_step')",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return next(k for k, v in LEGACY_ORDERS.items() if v == self.default_order)
 
     def scores(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -13,7 +12,6 @@ from sparsetrain.criteria.criterion import (
     GrowthCriterion,
     PruneCriterion,
     read_signature,
-    resolve_order,
 )
 
 PRUNE_CRITERIA: Registry[PruneCriterion] = Registry(
@@ -36,7 +34,6 @@ def register_prune_criterion(
         selection: The function is ``fn(weights, mask, k, ...)`` returning the ``bool`` entries
             to remove, instead of scores (per-layer only, like SET).
     """
-    order = resolve_order(order)
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
 
@@ -114,21 +111,3 @@ def grow_random(
     out = torch.zeros(candidates.numel(), dtype=torch.bool, device=candidates.device)
     out[idx] = True
     return out.view(candidates.shape)
-
-
-def growth_scores(
-    name: str, grad: torch.Tensor | None, momentum: torch.Tensor | None
-) -> torch.Tensor:
-    """Deprecated: ``get_growth_criterion(name).scores(grads=..., momentum=...)``.
-
-    Scores of a deterministic growth criterion; random growth has none here (``grow_random``).
-    """
-    warnings.warn(
-        "growth_scores() is deprecated; use get_growth_criterion(name).scores(...)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    crit = get_growth_criterion(name)
-    if crit.uniform:
-        raise ValueError(f"growth criterion {name!r} has no score; use grow_random")
-    return crit.scores(None, grad, momentum=momentum)

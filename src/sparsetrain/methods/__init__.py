@@ -15,12 +15,10 @@ from sparsetrain.methods.groups import RecipeWarning, param_groups
 from sparsetrain.methods.lifecycle import attached_method
 from sparsetrain.methods.registry import (
     MethodInfo,
-    canonical_options,
     create_method,
     get_method_info,
     list_methods,
     method_options,
-    method_renames,
     register_method,
 )
 from sparsetrain.methods.static import Static
@@ -37,12 +35,10 @@ __all__ = [
     "SparsityTargetWarning",
     "Static",
     "attached_method",
-    "canonical_options",
     "create_method",
     "get_method_info",
     "list_methods",
     "method_options",
-    "method_renames",
     "param_groups",
     "register_method",
 ]

@@ -91,7 +91,7 @@ from sparsetrain.methods.diagnostics import (
     build_report,
     short_run_message,
 )
-from sparsetrain.methods.options import checks, renamed
+from sparsetrain.methods.options import checks
 from sparsetrain.methods.state import check_method_state, method_state
 from sparsetrain.methods.weight_init import WEIGHT_INITS, draw_kaiming, sparse_init
 from sparsetrain.optim import check_state, zero_preserving, zero_state
@@ -173,8 +173,6 @@ class SparsityMethod(SparseExecution):
     )
     """Declared checks of the options of *this class's* constructor, run by ``create_method``
     (see :mod:`~sparsetrain.methods.options`); each subclass declares its own."""
-    RENAMED: ClassVar[Mapping[str, str]] = renamed()
-    """Old option name → new name, accepted for one release (subclasses inherit them)."""
 
     def __init__(
         self,

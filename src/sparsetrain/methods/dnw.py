@@ -12,7 +12,7 @@ from sparsetrain.distributions import allocate
 from sparsetrain.masking.topk import select_topk
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods._st3_parts import OrderStatistics, abs_buffer
-from sparsetrain.methods.options import checks, integer, one_of, option_error, renamed
+from sparsetrain.methods.options import checks, integer, one_of, option_error
 from sparsetrain.methods.registry import register_method
 from sparsetrain.schedules import PolynomialRamp, Schedule, StepRamp, UpdateSchedule
 
@@ -53,7 +53,6 @@ class DNW(InPlaceMethod):
         end_step=integer(0),
         update_interval=integer(1),
     )
-    RENAMED = renamed(ramp_begin_step="begin_step", ramp_end_step="end_step")
 
     def __init__(
         self,

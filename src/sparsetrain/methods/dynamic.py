@@ -17,7 +17,6 @@ from sparsetrain.criteria import (
     get_growth_criterion,
     get_prune_criterion,
     random_scores,
-    resolve_order,
 )
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
 from sparsetrain.masking.topk import global_topk_masks, random_mask
@@ -59,8 +58,8 @@ class DynamicSparse(SparsityMethod):
     after the optimizer step (``"post_step"``, on post-step weights and this batch's gradient);
     gradient-based criteria update before it (``"pre_step"``, on pre-step weights and
     gradients). Each criterion's choice is its ``default_order`` in
-    :mod:`sparsetrain.criteria`; the code's own names (``opt_order="before"``, ``"after"``: where
-    the *optimizer step* runs) are still accepted, with a ``DeprecationWarning``.
+    :mod:`sparsetrain.criteria` (the code's ``opt_order="before"`` is ``"post_step"`` here, its
+    ``"after"`` is ``"pre_step"``: it names where the *optimizer step* runs).
 
     The update itself is :func:`sparsetrain.criteria.drop_and_grow`, shared with GraNet's
     regrowth and static pruning at initialisation: any registered criterion works here.
@@ -118,6 +117,7 @@ class DynamicSparse(SparsityMethod):
         scope=one_of(SCOPES),
         inactive_grads=one_of(INACTIVE_GRADS),
         regrown_value=one_of(REGROWN_VALUES),
+        order=one_of(ORDERS),
     )
 
     def __init__(
@@ -146,8 +146,6 @@ class DynamicSparse(SparsityMethod):
         super().__init__(**kwargs)
         self.prune = get_prune_criterion(prune)
         self.grow = get_growth_criterion(grow)
-        order = resolve_order(order)  # the legacy names of the Fantastic Weights code, warning
-        one_of(ORDERS)(self.name, "order", order)
         if not drop_fraction_end <= drop_fraction:
             raise option_error(
                 self.name,

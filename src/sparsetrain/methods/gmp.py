@@ -9,7 +9,7 @@ from sparsetrain.distributions import DISTRIBUTIONS, allocate
 from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import global_topk_masks, select_bottomk
 from sparsetrain.methods.base import SparsityMethod
-from sparsetrain.methods.options import checks, integer, number, one_of, option_error, renamed
+from sparsetrain.methods.options import checks, integer, number, one_of, option_error
 from sparsetrain.methods.registry import register_method
 from sparsetrain.schedules import PolynomialRamp, Schedule, UpdateSchedule, polynomial
 
@@ -52,7 +52,6 @@ class GMP(SparsityMethod):
         scope=one_of(SCOPES),
         distribution=one_of(DISTRIBUTIONS),
     )
-    RENAMED = renamed(interval="update_interval")
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ import torch
 
 from sparsetrain.masking.topk import select_topk
 from sparsetrain.methods._inplace import InPlaceMethod
-from sparsetrain.methods.options import checks, integer, number, one_of, option_error, renamed
+from sparsetrain.methods.options import checks, integer, number, one_of, option_error
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
 from sparsetrain.schedules import Schedule, SigmoidRamp, UpdateSchedule
@@ -111,12 +111,6 @@ class OptG(InPlaceMethod):
         score_lr_mode=one_of(SCORE_LR_MODES),
         selection=one_of(SELECTIONS),
         score_optimizer=one_of(SCORE_OPTIMIZERS),
-    )
-    RENAMED = renamed(
-        mask_lr="score_lr",
-        mask_lr_mode="score_lr_mode",
-        first_layer_dense="dense_first",
-        last_layer_dense="dense_last",
     )
 
     def __init__(

@@ -25,7 +25,6 @@ what a method trains itself (OptG's ``score_lr``, SCL's ``mask_lr``, STR's ``thr
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -40,8 +39,6 @@ __all__ = [
     "number",
     "one_of",
     "option_error",
-    "rename_options",
-    "renamed",
     "validate",
 ]
 
@@ -85,74 +82,3 @@ def validate(
     for option, check in declared_checks(cls).items():
         if option in values:
             check(method, option, values[option])
-
-
-def rename_options(
-    method: str,
-    renamed: Mapping[str, str],
-    options: Mapping[str, Any],
-    *,
-    warn: bool = True,
-    prefix: str = "",
-    saved: bool = False,
-    defaults: Mapping[str, Any] | None = None,
-    stacklevel: int = 3,
-) -> dict[str, Any]:
-    """``options`` with every old name of ``renamed`` replaced by its new name, order kept.
-
-    Args:
-        method: Method name, for the messages.
-        renamed: Old name → new name.
-        options: The options as given.
-        warn: Emit a ``DeprecationWarning`` naming the new name for each old one.
-        prefix: Written before option names in messages (``"method."`` for configs).
-        saved: A config written by an earlier version, which wrote every default out: when both
-            names are present, the one still at its default (``defaults``, by new name) yields
-            to the other; a real conflict still raises.
-        defaults: Defaults by new name (for ``saved``).
-        stacklevel: Of the warning.
-
-    Raises:
-        TypeError: Both the old and the new name given (with differing values, for ``saved``).
-    """
-    out = dict(options)
-    for key in [k for k in options if k in renamed]:
-        new, value = renamed[key], out[key]
-        if new not in out:
-            out = {(new if k == key else k): v for k, v in out.items()}
-        else:
-            default = (defaults or {}).get(new)
-            at_default = _same(value, default) or _same(value, out[new])
-            if not saved or not (at_default or _same(out[new], default)):
-                raise option_error(
-                    method,
-                    f"{prefix}{key} and {prefix}{new} both given; {prefix}{key} is the old name "
-                    f"of {prefix}{new}: give {prefix}{new} only",
-                    TypeError,
-                )
-            del out[key]
-            if not at_default:  # the new name held its default: the old one's value counts
-                out[new] = value
-        if warn:
-            warnings.warn(
-                f"{method}: option {prefix}{key} is deprecated; it is now called {prefix}{new} "
-                "(the old name works until the next release)",
-                DeprecationWarning,
-                stacklevel=stacklevel,
-            )
-    return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    def plain(v: Any) -> Any:
-        return list(v) if isinstance(v, tuple | list) else v
-
-    try:
-        return bool(plain(a) == plain(b))
-    except Exception:
-        return False
-
-
-def renamed(**old_to_new: str) -> Mapping[str, str]:
-    """A method's ``RENAMED``: old option name → new name (read-only)."""
-    return MappingProxyType(old_to_new)

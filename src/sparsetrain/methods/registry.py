@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from sparsetrain._registry import Registry
 from sparsetrain.methods.base import SparsityMethod
-from sparsetrain.methods.options import rename_options, validate
+from sparsetrain.methods.options import validate
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,6 @@ def create_method(method: str | SparsityMethod, **kwargs: Any) -> SparsityMethod
             )
         return method
     info = get_method_info(method)
-    renamed = method_renames(info.factory)
-    if renamed:  # old spellings: the new name, with a DeprecationWarning (the caller's line)
-        kwargs = rename_options(method, renamed, kwargs, stacklevel=3)
     cls = method_class(info.factory)
     validate(method, SparsityMethod if cls is None else cls, method_options(info.factory), kwargs)
     return info.factory(**kwargs)
@@ -130,46 +127,6 @@ def method_class(factory: Callable[..., Any]) -> type[SparsityMethod] | None:
         return factory
     made = getattr(factory, "preset", None)
     return None if made is None else made[0]
-
-
-def method_renames(factory: Callable[..., Any]) -> dict[str, str]:
-    """Old option names a factory still accepts → their new names (see ``RENAMED``)."""
-    out: dict[str, str] = {}
-    for klass in reversed((method_class(factory) or SparsityMethod).__mro__):
-        out.update(klass.__dict__.get("RENAMED", {}))
-    return out
-
-
-def canonical_options(
-    method: str,
-    options: dict[str, Any],
-    *,
-    warn: bool = True,
-    prefix: str = "",
-    saved: bool = False,
-) -> dict[str, Any]:
-    """``options`` of registered ``method`` with old option names replaced by the new ones.
-
-    See :func:`sparsetrain.methods.options.rename_options` (``saved``: a config written by an
-    earlier version, with every default written out). Unknown methods: ``options`` unchanged.
-    """
-    if not isinstance(method, str) or method not in _REGISTRY:
-        return dict(options)
-    factory = _REGISTRY[method].factory
-    renamed = method_renames(factory)
-    if not renamed:
-        return dict(options)
-    defaults = method_options(factory) if saved else None
-    return rename_options(
-        method,
-        renamed,
-        options,
-        warn=warn,
-        prefix=prefix,
-        saved=saved,
-        defaults=defaults,
-        stacklevel=3,
-    )
 
 
 def preset(cls: type[SparsityMethod], name: str, **defaults: Any) -> Callable[..., SparsityMethod]:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from sparsetrain.methods._inplace import InPlaceMethod
-from sparsetrain.methods.options import checks, integer, number, one_of, option_error, renamed
+from sparsetrain.methods.options import checks, integer, number, one_of, option_error
 from sparsetrain.methods.registry import register_method
 from sparsetrain.optim import Companion, group_of
 from sparsetrain.schedules import cubic
@@ -175,7 +175,6 @@ class SCL(InPlaceMethod):
         mask_optimizer=one_of(MASK_OPTIMIZERS),
         freeze_step=integer(0, optional=True),
     )
-    RENAMED = renamed(target_sparsity="sparsity")
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ they are recomputed at s once more, baked into the raw weights and frozen for th
 paper's "fix" phase). From the official epochs: ``begin_step = start_epoch · steps_per_epoch``,
 ``end_step = end_epoch · steps_per_epoch``, ``freeze_step = fix_from · steps_per_epoch + 1`` (it
 fixes after the first batch of that epoch), ``total_steps = (n_epochs + n_ft_epochs) ·
-steps_per_epoch``. ``ramp_begin_step``, ``ramp_end_step`` and ``fix_step`` are the old names.
+steps_per_epoch``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from sparsetrain.methods._st3_parts import (
     sigma_of,
 )
 from sparsetrain.methods.groups import RecipeWarning, check_recipe
-from sparsetrain.methods.options import checks, integer, one_of, renamed
+from sparsetrain.methods.options import checks, integer, one_of
 from sparsetrain.methods.registry import preset, register_method
 from sparsetrain.schedules import PolynomialRamp, Schedule, UpdateSchedule
 
@@ -96,11 +96,6 @@ class ST3(InPlaceMethod):
         bn_momentum=one_of(BN_MODES),
         weight_decay_scope=one_of(WD_SCOPES),
         update_interval=integer(1),
-    )
-    RENAMED = renamed(
-        ramp_begin_step="begin_step",
-        ramp_end_step="end_step",
-        fix_step="freeze_step",
     )
 
     def __init__(

@@ -19,7 +19,6 @@ from sparsetrain.config import (
     ConfigError,
     ExperimentConfig,
     OptimConfig,
-    canonical_method_options,
     check_registry_options,
     entry_defaults,
 )
@@ -41,9 +40,6 @@ def _registry_error(section: str, exc: Exception) -> ConfigError:
 def check_method(cfg: ExperimentConfig) -> dict[str, Any]:
     """Validate the method name and options; return the user's options, type-checked.
 
-    Old option names are accepted with a ``DeprecationWarning`` and returned under their new
-    names (:func:`canonical_method_options`).
-
     Raises:
         ConfigError: Unknown method (with close matches), unknown or reserved key, wrong type.
     """
@@ -52,7 +48,7 @@ def check_method(cfg: ExperimentConfig) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise _registry_error("method", exc) from None
     valid = {k: v for k, v in method_options(info.factory).items() if k not in HARNESS_METHOD_KEYS}
-    options = canonical_method_options(info.name, cfg.method.options)
+    options = dict(cfg.method.options)
     for key in HARNESS_METHOD_KEYS:
         if key in options:
             raise ConfigError(
@@ -121,28 +117,22 @@ def resolved_dict(raw: dict[str, Any]) -> dict[str, Any]:
     As ``config.yaml`` is written now; ``raw`` itself when it no longer validates (then
     compared as saved). A config saved before an option existed then compares equal to one that
     holds the option's default (resume checks, report pooling).
-    Old method option names become the new ones (silently: a run saved before a rename pools
-    with runs saved after it).
     """
     try:
-        return resolve_config(ExperimentConfig.from_dict(raw), saved=True).to_dict()
+        return resolve_config(ExperimentConfig.from_dict(raw)).to_dict()
     except ConfigError:
         return raw
 
 
-def resolve_config(cfg: ExperimentConfig, *, saved: bool = False) -> ExperimentConfig:
+def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` validated, with every data, model and method option's default written out.
 
     This is what a run directory's ``config.yaml`` holds. ``method.seed`` stays unset unless
-    given (it follows ``train.seed``), and so do the keys the harness derives. Old method
-    option names are written under their new names (``saved``: as in
-    :func:`canonical_method_options`).
+    given (it follows ``train.seed``), and so do the keys the harness derives.
 
     Raises:
         ConfigError: As :func:`check_config`.
     """
-    options = canonical_method_options(cfg.method.name, cfg.method.options, saved=saved)
-    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, options=options))
     check_config(cfg)
     out = cfg
     for section in ("data", "model", "method"):
