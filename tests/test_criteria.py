@@ -12,7 +12,6 @@ from sparsetrain.criteria import (
     get_prune_criterion,
     gradstep,
     grow_random,
-    growth_scores,
     magnitude,
     mest,
     random_scores,
@@ -297,21 +296,6 @@ def test_momentum_growth_uses_abs_momentum() -> None:
     cand = torch.tensor([[True, True], [False, True]])
     grown = select_topk_growth("momentum", None, m, cand, 1)
     assert grown.tolist() == [[False, True], [False, False]]  # |-3|; 2.0 is not a candidate
-
-
-def test_growth_scores_errors() -> None:
-    with pytest.raises(ValueError, match="'gradient' needs the dense gradient"):
-        get_growth_criterion("gradient").scores(None, None, momentum=torch.zeros(2))
-    with pytest.raises(ValueError, match="'momentum' needs an optimizer with momentum"):
-        get_growth_criterion("momentum").scores(None, torch.zeros(2), momentum=None)
-    with (
-        pytest.warns(DeprecationWarning, match="growth_scores"),
-        pytest.raises(ValueError, match="'random' has no score"),
-    ):
-        growth_scores("random", torch.zeros(2), torch.zeros(2))
-
-
-# --------------------------------------------------------------------------- registries
 
 
 def test_registries_contents() -> None:

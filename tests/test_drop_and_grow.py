@@ -116,8 +116,6 @@ def test_criteria_declare_their_inputs_and_options() -> None:
     assert (
         get_growth_criterion("random").uniform and get_growth_criterion("momentum").needs_momentum
     )
-    with pytest.warns(DeprecationWarning, match="default_order"):
-        assert mest.order == "after"  # Fantastic Weights' name for pre_step
 
 
 def test_registration_refuses_an_unknown_parameter() -> None:

@@ -153,15 +153,13 @@ def test_update_order_pre_step_reads_pre_step_weights(order: str) -> None:
         assert mask_a == [F, T, T, F] and wa == pytest.approx([0.0, 1.1, 0.0, 0.0])
 
 
-def test_auto_order_follows_the_criterion_and_old_names_still_work() -> None:
+def test_auto_order_follows_the_criterion() -> None:
     assert create_method("rigl", total_steps=10).order == "post_step"  # magnitude
     assert create_method("dst", prune="snip", total_steps=10).order == "pre_step"
     assert create_method("mest", total_steps=10).order == "pre_step"
-    # Fantastic Weights' opt_order names: where the optimizer step runs relative to the update
-    with pytest.warns(DeprecationWarning, match="order='post_step'"):
-        assert create_method("dst", order="before", total_steps=10).order == "post_step"
-    with pytest.warns(DeprecationWarning, match="order='pre_step'"):
-        assert create_method("dst", order="after", total_steps=10).order == "pre_step"
+    # Fantastic Weights' opt_order names ("before"/"after") are not ours: unknown values
+    with pytest.raises(ValueError, match="valid: auto, pre_step, post_step"):
+        create_method("dst", order="before", total_steps=10)
     with pytest.raises(ValueError, match="valid: auto, pre_step, post_step"):
         create_method("dst", order="later", total_steps=10)
 
