@@ -132,15 +132,10 @@ def build_run(
         input_shape=data.input_shape,
         hidden_sizes=recipe.hidden,
     )
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=True,
-        weight_decay=recipe.weight_decay,
-    )
     options = method_options(name, recipe, total_steps, steps_per_epoch)
     method = sparsetrain.create_method(name, **options)
+    groups = sparsetrain.param_groups(model, method, weight_decay=recipe.weight_decay)  # recipe
+    optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
     method.attach(model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, recipe.warmup))
     return Run(name, model, optimizer, scheduler, method)

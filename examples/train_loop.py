@@ -53,12 +53,10 @@ def train(
     x_train, y_train = data.train.tensors
     x_test, y_test = data.test.tensors
     model = create_model("cnn1d", num_classes=data.num_classes, input_shape=data.input_shape)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     total_steps = args.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
 
-    # --- the two lines of sparsetrain -------------------------------------------------
+    # --- the two lines of sparsetrain (three with the method's parameter groups) -------
     options = {"total_steps": total_steps}
     if method_name != "dense" and get_method_info(method_name).sparsity_mode == "target":
         options["sparsity"] = args.sparsity  # emergent methods (STR, SCL) set their own
@@ -67,8 +65,11 @@ def train(
     if method_name == "optg":
         options["steps_per_epoch"] = steps_per_epoch
     method = sparsetrain.create_method(method_name, **options)
+    groups = sparsetrain.param_groups(model, method, weight_decay=1e-4)  # ST-3: no decay on biases
+    optimizer = torch.optim.AdamW(groups, lr=args.lr)
     method.attach(model, optimizer)
     # -----------------------------------------------------------------------------------
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
 
     generator = torch.Generator().manual_seed(args.seed)
     loss_fn = nn.CrossEntropyLoss()

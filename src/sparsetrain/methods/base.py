@@ -45,28 +45,7 @@ is used as given (ST-3 warns once).
 The step counter (``method.step``: optimizer steps completed) lives in the method because the
 schedules count optimizer steps and must survive a resume; it is saved by ``state_dict()``.
 
-Execution (``execution="dense" | "sparse" | "auto"``)
------------------------------------------------------
-``"dense"`` (the default) is masked-dense execution and adds no per-step work. ``"sparse"``
-swaps every eligible target ``nn.Linear`` for a :class:`~sparsetrain.sparse.SparseLinear` at
-attach (CSR values + structure, optimizer state sized to the live values); ``"auto"`` first
-times each layer dense vs sparse at ``execution_batch_size`` (``plan_layers``) and swaps only
-the layers measured faster. Conv and other non-Linear targets, and weights tied or shared with
-another layer, stay dense (reported with the reason).
-
-For a sparse target, ``Target.mask`` stays the one home of the mask and the layer's structure is
-kept equal to it. ``Target.param`` and ``Target.module`` keep naming the original dense
-``Parameter`` and ``nn.Linear``, now outside the model: the parameter holds a zero-memory
-placeholder of the weight's shape, and holds the dense weight view (``layer.to_dense()``, with
-the captured dense gradient in ``.grad``) only while the method's hooks run on an update step,
-so every criterion reads weights exactly as in dense mode. A mask change calls
-``layer.set_structure``: kept weights keep their value and optimizer state, dropped ones vanish,
-grown ones start at zero. The post-step hook of step ``t - 1`` arms ``capture_dense_grad`` when
-step ``t`` needs the dense gradient (RigL growth, SNIP), so it is computed for that step only.
-Only methods with ``supports_sparse_execution`` (static, the DST family, GMP and GraNet, whose
-layers move to sparse kernels once pruned far enough) accept it; the others need dense
-gradients every step and keep the dense path. ``detach``/``squash`` put the original
-``nn.Linear`` modules back (original names, zeros at pruned positions).
+Execution (``execution="dense" | "sparse" | "auto"``): see :mod:`sparsetrain.methods._execution`.
 """
 
 from __future__ import annotations
