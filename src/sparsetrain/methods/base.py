@@ -245,13 +245,7 @@ class SparsityMethod(SparseExecution):
         if self.model is not None:
             raise ValueError(f"this {self.name!r} method is already attached to a model")
         lifecycle.check_inputs(self.name, model, optimizer)
-        targets = select_targets(
-            model,
-            include=self.include,
-            exclude=self.exclude,
-            dense_first=self.dense_first,
-            dense_last=self.dense_last,
-        )
+        targets = self.select_targets(model)
         if optimizer is not None:
             lifecycle.check_optimizer_holds(targets, optimizer, self.state_skip_keys)
         self._check_execution()
@@ -287,6 +281,16 @@ class SparsityMethod(SparseExecution):
                 optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
             ]
         return self
+
+    def select_targets(self, model: nn.Module) -> list[Target]:
+        """The tensors this method masks in ``model``, by its include, exclude and dense options."""
+        return select_targets(
+            model,
+            include=self.include,
+            exclude=self.exclude,
+            dense_first=self.dense_first,
+            dense_last=self.dense_last,
+        )
 
     def detach(self) -> nn.Module:
         """Remove the hooks and unbind; the model keeps its current (zeroed) weights."""

@@ -72,7 +72,11 @@ def param_groups(
         return [{"params": params, "weight_decay": weight_decay, **group_options}]
     if include is not None and isinstance(method, SparsityMethod):
         raise TypeError("include= given with a method object, which has its own; pass one")
-    decayed = _decayed_ids(model, _targets(model, method, include))
+    if isinstance(method, str):
+        targets = select_targets(model, include=include)
+    else:
+        targets = method.select_targets(model)
+    decayed = _decayed_ids(model, targets)
     groups = [
         {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
         {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
@@ -95,7 +99,7 @@ def decay_scope(method: str | SparsityMethod) -> str:
 def check_recipe(
     method: SparsityMethod, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> list[str]:
-    """Names of ``model``'s parameters the optimizer decays although ``method``'s recipe not.
+    """Names of ``model``'s parameters the optimizer decays that ``method``'s recipe does not.
 
     Empty for a method whose decay scope is ``"all"``.
     """
@@ -104,20 +108,6 @@ def check_recipe(
     decayed = _decayed_ids(model, method.targets)
     decay = {id(p): g.get("weight_decay", 0.0) for g in optimizer.param_groups for p in g["params"]}
     return [n for n, p in model.named_parameters() if id(p) not in decayed and decay.get(id(p))]
-
-
-def _targets(
-    model: nn.Module, method: str | SparsityMethod, include: Sequence[str] | None
-) -> list[Target]:
-    if isinstance(method, str):
-        return select_targets(model, include=include)
-    return select_targets(
-        model,
-        include=method.include,
-        exclude=method.exclude,
-        dense_first=method.dense_first,
-        dense_last=method.dense_last,
-    )
 
 
 def _decayed_ids(model: nn.Module, targets: list[Target]) -> set[int]:
