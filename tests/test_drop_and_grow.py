@@ -176,6 +176,7 @@ def _one_step(name: str, mask: list[bool] | None, **options: object) -> list[boo
     opt.zero_grad()
     model(torch.tensor([X])).sum().backward()
     opt.step()
+    m.apply_pending()  # a deferred update takes effect (see apply_pending)
     return m.targets[0].mask[0].tolist()
 
 

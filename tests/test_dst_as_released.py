@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dst_runs import train_dst
-from sparsetrain import create_method
+from sparsetrain import attached_method, create_method
 
 
 def _setup(**kw):
@@ -22,6 +22,7 @@ def _step(model, opt):
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
+    attached_method(model).apply_pending()  # a deferred update takes effect (see apply_pending)
 
 
 def test_dense_inactive_grads_keep_momentum_but_weights_stay_zero():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsetrain import create_method
+from sparsetrain import attached_method, create_method
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.optim import momentum_of, param_ids, zero_preserving, zero_state
 
@@ -35,6 +35,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch) -> No
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
+    if (method := attached_method(model)) is not None:
+        method.apply_pending()  # a deferred update takes effect (see apply_pending)
 
 
 def state_tensors(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ def _train(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        method.apply_pending()  # a deferred update takes effect (see apply_pending)
         losses.append(loss.item())
         masks.append({t.name: t.mask.clone() for t in method.targets})
     return losses, masks

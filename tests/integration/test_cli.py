@@ -569,3 +569,18 @@ def test_sigterm_to_compare_stops_its_workers_resumably(tmp_path: Path) -> None:
         assert (run / "checkpoint.pt").exists() and not (run / "summary.json").exists()
     for s in (2, 3):
         assert not (out / f"rigl-s0.8-seed{s}" / "summary.json").exists()
+
+
+def test_each_epoch_is_evaluated_with_the_mask_it_trained(tmp_path: Path) -> None:
+    """OptG re-selects once per epoch (4 steps): epoch e's row has epoch e's selection.
+
+    The re-selection due after an epoch's last step takes effect at the next epoch's first
+    forward, after that epoch's evaluation (as the official code re-selects at epoch start).
+    """
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path, method={"name": "optg", "sparsity": 0.8}, train={"epochs": 4})
+    assert train(cfg, run) == 0
+    selections = {int(r["epoch"]): float(r["sparsity"]) for r in rows(run / "topology.csv")}
+    assert sorted(selections) == [0, 1, 2, 3]
+    for row in rows(run / "metrics.csv"):
+        assert abs(float(row["sparsity"]) - selections[int(row["epoch"]) - 1]) < 1e-3

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dst_runs import train_dst
-from sparsetrain import create_method
+from sparsetrain import attached_method, create_method
 
 
 @pytest.fixture(autouse=True, params=[1, 2], ids=["1-thread", "2-threads"])
@@ -60,6 +60,7 @@ def _step(model, opt, x: list[float]) -> None:
     opt.zero_grad()
     model(torch.tensor([x])).sum().backward()
     opt.step()
+    attached_method(model).apply_pending()  # a deferred update takes effect (see apply_pending)
 
 
 def _state(model, method) -> tuple[list[bool], list[bool], list[float], list[float]]:

@@ -39,6 +39,7 @@ def _one_step(regrow_scope: str) -> tuple[TwoHeads, GraNet]:
     ).attach(model, opt)
     model(torch.tensor([[1.0, 2.0, 3.0, 7.0, 0.0, 4.0]])).sum().backward()
     opt.step()  # step 1 = end_step: prune to 3 of 6, then drop and regrow ceil(ζ·n)
+    m.apply_pending()  # a deferred update takes effect (see apply_pending)
     return model, m
 
 
@@ -91,6 +92,7 @@ def test_reaches_target_exactly_with_hard_masks(tiny_mlp, batch) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        m.apply_pending()  # a deferred update takes effect (see apply_pending)
         if step == 20:
             assert sum(t.nnz for t in m.targets) == round((1 - m.sparsity_at(20)) * 72)
     assert sum(t.nnz for t in m.targets) == round(0.2 * 72)

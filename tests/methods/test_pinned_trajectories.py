@@ -4,7 +4,8 @@ Each scenario trains one small MLP (256-48-24-10; the first layer's 12,288 weigh
 for the straight-through methods' fast selection path) on six fixed batches with a plain loop:
 ``create_method(...)``, ``attach(model, opt)``, then ``loss.backward(); opt.step()``. At the steps
 in ``PIN_STEPS`` it records the loss and a checksum of each target's mask read from
-``method.state_dict()["masks"]`` (live entries and the sum of their flat indices); over the whole
+``method.state_dict()["masks"]`` after ``method.apply_pending()``, i.e. the masks in force
+for the next step (live entries and the sum of their flat indices); over the whole
 run, the number of steps after which any mask changed; at the end, the loss of the first batch
 under the trained model and ``method.report()``'s global live count. Nothing internal is read, so
 the pins survive refactors that keep the behaviour.
@@ -177,6 +178,7 @@ def trajectory(key: str) -> Pin:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        method.apply_pending()  # the masks in force for the next step (see apply_pending)
         now = _checksum(method.state_dict()["masks"])
         changes += now != prev
         prev = now

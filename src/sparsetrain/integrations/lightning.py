@@ -131,10 +131,12 @@ class SparsityCallback(pl.Callback):
     ) -> None:
         if self.method is None or len(self.method.history) == self._seen:
             return
-        for row in _common.new_rows(self.method, self._seen):  # rare: straight to the loggers
-            for logger in trainer.loggers:
+        records = self.method.history[self._seen :]
+        for row, record in zip(_common.new_rows(self.method, self._seen), records, strict=True):
+            step = int(record.get("step", trainer.global_step))  # the update's own step
+            for logger in trainer.loggers:  # rare: straight to the loggers
                 metrics = {f"sparsetrain/{k}": v for k, v in row.items()}
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(metrics, step=step)
         self._seen = len(self.method.history)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

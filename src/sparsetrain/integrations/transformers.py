@@ -54,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - the extra is part of the dev in
 
 from sparsetrain.integrations import _common
 from sparsetrain.methods import SparsityMethod, param_groups
+from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.report import SparsityReport
 
 STATE_FILE = "sparsetrain.pt"
@@ -174,6 +175,10 @@ class SparsityCallback(TrainerCallback):
                 "checkpoint folder written with SparsityCallback as resume_from=..."
             )
         return torch.load(path, map_location="cpu", weights_only=True)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save and isinstance(self.method, InPlaceMethod):
+            self.method.unshare()  # safetensors refuses a buffer that aliases its parameter
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.method is None or self.method.model is None or not state.is_world_process_zero:

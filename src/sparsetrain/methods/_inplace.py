@@ -107,6 +107,25 @@ class InPlaceMethod(SparsityMethod):
         self.refresh(step)
         self.publish()
 
+    @torch.no_grad()
+    def unshare(self) -> None:
+        """Give every parameter that aliases its ``_raw`` buffer (Q = W) a copy of its own.
+
+        For writers that refuse tensors sharing memory (safetensors, in the Hugging Face
+        ``Trainer``'s checkpoints); the next step swaps W back in as usual.
+        """
+        for i, t in enumerate(self.targets):
+            if not self._is_q[i]:
+                t.param.data, self._spare[i], self._is_q[i] = t.param.data.clone(), None, True
+
+    def _hold_step(self) -> None:
+        self.publish()  # Q of the updated W under the masks of the step that trained
+        super()._hold_step()
+
+    def _apply_deferred(self, step: int) -> None:
+        self.unpublish()
+        super()._apply_deferred(step)  # refresh(step) from W, then Q published
+
     def _squash(self) -> None:
         self._remove_buffers()  # the parameters already hold Q
 

@@ -1,33 +1,6 @@
 """The contract every sparsity method follows, and the hook order, written down once.
 
-Hook order (the executable form is ``examples/train_loop.py``)
----------------------------------------------------------------
-``method.attach(model, optimizer)`` registers two hooks on the optimizer, so an unchanged
-training loop drives the method through its own ``optimizer.step()`` calls::
-
-    for x, y in loader:
-        loss = loss_fn(model(x), y)        # 1. forward (masks / effective weights already set)
-        optimizer.zero_grad()
-        loss.backward()                    # 2. backward: p.grad is the *dense* gradient
-        optimizer.step()                   # 3. step pre-hook  -> method.after_backward()
-                                           # 4. the optimizer's own update
-                                           # 5. step post-hook -> method.after_optimizer_step()
-
-- ``after_backward()``: on a topology-update step, methods that need the dense gradient read it
-  here (RigL growth, SNIP, MEST, ...); DST with ``order="pre_step"`` (the gradient-based
-  criteria under ``"auto"``) updates the topology here, on pre-step weights. Hard-mask methods
-  then zero the gradients of pruned entries, so neither momentum nor weight decay can revive
-  them.
-- ``after_optimizer_step()``: the step counter advances; on an update step with
-  ``order="post_step"`` the topology changes here (post-step weights, this batch's gradient);
-  methods with a forward-pass function (ST-3, OptG, SCL) prepare the next step's mask.
-  Hard-mask methods end every step with pruned weights and their optimizer state exactly zero.
-
-Pass ``hook=False`` to ``attach`` to call the two hooks yourself (e.g. around a fused optimizer
-that bypasses ``step()`` hooks). A step skipped by ``GradScaler`` runs no hook and counts no step.
-``optimizer.step(closure)`` is refused (``TypeError``, before anything changes), and so are
-optimizers that need a closure (LBFGS) at attach: the closure re-runs forward and backward inside
-the step, after the pre-hook has masked the gradients, so the update would use dense gradients.
+Hook order and deferred updates: :mod:`sparsetrain.methods.hooks`.
 
 Parameters a method trains itself
 ----------------------------------
@@ -62,14 +35,13 @@ from sparsetrain import distributed as _dist
 from sparsetrain.checks import SPARSITY, Check, integer, one_of
 from sparsetrain.masking.targets import Target, select_targets
 from sparsetrain.methods import lifecycle
-from sparsetrain.methods._execution import SparseExecution
 from sparsetrain.methods.diagnostics import (
     Plan,
     ScheduleWarning,
-    SparsityTargetWarning,
     build_report,
     short_run_message,
 )
+from sparsetrain.methods.hooks import StepHooks
 from sparsetrain.methods.options import checks
 from sparsetrain.methods.state import check_method_state, method_state
 from sparsetrain.methods.weight_init import WEIGHT_INITS, draw_kaiming, sparse_init
@@ -82,7 +54,7 @@ EXECUTIONS = ("dense", "sparse", "auto")
 """Values of the common ``execution`` option."""
 
 
-class SparsityMethod(SparseExecution):
+class SparsityMethod(StepHooks):
     """Base class of all methods: targets, masks, hooks, state and diagnostics.
 
     Subclasses set the class attributes and override the ``_`` hooks they need. A method is
@@ -197,6 +169,8 @@ class SparsityMethod(SparseExecution):
         self.history: list[dict[str, Any]] = []
         self._hooks: list[Any] = []
         self._grads: dict[str, torch.Tensor] | None = None
+        self._pending: int | None = None  # a deferred update step (see apply_pending)
+        self._held: list[torch.Tensor] | None = None
         self._rezero = False
         # Fantastic Weights' released code: inactive weights take dense gradient steps (and keep
         # momentum) and are re-zeroed after every step (DST option inactive_grads="dense")
@@ -275,8 +249,12 @@ class SparsityMethod(SparseExecution):
             self.execution_decisions, self.history = [], history
             raise
         lifecycle.bind(model, self)
+        if self.defers_updates:
+            modules = {id(m): m for m in [model, *(t.module for t in targets)]}
+            pending = lifecycle.PendingHook(self)
+            self._hooks = [m.register_forward_pre_hook(pending) for m in modules.values()]
         if hook and optimizer is not None:
-            self._hooks = [
+            self._hooks += [
                 optimizer.register_step_pre_hook(self._step_pre_hook),
                 optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
             ]
@@ -293,8 +271,13 @@ class SparsityMethod(SparseExecution):
         )
 
     def detach(self) -> nn.Module:
-        """Remove the hooks and unbind; the model keeps its current (zeroed) weights."""
+        """Remove the hooks and unbind; the model keeps its current (zeroed) weights.
+
+        An update deferred to the next training forward (:meth:`apply_pending`) is dropped: no
+        training follows it, so the model stays the one that trained.
+        """
         model = self._require_attached()
+        self._pending = self._grads = self._held = None
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -310,56 +293,6 @@ class SparsityMethod(SparseExecution):
         self._require_attached()
         self._squash()
         return self.detach()
-
-    # ------------------------------------------------------------------ hooks
-
-    def _step_pre_hook(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        # torch passes step's own arguments, the optimizer first: step(self, closure=None)
-        closure = args[1] if len(args) > 1 else kwargs.get("closure")
-        if closure is not None:  # raise before the method or the optimizer changes anything
-            raise TypeError(
-                f"{self.name}: optimizer.step(closure) is not supported: the closure re-runs "
-                "forward and backward inside the step, after the method has masked the "
-                "gradients; call loss.backward() and then optimizer.step() without a closure"
-            )
-        self.after_backward()
-
-    def after_backward(self) -> None:
-        """Hook between ``loss.backward()`` and the optimizer's update (see module docstring)."""
-        self._require_attached()
-        upcoming = self.step + 1
-        if self._sparse:
-            self._sparse_hook(upcoming, backward=True)
-        else:
-            self._before_step(upcoming)
-        if self.hard_mask and not self._dense_inactive:
-            for t in self._masked_targets:
-                if t.param.grad is not None:
-                    t.param.grad.mul_(t.mask.view(torch.uint8))
-
-    def after_optimizer_step(self) -> None:
-        """Hook right after the optimizer's update (see module docstring)."""
-        self._require_attached()
-        self.step += 1
-        if self._sparse:
-            self._sparse_hook(self.step, backward=False)
-        else:
-            self._after_step(self.step)
-        self._grads = None
-        if self.hard_mask and self._rezero:
-            with torch.no_grad():
-                for t in self._masked_targets:
-                    t.param.mul_(t.mask.view(torch.uint8))
-        if self._rank_sync is not None:
-            self._rank_sync(self.step)
-        if self.total_steps is not None and self.step == self.total_steps:
-            missed = self.report().misses() if self.sparsity_mode == "target" else []
-            if missed:
-                warnings.warn(
-                    f"{self.name}: training ended off target: {'; '.join(missed)}",
-                    SparsityTargetWarning,
-                    stacklevel=2,
-                )
 
     # ------------------------------------------------------------------ subclass interface
 
@@ -481,6 +414,8 @@ class SparsityMethod(SparseExecution):
         if self.execution != "dense":
             layout = {t.name: "sparse" if t.name in self._sparse else "dense" for t in self.targets}
         extra = self._extra_state()
+        if self._pending is not None:  # the update waiting for the next training forward
+            extra["pending"] = {"step": self._pending, "grads": self._grads, "held": self._held}
         return method_state(self.name, self.step, self.targets, self.history, extra, layout)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -491,7 +426,14 @@ class SparsityMethod(SparseExecution):
             t.mask.copy_(state["masks"][t.name].to(torch.bool))
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
-        self._load_extra_state(state.get("extra", {}))
+        extra = dict(state.get("extra", {}))
+        pending = extra.pop("pending", None) or {}
+        self._pending, self._grads, self._held = (
+            pending.get("step"),
+            pending.get("grads"),
+            pending.get("held"),
+        )
+        self._load_extra_state(extra)
         if self.hard_mask:
             with torch.no_grad():
                 for t in self._masked_targets:

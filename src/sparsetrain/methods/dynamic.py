@@ -104,6 +104,7 @@ class DynamicSparse(SparsityMethod):
     """
 
     name = "dst"
+    defers_updates = True
     supports_sparse_execution = True
     CHECKS = checks(
         distribution=one_of(DISTRIBUTIONS),

@@ -42,6 +42,7 @@ class GMP(SparsityMethod):
     """
 
     name = "gmp"
+    defers_updates = True
     supports_sparse_execution = True
     sparse_from_density = 0.3
     CHECKS = checks(

@@ -39,6 +39,29 @@ def unbind(model: nn.Module) -> None:
     _ATTACHED.pop(model, None)
 
 
+class PendingHook:
+    """Forward pre-hook that runs a method's deferred update at the next training forward.
+
+    It holds the method weakly, and a copy or a pickle of the model carries an inert hook: a
+    deep-copied model (an evaluation copy, an export) never drives the method.
+    """
+
+    def __init__(self, method: Any = None) -> None:
+        self._method = None if method is None else weakref.ref(method)
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        method = self._method() if self._method is not None else None
+        due = method is not None and method._pending is not None
+        if due and module.training and torch.is_grad_enabled():
+            method.apply_pending()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PendingHook:
+        return PendingHook()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return PendingHook, ()
+
+
 def check_inputs(name: str, model: nn.Module, optimizer: Any) -> None:
     """Raise on a model that has a method already, or an optimizer ``attach`` cannot serve."""
     if model in _ATTACHED:

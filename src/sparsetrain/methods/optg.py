@@ -101,6 +101,7 @@ class OptG(InPlaceMethod):
     """
 
     name = "optg"
+    defers_updates = True
     CHECKS = checks(
         steps_per_epoch=integer(1, optional=True),
         update_interval=integer(1, optional=True),
