@@ -12,6 +12,7 @@ resumes exactly.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from sparsetrain import create_method
-from sparsetrain.methods import list_methods
+from sparsetrain.methods import ScheduleWarning, list_methods
 
 STEPS = 9
 CASES: dict[str, dict[str, Any]] = {  # every method updates at step 3 (and 6) of 9
@@ -159,3 +160,27 @@ def _minimal(name: str) -> dict[str, Any]:
     if name == "scl":
         return {"total_steps": 100}
     return options
+
+
+def test_optg_warns_when_the_per_epoch_cadence_has_too_few_epochs() -> None:
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    short_run = create_method("optg", sparsity=0.8, steps_per_epoch=10, total_steps=200)
+    assert "update_interval=25" in str(short_run.plan())  # 20 epochs
+    with pytest.warns(ScheduleWarning, match="this run has 20; set update_interval=25"):
+        short_run.attach(model, opt)
+    short_run.detach()
+    quiet = [
+        create_method("optg", sparsity=0.8, steps_per_epoch=10, total_steps=600),  # 60 epochs
+        create_method(
+            "optg", sparsity=0.8, steps_per_epoch=10, total_steps=200, update_interval=25
+        ),
+        create_method(
+            "optg", sparsity=0.8, steps_per_epoch=10, total_steps=200, update_interval=10
+        ),
+    ]
+    for method in quiet:
+        assert "warning" not in str(method.plan())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ScheduleWarning)
+            method.attach(model, opt).detach()

@@ -249,6 +249,8 @@ class SparsityMethod(StepHooks):
             self.execution_decisions, self.history = [], history
             raise
         lifecycle.bind(model, self)
+        for note in self.schedule_notes(self.total_steps) if self.total_steps else []:
+            warnings.warn(note, ScheduleWarning, stacklevel=2)
         if self.defers_updates:
             modules = {id(m): m for m in [model, *(t.module for t in targets)]}
             pending = lifecycle.PendingHook(self)
@@ -467,7 +469,14 @@ class SparsityMethod(StepHooks):
         total = total_steps or self.total_steps
         if not total or total <= 0:
             raise ValueError("plan() needs total_steps (argument or method option)")
-        return Plan.of(self.name, self.schedule, total, points)
+        return Plan.of(self.name, self.schedule, total, points, self.schedule_notes(total))
+
+    def schedule_notes(self, total_steps: int) -> list[str]:
+        """Warnings about this method's schedule over a run of ``total_steps`` steps.
+
+        ``plan()`` prints them and ``attach`` warns with each (:class:`ScheduleWarning`).
+        """
+        return []
 
     def __repr__(self) -> str:
         where = "attached" if self.model is not None else "unattached"

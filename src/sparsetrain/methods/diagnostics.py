@@ -21,7 +21,8 @@ class SparsityTargetWarning(UserWarning):
 
 
 class ScheduleWarning(UserWarning):
-    """Emitted by ``finish()`` when training ended before the method's schedule did."""
+    """Emitted by ``finish()`` when training ended before the method's schedule did, and by
+    ``attach()`` when a schedule does not suit the run's length (see ``schedule_notes``)."""
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,22 @@ class Plan:
     total_steps: int
     curve: list[tuple[int, float]]
     update_steps: list[int]
+    notes: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, method: str, schedule: Schedule, total: int, points: int = 11) -> Plan:
+    def of(
+        cls,
+        method: str,
+        schedule: Schedule,
+        total: int,
+        points: int = 11,
+        notes: Sequence[str] = (),
+    ) -> Plan:
         """The plan of ``schedule`` over ``total`` steps, the curve at ``points`` steps."""
         n = max(2, points)
         steps = sorted({math.floor(i * total / (n - 1)) for i in range(n)})
         curve = [(s, schedule.sparsity_at(s)) for s in steps]
-        return cls(method, total, curve, schedule.update_steps(total))
+        return cls(method, total, curve, schedule.update_steps(total), tuple(notes))
 
     def __str__(self) -> str:
         lines = [
@@ -52,6 +61,7 @@ class Plan:
         lines.append(f"topology updates: {n}" + (f" at steps {shown}" if n else ""))
         if n:
             lines.append(f"last topology update: step {self.update_steps[-1]}")
+        lines += [f"warning: {note}" for note in self.notes]
         return "\n".join(lines)
 
 

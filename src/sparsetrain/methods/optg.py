@@ -40,6 +40,11 @@ from sparsetrain.schedules import Schedule, SigmoidRamp, UpdateSchedule
 SCORE_LR_MODES = ("corrected", "as_released")
 SCORE_OPTIMIZERS = ("sgd", "user")
 SELECTIONS = ("exact", "as_released")
+SHORT_CADENCE = 25
+"""The short cadence: ``update_interval`` (steps) for runs shorter than ``PER_EPOCH_EPOCHS``,
+chosen on the validation split of LeNet-300-100 / Fashion-MNIST (benchmarks/RESULTS.md)."""
+PER_EPOCH_EPOCHS = 60
+"""Epochs the released once-per-epoch re-selection needs before its late swaps die out."""
 
 
 def select_global(
@@ -82,7 +87,9 @@ class OptG(InPlaceMethod):
 
     Args:
         steps_per_epoch: Optimizer steps per epoch (required; the ramp is per epoch).
-        update_interval: Re-select the mask every this many steps (default: once per epoch).
+        update_interval: Re-select the mask every this many steps. Default: once per epoch, as
+            released, which needs about 60 epochs to settle (``attach`` and ``plan`` warn
+            below that). The short cadence for shorter runs: 25 steps.
         beta: Slope β of the sigmoid ramp, > 0 (1 in every official config).
         final_epochs_at_target: Last epochs forced to s_target (ours; 0: official).
         beta_ref_epochs: If set, use β·max(1, beta_ref_epochs / E) (short-run alternative).
@@ -137,6 +144,7 @@ class OptG(InPlaceMethod):
                 f"steps_per_epoch={steps_per_epoch!r}, total_steps={self.total_steps!r}",
             )
         self.steps_per_epoch = steps_per_epoch
+        self._released_cadence = update_interval is None
         self.update_interval = steps_per_epoch if update_interval is None else update_interval
         self.final_epochs_at_target = final_epochs_at_target
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -165,6 +173,17 @@ class OptG(InPlaceMethod):
         self._fmasks: list[torch.Tensor] = []
         self._dense: list[bool] = []
         self._lr0 = 0.0
+
+    def schedule_notes(self, total_steps: int) -> list[str]:
+        epochs = math.ceil(total_steps / self.steps_per_epoch)
+        if not self._released_cadence or epochs >= PER_EPOCH_EPOCHS:
+            return []
+        return [
+            f"optg: re-selecting the mask once per epoch (the released cadence) needs about "
+            f"{PER_EPOCH_EPOCHS} epochs to settle and this run has {epochs}; set "
+            f"update_interval={SHORT_CADENCE} (the short cadence), or pass update_interval="
+            f"{self.steps_per_epoch} to keep the released one without this warning"
+        ]
 
     def ramp(self, epoch: int) -> float:
         """r(e) = σ(β(e − E/2)), or 1 in the last ``final_epochs_at_target`` epochs."""
