@@ -166,14 +166,14 @@ def test_optg_warns_when_the_per_epoch_cadence_has_too_few_epochs() -> None:
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     short_run = create_method("optg", sparsity=0.8, steps_per_epoch=10, total_steps=200)
-    assert "update_interval=25" in str(short_run.plan())  # 20 epochs
-    with pytest.warns(ScheduleWarning, match="this run has 20; set update_interval=25"):
+    assert "update_interval=10" in str(short_run.plan())  # 20 epochs
+    with pytest.warns(ScheduleWarning, match="this run has 20; set update_interval=10"):
         short_run.attach(model, opt)
     short_run.detach()
     quiet = [
         create_method("optg", sparsity=0.8, steps_per_epoch=10, total_steps=600),  # 60 epochs
         create_method(
-            "optg", sparsity=0.8, steps_per_epoch=10, total_steps=200, update_interval=25
+            "optg", sparsity=0.8, steps_per_epoch=10, total_steps=200, update_interval=10
         ),
         create_method(
             "optg", sparsity=0.8, steps_per_epoch=10, total_steps=200, update_interval=10

@@ -40,7 +40,7 @@ from sparsetrain.schedules import Schedule, SigmoidRamp, UpdateSchedule
 SCORE_LR_MODES = ("corrected", "as_released")
 SCORE_OPTIMIZERS = ("sgd", "user")
 SELECTIONS = ("exact", "as_released")
-SHORT_CADENCE = 25
+SHORT_CADENCE = 10
 """The short cadence: ``update_interval`` (steps) for runs shorter than ``PER_EPOCH_EPOCHS``,
 chosen on the validation split of LeNet-300-100 / Fashion-MNIST (benchmarks/RESULTS.md)."""
 PER_EPOCH_EPOCHS = 60
@@ -89,7 +89,7 @@ class OptG(InPlaceMethod):
         steps_per_epoch: Optimizer steps per epoch (required; the ramp is per epoch).
         update_interval: Re-select the mask every this many steps. Default: once per epoch, as
             released, which needs about 60 epochs to settle (``attach`` and ``plan`` warn
-            below that). The short cadence for shorter runs: 25 steps.
+            below that). The short cadence for shorter runs: 10 steps.
         beta: Slope β of the sigmoid ramp, > 0 (1 in every official config).
         final_epochs_at_target: Last epochs forced to s_target (ours; 0: official).
         beta_ref_epochs: If set, use β·max(1, beta_ref_epochs / E) (short-run alternative).
