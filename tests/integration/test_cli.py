@@ -412,6 +412,8 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "methods"]) == 0
     out = capsys.readouterr().out
     assert "rigl" in out and "Evci" in out
+    assert main(["list", "methods", "optg"]) == 0  # the short cadence is named where users look
+    assert "the short cadence for runs under 60 epochs: 10" in capsys.readouterr().out
     assert main(["list", "criteria"]) == 0
     assert "reciprocal_sensitivity" in capsys.readouterr().out
     assert main(["list", "datasets"]) == 0

@@ -87,9 +87,9 @@ class OptG(InPlaceMethod):
 
     Args:
         steps_per_epoch: Optimizer steps per epoch (required; the ramp is per epoch).
-        update_interval: Re-select the mask every this many steps. Default: once per epoch, as
-            released, which needs about 60 epochs to settle (``attach`` and ``plan`` warn
-            below that). The short cadence for shorter runs: 10 steps.
+        update_interval: Re-select the mask every this many steps (default: once per epoch, as
+            released; the short cadence for runs under 60 epochs: 10). The per-epoch cadence
+            needs about 60 epochs to settle; ``attach`` and ``plan`` warn below that.
         beta: Slope β of the sigmoid ramp, > 0 (1 in every official config).
         final_epochs_at_target: Last epochs forced to s_target (ours; 0: official).
         beta_ref_epochs: If set, use β·max(1, beta_ref_epochs / E) (short-run alternative).
