@@ -21,8 +21,11 @@ class SparsityTargetWarning(UserWarning):
 
 
 class ScheduleWarning(UserWarning):
-    """Emitted by ``finish()`` when training ended before the method's schedule did, and by
-    ``attach()`` when a schedule does not suit the run's length (see ``schedule_notes``)."""
+    """Emitted when a run and its method's schedule do not fit.
+
+    By ``finish()`` when training ended before the schedule did, and by ``attach()`` when the
+    schedule does not suit the run's length (see ``schedule_notes``).
+    """
 
 
 @dataclass(frozen=True)
