@@ -52,9 +52,9 @@ def make_run(
         "model": cfg["model"]["name"],
         "dataset": cfg["data"]["name"],
         "seed": seed,
-        "headline": {"select": "best_val", "epoch": 2, "test_acc": acc},
-        "final": {"epoch": 3, "test_acc": acc - 0.01},
-        "best_val": {"epoch": 2, "test_acc": acc},
+        "headline": {"select": "best_val", "epoch": 2, "test_acc": acc, "test_loss": 2 - acc},
+        "final": {"epoch": 3, "test_acc": acc - 0.01, "test_loss": 2.01 - acc},
+        "best_val": {"epoch": 2, "test_acc": acc, "test_loss": 2 - acc},
         "sparsity": {
             "requested": sparsity,
             "actual": sparsity if actual is None else actual,
@@ -185,6 +185,21 @@ def test_paired_differences_with_a_t_interval_computed_by_hand(tmp_path: Path) -
     assert pair["low"] == pytest.approx(-0.09 - 0.01 * t2)
     assert pair["high"] == pytest.approx(-0.09 + 0.01 * t2)
     assert "| rigl 0.9 | dense | 3 | 0,1,2 | -9.00 | [-13.30, -4.70] |" in text
+
+
+def test_a_loss_metric_is_tabulated_in_nats_lower_is_better(tmp_path: Path) -> None:
+    for seed, (dense, rigl) in enumerate([(0.90, 0.80), (0.92, 0.85)]):  # loss = 2 - acc
+        make_run(tmp_path, f"dense-{seed}", dense, seed=seed, method={"name": "dense"})
+        make_run(tmp_path, f"rigl-{seed}", rigl, seed=seed)
+    text, data = build_report([tmp_path], metric="test_loss")
+    assert data["metric"] == "test_loss"
+    assert "| test loss (nats) | final test loss (nats) |" in text
+    assert "| rigl | 0.9 | 2 | 0,1 | 1.1750 ± 0.0354 | 1.1850 ± 0.0354 |" in text
+    (pair,) = data["paired"]
+    assert pair["mean"] == pytest.approx(0.085)  # losses 1.20, 1.15 minus 1.10, 1.08
+    assert "| +0.0850 |" in text and "(lower is better)" in text
+    with pytest.raises(ValueError, match="unknown metric 'loss'; valid: test_acc, test_loss"):
+        build_report([tmp_path], metric="loss")
 
 
 def test_one_pair_has_no_interval() -> None:

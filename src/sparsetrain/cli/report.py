@@ -1,4 +1,4 @@
-"""``sparsetrain report RUN_DIRS... [--out DIR] [--baseline LABEL]``: tables of comparable runs."""
+"""``sparsetrain report RUNS... [--out DIR] [--baseline LABEL] [--metric M]``: comparable runs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from sparsetrain.cli._common import USER_ERRORS, fail
 from sparsetrain.train.reporting import write_report
+from sparsetrain.train.stats import METRICS
 
 
 def add_parser(sub: Any) -> None:
@@ -32,6 +33,13 @@ def add_parser(sub: Any) -> None:
         "(default: dense, when present)",
     )
     p.add_argument(
+        "--metric",
+        default="test_acc",
+        choices=list(METRICS),
+        help="the number tabulated at each run's headline epoch (default: test_acc; a language "
+        "model's loss is in nats per token)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace report files in --out that sparsetrain report did not write",
@@ -43,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     """Aggregate and write; prints the tables."""
     try:
         text, files, note = write_report(
-            args.runs, args.out, baseline=args.baseline, overwrite=args.overwrite
+            args.runs,
+            args.out,
+            baseline=args.baseline,
+            metric=args.metric,
+            overwrite=args.overwrite,
         )
     except USER_ERRORS as exc:
         return fail(exc, "report")

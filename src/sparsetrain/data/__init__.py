@@ -3,7 +3,8 @@
 Registry: ``mnist1d`` (generated locally), ``mnist``, ``fashion_mnist`` (IDX files;
 Fashion-MNIST is found in ``/usr/share/datasets/fashion-mnist`` after ``apt-get install
 dataset-fashion-mnist``), ``cifar10``, ``cifar100`` (python pickle batches), ``digits``
-(scikit-learn) and ``synthetic`` (for tests).
+(scikit-learn), ``pydoc`` (the standard library's docstrings as character tokens, for language
+models) and ``synthetic`` (for tests).
 
 >>> splits = load_dataset("synthetic", n_train=40, n_test=8, val_fraction=0.25)
 >>> x, y = splits.train[0]
@@ -17,7 +18,7 @@ read raises :class:`CorruptDatasetError` (a :class:`ValueError`). Every split is
 skip the ``DataLoader``'s per-item overhead (augmentation included).
 """
 
-from sparsetrain.data import _cifar, _generated, _mnist  # noqa: F401  (register the datasets)
+from sparsetrain.data import _cifar, _generated, _mnist, _text  # noqa: F401  (register the datasets)
 from sparsetrain.data._core import (
     DatasetInfo,
     DatasetSplits,

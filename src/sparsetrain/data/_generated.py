@@ -47,23 +47,23 @@ def _mnist1d_arrays(
     return {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
-def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Cache ``arrays`` at ``path`` (written whole or not at all; a failure only warns)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
     except OSError as err:
-        warnings.warn(f"could not cache mnist1d at {path}: {err}", stacklevel=3)
+        warnings.warn(f"could not cache generated data at {path}: {err}", stacklevel=3)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The cached ``keys`` at ``path``, or None (with a warning) when it cannot be read."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+            return {k: z[k] for k in keys}
     except (OSError, ValueError, KeyError, EOFError) as err:
-        warnings.warn(
-            f"ignoring unreadable mnist1d cache {path} ({err}); regenerating", stacklevel=3
-        )
+        warnings.warn(f"ignoring unreadable cache {path} ({err}); regenerating", stacklevel=3)
         return None
 
 
@@ -99,10 +99,10 @@ def mnist1d(
     }
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     path = (data_dir if data_dir is not None else default_root()) / f"mnist1d-{digest}.npz"
-    arrays = _read_npz(path) if path.is_file() else None
+    arrays = read_npz(path, ("x", "y", "x_test", "y_test")) if path.is_file() else None
     if arrays is None:
         arrays = _mnist1d_arrays(num_samples, train_split, int(data_seed), bool(shuffle_seq))
-        _write_npz_atomic(path, arrays)
+        write_npz_atomic(path, arrays)
 
     def x_of(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a.astype(np.float32)).unsqueeze(1)  # (N, 40) -> (N, 1, 40)

@@ -102,8 +102,9 @@ class InMemoryDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     training batches.
 
     Args:
-        x: Inputs ``(N, *input_shape)``, ``float32``.
-        y: Labels ``(N,)``, ``int64``.
+        x: Inputs ``(N, *input_shape)``, ``float32`` (token ids of a text dataset: ``int64``,
+            kept as they are).
+        y: Labels ``(N,)``, ``int64`` (next-token targets of a text dataset: ``(N, L)``).
         transform: Random batch transform applied on access (training augmentation), or None.
 
     >>> ds = InMemoryDataset(torch.zeros(4, 1, 2), torch.arange(4))
@@ -117,7 +118,7 @@ class InMemoryDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
         self.tensors: tuple[torch.Tensor, torch.Tensor] = (
-            x.to(torch.float32).contiguous(),
+            (x if x.dtype == torch.int64 else x.to(torch.float32)).contiguous(),
             y.to(torch.int64).contiguous(),
         )
         self.transform = transform

@@ -8,9 +8,10 @@ Rules (``docs/cli.md``, "Report"):
   that differ, e.g. ``rigl 0.9 [train.epochs=6]``. Method options that change only from one
   sparsity to the next (a per-target knob such as STR's ``method.threshold_weight_decay``)
   do not split a method; every other difference does, ``method.execution`` included.
-- The headline accuracy is the test accuracy ``summary.json`` reports under ``headline``
-  (best-validation epoch by default, else final); a row shows mean ± sample std over its
-  seeds, and ``n=1`` (no spread) for a single run.
+- The headline number is the report's metric (:data:`METRICS`: test accuracy by default, or the
+  test loss, the validation accuracy or loss) of the epoch ``summary.json`` reports under
+  ``headline`` (best-validation epoch by default, else final); a row shows mean ± sample std
+  over its seeds, and ``n=1`` (no spread) for a single run.
 - Paired differences against a baseline row use the seeds both rows have: the mean of the
   per-seed differences with a 95% interval from the t distribution with ``pairs - 1`` degrees
   of freedom.
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.train.build import resolved_dict
-from sparsetrain.train.stats import mean_std, paired_interval
+from sparsetrain.train.stats import get_metric, mean_std, paired_interval
 
 SEED_KEYS = ("train.seed", "method.seed")
 # Keys that never change a number of a run (where data is read from, plots, logging, the
@@ -193,16 +194,20 @@ def differing(settings: Sequence[Mapping[str, str]]) -> set[str]:
     return {k for k in keys if len({s.get(k, _UNSET) for s in settings}) > 1}
 
 
-def aggregate(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+def aggregate(
+    summaries: Sequence[tuple[Path, dict[str, Any]]], metric: str = "test_acc"
+) -> list[dict[str, Any]]:
     """One row per (method, sparsity, setting): runs whose configs differ in the seed alone.
 
     Each row: ``label`` (``"rigl 0.9 [train.epochs=6]"``), ``series`` (the label without the
     sparsity), ``method``, ``variant`` (the distinguishing keys and values), ``sparsity``,
-    ``n``, ``seeds``, ``runs``, ``select``, test accuracy ``acc_mean``/``acc_std`` and final
-    ``final_mean``/``final_std`` (std None for one run), ``actual_sparsity``,
-    ``flops_ratio``, ``missed``, ``model``, ``dataset``, ``per_seed`` (headline accuracy by
-    seed, averaged over repeated runs of a seed) and ``repeated_seeds``.
+    ``n``, ``seeds``, ``runs``, ``select``, ``metric`` (a key of :data:`METRICS`), the metric at
+    the headline epoch ``acc_mean``/``acc_std`` and at the last epoch ``final_mean``/
+    ``final_std`` (std None for one run; the names say ``acc`` whatever the metric),
+    ``actual_sparsity``, ``flops_ratio``, ``missed``, ``model``, ``dataset``, ``per_seed``
+    (headline metric by seed, averaged over repeated runs of a seed) and ``repeated_seeds``.
     """
+    get_metric(metric)
     cells: dict[tuple[str, float], dict[tuple[tuple[str, str], ...], list[Any]]] = {}
     for path, s in summaries:
         setting = setting_of(run_config(path, s))
@@ -227,20 +232,28 @@ def aggregate(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> list[dict[str
             variant = {k: _show(setting.get(k, _UNSET)) for k in sorted(split[method])}
             suffix = ", ".join(f"{k}={v}" for k, v in variant.items())
             series = f"{method} [{suffix}]" if suffix else method
-            rows.append(_row(method, sparsity, series, variant, items))
+            rows.append(_row(method, sparsity, series, variant, items, metric))
     rows.sort(key=lambda r: (r["method"], r["series"], r["sparsity"]))
     return rows
 
 
 def _row(
-    method: str, sparsity: float, series: str, variant: dict[str, str], items: list[Any]
+    method: str,
+    sparsity: float,
+    series: str,
+    variant: dict[str, str],
+    items: list[Any],
+    metric: str,
 ) -> dict[str, Any]:
     summaries = [s for _, s in items]
-    acc = mean_std([s["headline"]["test_acc"] for s in summaries])
-    final = mean_std([s["final"]["test_acc"] for s in summaries])
+    lacking = [str(p) for p, s in items if s["headline"].get(metric) is None]
+    if lacking:
+        raise ValueError(f"runs without {metric} (no validation split?): {', '.join(lacking)}")
+    acc = mean_std([s["headline"][metric] for s in summaries])
+    final = mean_std([s["final"][metric] for s in summaries])
     by_seed: dict[int, list[float]] = {}
     for s in summaries:
-        by_seed.setdefault(int(s["seed"]), []).append(float(s["headline"]["test_acc"]))
+        by_seed.setdefault(int(s["seed"]), []).append(float(s["headline"][metric]))
     label = series if sparsity == 0 else f"{method} {sparsity:g}" + series[len(method) :]
     return {
         "label": label,
@@ -252,6 +265,7 @@ def _row(
         "seeds": sorted(int(s["seed"]) for s in summaries),
         "runs": sorted(str(p) for p, _ in items),
         "select": summaries[0]["headline"]["select"],
+        "metric": metric,
         "acc_mean": acc[0],
         "acc_std": acc[1],
         "final_mean": final[0],
@@ -294,7 +308,7 @@ def resolve_baseline(
 def paired_differences(
     rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Each row minus its baseline row, seed by seed (headline test accuracy).
+    """Each row minus its baseline row, seed by seed (the rows' headline metric).
 
     A baseline of one row is compared with every other row; a baseline series with rows at
     several sparsities is compared at equal sparsity (a dense row at sparsity 0 with all).

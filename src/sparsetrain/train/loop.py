@@ -159,16 +159,16 @@ def forward_backward(
     net = run.ddp if run.ddp is not None else run.model
     n = sum(len(y) for _, y in micro) if total is None else total
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
-    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    correct = torch.zeros((), dtype=torch.float64, device=run.device)
     run.optimizer.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(micro):
         last = i == len(micro) - 1  # DDP all-reduces the gradient once, after the last
         with run.ddp.no_sync() if run.ddp is not None and not last else contextlib.nullcontext():
-            logits = net(x)  # (B, num_classes)
-            loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
+            logits = net(x)  # (B, num_classes), or (B, L, vocab) for a language model
+            loss = F.cross_entropy(_flat(logits), y.reshape(-1), label_smoothing=o.label_smoothing)
             (loss * (len(y) / n * world)).backward()
         loss_sum += loss.detach().double() * len(y)
-        correct += (logits.detach().argmax(dim=1) == y).sum()
+        correct += hits(logits.detach(), y).sum()
     if run.ddp is not None:
         loss_sum, correct = ddp.reduce_sum(loss_sum), ddp.reduce_sum(correct)
     return loss_sum / n, correct, n
@@ -189,21 +189,41 @@ def update(run: Run) -> None:
     method.after_optimizer_step()
 
 
+def hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example accuracy (``float64``): 0 or 1, or a sequence's fraction of tokens right.
+
+    Classifiers give ``logits`` ``(B, classes)`` and ``y`` ``(B,)``; language models give
+    ``(B, L, vocab)`` and next-token targets ``(B, L)``.
+    """
+    right = (logits.argmax(dim=-1) == y).double()
+    return right.mean(dim=-1) if right.dim() > 1 else right
+
+
+def _flat(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, L, vocab)`` → ``(B·L, vocab)``; classifier logits unchanged."""
+    return logits.reshape(-1, logits.shape[-1]) if logits.dim() > 2 else logits
+
+
 @torch.no_grad()
 def evaluate(run: Run, dataset: Any) -> tuple[float, float]:
-    """Mean cross-entropy (no label smoothing) and accuracy of the model on ``dataset``."""
+    """Mean cross-entropy (no label smoothing) and accuracy of the model on ``dataset``.
+
+    For a language model (``(B, L, vocab)`` logits) both are per token: the loss in nats per
+    token, the accuracy the fraction of next tokens predicted right.
+    """
     run.model.eval()
     ddp.sync_buffers(run.model)  # under torchrun: rank 0's BatchNorm statistics, a shard each
     n = len(dataset)
     mine = ddp.shard(torch.arange(n))
     loss = torch.zeros((), dtype=torch.float64, device=run.device)
-    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    correct = torch.zeros((), dtype=torch.float64, device=run.device)
     for start in range(0, len(mine), run.cfg.train.eval_batch_size):
         idx = mine[start : start + run.cfg.train.eval_batch_size]
         x, y = _fetch(run, dataset, idx, None)
         logits = run.model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == y).sum()
+        tokens = y[0].numel() if y.dim() > 1 else 1  # per example
+        loss += F.cross_entropy(_flat(logits), y.reshape(-1), reduction="sum").double() / tokens
+        correct += hits(logits, y).sum()
     if run.ddp is not None:
         loss, correct = ddp.reduce_sum(loss), ddp.reduce_sum(correct)
     run.model.train()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.train.metrics import read_csv
+from sparsetrain.train.stats import get_metric
 
 MISSING = "plots skipped: matplotlib is not installed (pip install 'sparsetrain[plot]')"
 
@@ -245,6 +246,7 @@ def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None)
     the sample std (none for one run). Series at sparsity 0 only (dense) are horizontal lines.
     Points at density 0 cannot be drawn on the log axis: the legend says so.
     """
+    m = get_metric(rows[0].get("metric", "test_acc") if rows else "test_acc")
     fig = _figure(8.5, 4.8)  # constrained layout keeps the outside legend in the figure
     ax = fig.add_subplot()
     series = list(dict.fromkeys(r.get("series", r["method"]) for r in rows))
@@ -256,15 +258,15 @@ def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None)
         )
         if all(r["sparsity"] == 0 and r["actual_sparsity"] == 0 for r in mine):
             label = _wrap(name if name == "dense" else f"{name} (sparsity 0)")
-            ax.axhline(100 * mine[0]["acc_mean"], color=color, ls="--", lw=1.2, label=label)
+            ax.axhline(m.scale * mine[0]["acc_mean"], color=color, ls="--", lw=1.2, label=label)
             continue
         drawn = [r for r in mine if r["actual_sparsity"] < 1.0]
         hidden = len(mine) - len(drawn)
         label = _wrap(name + (f" ({hidden} at density 0 not drawn)" if hidden else ""))
         ax.errorbar(
             [1.0 - r["actual_sparsity"] for r in drawn],
-            [100 * r["acc_mean"] for r in drawn],
-            yerr=[100 * (r.get("acc_std") or 0.0) for r in drawn],
+            [m.scale * r["acc_mean"] for r in drawn],
+            yerr=[m.scale * (r.get("acc_std") or 0.0) for r in drawn],
             color=color,
             marker=marker,
             ls=ls,
@@ -281,13 +283,14 @@ def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None)
         ax.set_xticks(ticks, [f"{d:.3g}\n({1 - d:.3g})" for d in ticks])
     ax.minorticks_off()
     ax.set_xlabel("density (sparsity) reached, log scale")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(m.label.replace("acc", "accuracy"))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title is None:
         places = sorted({f"{r.get('model')} on {r.get('dataset')}" for r in rows})
         title = "; ".join(places) if len(places) <= 2 else f"{len(places)} model/data settings"
-    fig.suptitle(f"{title}: test accuracy (mean ± std over seeds)", fontsize="medium")
+    what = m.label.split(" (")[0].replace("acc", "accuracy")
+    fig.suptitle(f"{title}: {what} (mean ± std over seeds)", fontsize="medium")
     return fig
 
 

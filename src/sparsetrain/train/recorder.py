@@ -309,7 +309,10 @@ class Experiment:
         (d / "sparsity.csv").write_text(report.to_csv())
         write_text(d / "sparsity.json", report.to_json() + "\n")
         self.log(str(report))
-        flops = count_flops(flops_view(run.model), run.splits.input_shape, run.device)
+        dtype = run.splits.train[0][0].dtype  # token ids (long) for a language model
+        flops = count_flops(
+            flops_view(run.model), run.splits.input_shape, run.device, input_dtype=dtype
+        )
         summary = make_summary(run, report, flops, missed)
         if run.cfg.train.plots:
             note = plot_run(d, summary)

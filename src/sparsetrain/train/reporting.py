@@ -22,6 +22,7 @@ from sparsetrain.train.aggregate import (
 )
 from sparsetrain.train.metrics import write_json, write_text
 from sparsetrain.train.plots import plot_accuracy_vs_sparsity
+from sparsetrain.train.stats import get_metric
 from sparsetrain.train.tables import (
     gap_lines,
     markdown_table,
@@ -35,15 +36,16 @@ REPORT_FORMAT = "sparsetrain.report"
 
 
 def build_report(
-    paths: Sequence[str | Path], baseline: str | None = None
+    paths: Sequence[str | Path], baseline: str | None = None, metric: str = "test_acc"
 ) -> tuple[str, dict[str, Any]]:
     """Read the runs and return ``report.md``'s text and ``report.json``'s content.
 
     Raises:
-        ValueError: As :func:`find_runs`; an unknown ``baseline``.
+        ValueError: As :func:`find_runs`; an unknown ``baseline`` or ``metric``.
     """
+    get_metric(metric)
     summaries, unfinished = find_runs(paths)
-    rows = aggregate(summaries)
+    rows = aggregate(summaries, metric)
     settings = {
         str(p): setting_of(run_config(p, s)) for p, s in summaries
     }  # the first run's setting stands for its row (all of a row's are equal)
@@ -56,7 +58,10 @@ def build_report(
     parts = ["# sparsetrain report\n", _overview(rows, summaries, unfinished)]
     parts += [markdown_table(rows), "## By sparsity\n", pivot_table(rows)]
     if paired:
-        parts += [f"## Paired differences vs {base_name}\n", paired_table(paired, base_name)]
+        parts += [
+            f"## Paired differences vs {base_name}\n",
+            paired_table(paired, base_name, metric),
+        ]
     elif baseline is None:
         parts.append(
             "No paired differences: no `dense` row; choose a baseline with `--baseline LABEL`.\n"
@@ -71,6 +76,7 @@ def build_report(
         "format": REPORT_FORMAT,
         "version": 2,
         "rows": rows,
+        "metric": metric,
         "baseline": base_name,
         "paired": paired,
         "unfinished": [{"path": str(u.path), "note": u.note} for u in unfinished],
@@ -154,6 +160,7 @@ def write_report(
     out: str | Path | None = None,
     *,
     baseline: str | None = None,
+    metric: str = "test_acc",
     overwrite: bool = False,
 ) -> tuple[str, list[Path], str | None]:
     """Write ``report.md``, ``report.json`` and ``accuracy_vs_sparsity.png`` into ``out``.
@@ -162,6 +169,7 @@ def write_report(
         paths: Run directories or folders of runs.
         out: Output folder (default: :func:`default_out`).
         baseline: Row label or series for the paired differences (default: ``dense``).
+        metric: What the tables show (a key of ``METRICS``: ``test_acc``, ``test_loss``, ...).
         overwrite: Replace report files of unknown origin in ``out``.
 
     Returns:
@@ -172,7 +180,7 @@ def write_report(
     """
     d = default_out(paths) if out is None else Path(out)
     check_out(d, overwrite)
-    text, data = build_report(paths, baseline)
+    text, data = build_report(paths, baseline, metric)
     d.mkdir(parents=True, exist_ok=True)
     write_text(d / "report.md", text)
     write_json(d / "report.json", data)

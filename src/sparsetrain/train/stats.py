@@ -1,11 +1,54 @@
-"""Statistics of the report: Student's t quantiles, mean and std, paired 95% intervals."""
+"""Statistics of the report: its metrics, Student's t quantiles, mean and std, paired intervals."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number of ``summary.json``'s headline epoch that a report can tabulate.
+
+    Attributes:
+        key: Field of ``headline`` / ``final`` (``test_acc``, ``test_loss``, ...).
+        label: Column title.
+        scale: Factor for display (100: a fraction shown in percent).
+        places: Decimals shown.
+        unit: Unit of a paired difference (``pp``: percentage points).
+        higher_is_better: Whether a positive difference is an improvement.
+    """
+
+    key: str
+    label: str
+    scale: float
+    places: int
+    unit: str
+    higher_is_better: bool
+
+    def show(self, x: float) -> str:
+        """``x`` as displayed (scaled, rounded)."""
+        return f"{self.scale * x:.{self.places}f}"
+
+
+METRICS: dict[str, Metric] = {
+    "test_acc": Metric("test_acc", "test acc (%)", 100.0, 2, "pp", True),
+    "test_loss": Metric("test_loss", "test loss (nats)", 1.0, 4, "nats", False),
+    "val_acc": Metric("val_acc", "val acc (%)", 100.0, 2, "pp", True),
+    "val_loss": Metric("val_loss", "val loss (nats)", 1.0, 4, "nats", False),
+}
+"""What ``sparsetrain report --metric`` accepts. A language model's loss is per token and its
+accuracy the fraction of next tokens predicted right."""
+
+
+def get_metric(name: str) -> Metric:
+    """The :class:`Metric` named ``name``; a ValueError names the valid ones."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
+    return METRICS[name]
 
 
 def t_quantile(p: float, df: int) -> float:

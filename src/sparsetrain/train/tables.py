@@ -6,38 +6,42 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sparsetrain.train.aggregate import Unfinished, differing
+from sparsetrain.train.stats import Metric, get_metric
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
+def _metric(rows: Sequence[Mapping[str, Any]]) -> Metric:
+    """The metric the rows hold (test accuracy for rows of older reports)."""
+    return get_metric(rows[0].get("metric", "test_acc") if rows else "test_acc")
 
 
-def _acc(mean: float, std: float | None, n: int) -> str:
-    return f"{_pct(mean)} (n=1)" if n == 1 or std is None else f"{_pct(mean)} ± {_pct(std)}"
+def _acc(m: Metric, mean: float, std: float | None, n: int) -> str:
+    return f"{m.show(mean)} (n=1)" if n == 1 or std is None else f"{m.show(mean)} ± {m.show(std)}"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The aggregated rows as a Markdown table (accuracies in percent)."""
+    m = _metric(rows)
     places = {(r.get("model"), r.get("dataset")) for r in rows}
     where = len(places) > 1
     head = (
-        "| method | sparsity | n | seeds | test acc (%) | final test acc (%) | actual sparsity "
+        f"| method | sparsity | n | seeds | {m.label} | final {m.label} | actual sparsity "
         "| FLOPs vs dense | targets missed |" + (" model / data |" if where else "")
     )
     lines = [head, "|---|---:|---:|---|---:|---:|---:|---:|---:|" + ("---|" if where else "")]
     for r in rows:
         lines.append(
             f"| {r['series']} | {r['sparsity']:g} | {r['n']} | {_seeds(r['seeds'])} "
-            f"| {_acc(r['acc_mean'], r['acc_std'], r['n'])} "
-            f"| {_acc(r['final_mean'], r['final_std'], r['n'])} "
+            f"| {_acc(m, r['acc_mean'], r['acc_std'], r['n'])} "
+            f"| {_acc(m, r['final_mean'], r['final_std'], r['n'])} "
             f"| {r['actual_sparsity']:.4f} | {r['flops_ratio']:.3f} | {r['missed']} |"
             + (f" {r.get('model')} / {r.get('dataset')} |" if where else "")
         )
     select = {r["select"] for r in rows}
+    name = m.label.split(" (")[0]
     note = (
-        "test acc: at the best-validation epoch"
+        f"{name}: at the best-validation epoch"
         if select == {"best_val"}
-        else "test acc: per run's train.select (" + ", ".join(sorted(select)) + ")"
+        else f"{name}: per run's train.select (" + ", ".join(sorted(select)) + ")"
     )
     return (
         "\n".join(lines) + f"\n\nMean ± sample std over the seeds of a row (n=1: a single run); "
@@ -56,6 +60,7 @@ def pivot_table(rows: Sequence[Mapping[str, Any]]) -> str:
     column. Series keep their order of first appearance in ``rows``. A cell whose ``n``
     differs from the most common one says so.
     """
+    m = _metric(rows)
     grid = sorted({float(r["sparsity"]) for r in rows if r["sparsity"] > 0})
     cols = grid or [0.0]
     by = {(r.get("series", r["method"]), float(r["sparsity"])): r for r in rows}
@@ -73,25 +78,25 @@ def pivot_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 cells.append("—")
                 continue
             n = int(r.get("n", common))
-            acc = (
-                f"{_pct(r['acc_mean'])} (n=1)"
-                if n == 1 or r.get("acc_std") is None
-                else f"{_pct(r['acc_mean'])} ± {_pct(r['acc_std'])}"
-                + (f" (n={n})" if n != common else "")
+            acc = _acc(m, r["acc_mean"], r.get("acc_std"), n) + (
+                f" (n={n})" if n != common and n != 1 and r.get("acc_std") is not None else ""
             )
             cells.append(f"{acc} <sub>{r['actual_sparsity']:.3f} / {r['flops_ratio']:.3f}</sub>")
         lines.append(f"| {series} | " + " | ".join(cells) + " |")
     return (
-        "\n".join(lines) + f"\n\nCells: test acc (%), mean ± std over the row's seeds (n={common} "
+        "\n".join(lines) + f"\n\nCells: {m.label}, mean ± std over the row's seeds (n={common} "
         "unless shown; n=1: one run, no spread), then <sub>actual sparsity / FLOPs vs dense</sub> "
         "of the final masks. A run at sparsity 0 shows in the first column.\n"
     )
 
 
-def paired_table(paired: Sequence[Mapping[str, Any]], baseline: str) -> str:
-    """The paired differences as Markdown (percentage points)."""
+def paired_table(
+    paired: Sequence[Mapping[str, Any]], baseline: str, metric: str = "test_acc"
+) -> str:
+    """The paired differences as Markdown (percentage points for accuracies)."""
+    m = get_metric(metric)
     lines = [
-        "| method | baseline | pairs | seeds | difference (pp) | 95% interval (pp) | "
+        f"| method | baseline | pairs | seeds | difference ({m.unit}) | 95% interval ({m.unit}) | "
         "also differs in |",
         "|---|---|---:|---|---:|---:|---|",
     ]
@@ -102,15 +107,21 @@ def paired_table(paired: Sequence[Mapping[str, Any]], baseline: str) -> str:
         if not p["n"]:
             lines.append(f"| {p['label']} | {p['baseline']} | 0 | — | — | no common seed | |")
             continue
-        ci = "n=1" if p["low"] is None else f"[{100 * p['low']:+.2f}, {100 * p['high']:+.2f}]"
+        d = m.places
+
+        def signed(x: float, d: int = d) -> str:
+            return f"{m.scale * x:+.{d}f}"
+
+        ci = "n=1" if p["low"] is None else f"[{signed(p['low'])}, {signed(p['high'])}]"
         other = ", ".join(p.get("differs_in", [])) or ""
         lines.append(
             f"| {p['label']} | {p['baseline']} | {p['n']} | {_seeds(p['seeds'])} "
-            f"| {100 * p['mean']:+.2f} | {ci} | {other} |"
+            f"| {signed(p['mean'])} | {ci} | {other} |"
         )
     return (
-        "\n".join(lines) + f"\n\nTest acc of each row minus {baseline}'s, run by run on the "
-        "seeds both have (same seed: same data split, order and initial draw where the "
+        "\n".join(lines) + f"\n\n{m.label.split(' (')[0].capitalize()} of each row minus "
+        f"{baseline}'s ({'higher' if m.higher_is_better else 'lower'} is better), run by run "
+        "on the seeds both have (same seed: same data split, order and initial draw where the "
         "configs allow); mean and 95% interval from the t distribution with pairs − 1 degrees "
         'of freedom. "also differs in": settings outside `method.*` that are not the '
         "baseline's (the difference is not the method's alone).\n"
