@@ -14,9 +14,10 @@ from sparsetrain import create_method, list_methods
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # What the README says each method needs beyond `create_method(name, sparsity=0.9,
-# total_steps=len(loader) * epochs)`: extra options, or no `sparsity=` at all.
+# total_steps=len(loader) * epochs)`: extra options, or no `sparsity=` at all (srste: its N:M
+# pattern sets it).
 EXTRA = {"optg": {"steps_per_epoch": 4}}
-NO_SPARSITY = {"dense", "str", "scl"}
+NO_SPARSITY = {"dense", "str", "scl", "srste"}
 STEPS, PER_EPOCH = 8, 4
 
 

@@ -145,7 +145,7 @@ def test_an_update_at_the_last_step_is_applied_at_once(key: str) -> None:
 
 def test_methods_with_periodic_updates_defer_them() -> None:
     """Every registered method whose masks change on some steps only defers those changes."""
-    every_step = {"st3", "st3_sigma", "dnw", "scl", "str", "dense", "static"}
+    every_step = {"st3", "st3_sigma", "dnw", "srste", "scl", "str", "dense", "static"}
     for name in list_methods():
         cls = type(create_method(name, **_minimal(name)))
         assert cls.defers_updates == (name not in every_step), name

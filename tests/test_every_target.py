@@ -23,6 +23,8 @@ from test_conformance import FAST
 STEPS = 30
 SPLIT = 12
 SPARSITY = 0.75
+# methods that keep the last layer dense by default, told to make it a target here
+EVERY_TENSOR: dict[str, dict[str, object]] = {"srste": {"dense_last": False}}
 
 EVERY = {
     "transformer": [
@@ -47,7 +49,12 @@ def build(name: str, kind: str, **extra: object):
     model = make_lm(kind)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
     info = get_method_info(name)
-    kwargs: dict[str, object] = {"total_steps": STEPS, "include": ["*"], **FAST.get(name, {})}
+    kwargs: dict[str, object] = {
+        "total_steps": STEPS,
+        "include": ["*"],
+        **FAST.get(name, {}),
+        **EVERY_TENSOR.get(name, {}),
+    }
     if info.sparsity_mode == "target" and name != "dense":
         kwargs["sparsity"] = SPARSITY
     valid = method_options(info.factory)
