@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.train.metrics import read_csv
-from sparsetrain.train.stats import get_metric
+from sparsetrain.train.stats import metric_of
 
 MISSING = "plots skipped: matplotlib is not installed (pip install 'sparsetrain[plot]')"
 
@@ -246,7 +246,7 @@ def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None)
     the sample std (none for one run). Series at sparsity 0 only (dense) are horizontal lines.
     Points at density 0 cannot be drawn on the log axis: the legend says so.
     """
-    m = get_metric(rows[0].get("metric", "test_acc") if rows else "test_acc")
+    m = metric_of(rows)
     fig = _figure(8.5, 4.8)  # constrained layout keeps the outside legend in the figure
     ax = fig.add_subplot()
     series = list(dict.fromkeys(r.get("series", r["method"]) for r in rows))
@@ -289,7 +289,7 @@ def accuracy_figure(rows: Sequence[Mapping[str, Any]], title: str | None = None)
     if title is None:
         places = sorted({f"{r.get('model')} on {r.get('dataset')}" for r in rows})
         title = "; ".join(places) if len(places) <= 2 else f"{len(places)} model/data settings"
-    what = m.label.split(" (")[0].replace("acc", "accuracy")
+    what = m.name.replace("acc", "accuracy")
     fig.suptitle(f"{title}: {what} (mean ± std over seeds)", fontsize="medium")
     return fig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +29,18 @@ class Metric:
     unit: str
     higher_is_better: bool
 
+    @property
+    def name(self) -> str:
+        """The label without its unit (``"test acc"``)."""
+        return self.label.split(" (")[0]
+
     def show(self, x: float) -> str:
         """``x`` as displayed (scaled, rounded)."""
         return f"{self.scale * x:.{self.places}f}"
+
+    def signed(self, x: float) -> str:
+        """A difference ``x`` as displayed, with its sign."""
+        return f"{self.scale * x:+.{self.places}f}"
 
 
 METRICS: dict[str, Metric] = {
@@ -42,6 +51,11 @@ METRICS: dict[str, Metric] = {
 }
 """What ``sparsetrain report --metric`` accepts. A language model's loss is per token and its
 accuracy the fraction of next tokens predicted right."""
+
+
+def metric_of(rows: Sequence[Mapping[str, Any]]) -> Metric:
+    """The metric report rows hold (test accuracy for rows of reports older than the key)."""
+    return get_metric(rows[0].get("metric", "test_acc") if rows else "test_acc")
 
 
 def get_metric(name: str) -> Metric:

@@ -6,12 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sparsetrain.train.aggregate import Unfinished, differing
-from sparsetrain.train.stats import Metric, get_metric
-
-
-def _metric(rows: Sequence[Mapping[str, Any]]) -> Metric:
-    """The metric the rows hold (test accuracy for rows of older reports)."""
-    return get_metric(rows[0].get("metric", "test_acc") if rows else "test_acc")
+from sparsetrain.train.stats import Metric, get_metric, metric_of
 
 
 def _acc(m: Metric, mean: float, std: float | None, n: int) -> str:
@@ -20,7 +15,7 @@ def _acc(m: Metric, mean: float, std: float | None, n: int) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The aggregated rows as a Markdown table (accuracies in percent)."""
-    m = _metric(rows)
+    m = metric_of(rows)
     places = {(r.get("model"), r.get("dataset")) for r in rows}
     where = len(places) > 1
     head = (
@@ -37,11 +32,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
             + (f" {r.get('model')} / {r.get('dataset')} |" if where else "")
         )
     select = {r["select"] for r in rows}
-    name = m.label.split(" (")[0]
     note = (
-        f"{name}: at the best-validation epoch"
+        f"{m.name}: at the best-validation epoch"
         if select == {"best_val"}
-        else f"{name}: per run's train.select (" + ", ".join(sorted(select)) + ")"
+        else f"{m.name}: per run's train.select (" + ", ".join(sorted(select)) + ")"
     )
     return (
         "\n".join(lines) + f"\n\nMean ± sample std over the seeds of a row (n=1: a single run); "
@@ -60,7 +54,7 @@ def pivot_table(rows: Sequence[Mapping[str, Any]]) -> str:
     column. Series keep their order of first appearance in ``rows``. A cell whose ``n``
     differs from the most common one says so.
     """
-    m = _metric(rows)
+    m = metric_of(rows)
     grid = sorted({float(r["sparsity"]) for r in rows if r["sparsity"] > 0})
     cols = grid or [0.0]
     by = {(r.get("series", r["method"]), float(r["sparsity"])): r for r in rows}
@@ -107,19 +101,14 @@ def paired_table(
         if not p["n"]:
             lines.append(f"| {p['label']} | {p['baseline']} | 0 | — | — | no common seed | |")
             continue
-        d = m.places
-
-        def signed(x: float, d: int = d) -> str:
-            return f"{m.scale * x:+.{d}f}"
-
-        ci = "n=1" if p["low"] is None else f"[{signed(p['low'])}, {signed(p['high'])}]"
+        ci = "n=1" if p["low"] is None else f"[{m.signed(p['low'])}, {m.signed(p['high'])}]"
         other = ", ".join(p.get("differs_in", [])) or ""
         lines.append(
             f"| {p['label']} | {p['baseline']} | {p['n']} | {_seeds(p['seeds'])} "
-            f"| {signed(p['mean'])} | {ci} | {other} |"
+            f"| {m.signed(p['mean'])} | {ci} | {other} |"
         )
     return (
-        "\n".join(lines) + f"\n\n{m.label.split(' (')[0].capitalize()} of each row minus "
+        "\n".join(lines) + f"\n\n{m.name.capitalize()} of each row minus "
         f"{baseline}'s ({'higher' if m.higher_is_better else 'lower'} is better), run by run "
         "on the seeds both have (same seed: same data split, order and initial draw where the "
         "configs allow); mean and 95% interval from the t distribution with pairs − 1 degrees "
