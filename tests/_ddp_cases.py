@@ -37,7 +37,7 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("st3", "st3", {"sparsity": 0.6}),
     ("dnw", "dnw", {"sparsity": 0.6}),
-    ("srste", "srste", {"n": 2, "m": 4}),
+    ("srste", "srste", {"structure": "2:4"}),
     ("optg", "optg", {"sparsity": 0.6, "steps_per_epoch": 2}),
     ("scl", "scl", {"lam": 0.5, "mask_lr": 0.5}),
 ]

@@ -30,7 +30,7 @@ FAST: dict[str, dict[str, object]] = {
     "st3": {"begin_step": 2, "end_step": 15, "freeze_step": 25},
     "st3_sigma": {"begin_step": 2, "end_step": 15, "freeze_step": 25},
     # N:M: 1:4 is the 0.75 the suites ask for; a 1-channel stem cannot form groups of 4
-    "srste": {"n": 1, "m": 4, "exclude": ["0.weight"]},
+    "srste": {"structure": "1:4", "exclude": ["0.weight"]},
 }
 
 # optimizer class, its options and the weight decay (given through sparsetrain.param_groups)

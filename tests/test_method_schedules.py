@@ -96,7 +96,7 @@ CASES: list[tuple[str, dict, int, dict[int, float], list[int]]] = [
         [3, 4, 8, 10],
     ),
     # SR-STE: 1 - n/m from step 0, the N:M mask re-selected at every step
-    ("srste", {"n": 1, "m": 5}, 10, {0: 0.8, 10: 0.8}, list(range(1, 11))),
+    ("srste", {"structure": "1:5"}, 10, {0: 0.8, 10: 0.8}, list(range(1, 11))),
     # static: the mask of attach (random) or of the first batch (SNIP & co, dense before it)
     ("static", {}, 10, {0: 0.8, 10: 0.8}, []),
     ("static", {"init": "snip"}, 10, {0: 0.0, 1: 0.8, 10: 0.8}, [1]),

@@ -92,7 +92,13 @@ BAD_VALUES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ),
     ("mest", {"total_steps": 0}, ValueError, "total_steps must be an int >= 1 or None, got 0"),
     ("dnw", {"scope": "x"}, ValueError, "unknown scope 'x'; valid: layer, global"),
-    ("srste", {"m": 0}, ValueError, "m must be an int >= 1, got 0"),
+    (
+        "srste",
+        {"structure": "1:0"},
+        ValueError,
+        "bad structure '1:0'; valid: 'unstructured', an 'N:M' pattern such as '2:4', or "
+        "'block:RxC' such as 'block:4x4'",
+    ),
     ("st3", {"update_interval": 0}, ValueError, "update_interval must be an int >= 1, got 0"),
     ("st3_sigma", {"sigma": "x"}, ValueError, "unknown sigma 'x'; valid: None, dims, glorot"),
     ("optg", {"beta": 0}, ValueError, "beta must be a number > 0, got 0"),

@@ -217,32 +217,38 @@ def test_srste_refuses_a_target_not_divisible_by_m_naming_it_and_exclude() -> No
     with pytest.raises(ValueError) as err:
         create_method("srste").attach(model)
     assert str(err.value) == (
-        "srste: N:M groups of m=4 run along the inputs / input channels, whose size is not "
-        "divisible by 4 in '0.weight' (8, 3, 3, 3) (dim 1: 3); keep them dense with "
-        "exclude=['0.weight'] or choose another m"
+        "srste: structure '2:4' does not fit 1 target(s): '0.weight' (shape (8, 3, 3, 3)) "
+        "cannot be cut into N:M groups of M=4: its grouped dimension (dim 1, the inputs / input "
+        "channels) has size 3, not divisible by 4; keep them dense with exclude=['0.weight']"
     )
     assert "\n" not in str(err.value)
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
-    method = create_method("srste", n=1, m=8, exclude=["0.weight"]).attach(model)
+    method = create_method("srste", structure="1:8", exclude=["0.weight"]).attach(model)
     assert method.sparsity == 0.875 and [t.name for t in method.targets] == ["2.weight", "5.weight"]
 
 
 def test_srste_options() -> None:
     assert create_method("srste").sparsity == 0.5
     assert create_method("srste", sparsity=0.5).sparsity == 0.5
-    assert create_method("srste", n=1, m=4, sparsity=0.75).sparsity == 0.75
-    assert create_method("srste", n=4, m=4).sparsity == 0.0
+    assert create_method("srste", structure="1:4", sparsity=0.75).sparsity == 0.75
+    assert create_method("srste", structure="4:4").sparsity == 0.0
     assert SRSTE().dense_last is True
     cases: list[tuple[dict, type[Exception], str]] = [
         (
             {"sparsity": 0.9},
             ValueError,
-            "srste: sparsity=0.9 does not match n:m = 2:4 (sparsity 1 - n/m = 0.5); omit "
-            "sparsity or choose n and m",
+            "srste: sparsity=0.9 does not match structure '2:4' (1 - N/M = 0.5); omit sparsity "
+            "or change it",
         ),
-        ({"n": 5, "m": 4}, ValueError, "srste: need n <= m (n of every m weights kept), got 5:4"),
-        ({"n": 0}, ValueError, "srste: n must be an int >= 1, got 0"),
-        ({"m": 2.5}, TypeError, "srste: m must be an int >= 1, got 2.5"),
+        ({"structure": "5:4"}, ValueError, "srste: bad structure '5:4'; valid: 'unstructured',"),
+        ({"structure": "0:4"}, ValueError, "srste: bad structure '0:4'"),
+        ({"structure": 2.5}, ValueError, "srste: bad structure 2.5"),
+        (
+            {"structure": "block:4x4"},
+            ValueError,
+            "srste: structure='block:4x4' is not supported (SR-STE is an N:M method); valid "
+            "kinds: nm",
+        ),
         ({"decay": -1.0}, ValueError, "srste: decay must be a number >= 0, got -1.0"),
         (
             {"sparsity": 1.0},

@@ -12,6 +12,14 @@ import torch
 
 from sparsetrain.criteria.criterion import SCOPES, GrowthCriterion, PruneCriterion
 from sparsetrain.criteria.registry import get_growth_criterion, get_prune_criterion
+from sparsetrain.masking.structure import (
+    Structure,
+    block_any,
+    block_scores,
+    expand_blocks,
+    group_counts,
+    group_top,
+)
 from sparsetrain.masking.topk import global_topk_masks
 
 
@@ -151,6 +159,180 @@ def _global_changes(
     return changes
 
 
+def _nm_regrow(
+    sites: Sequence[Site],
+    drops: Sequence[Change],
+    structure: Structure,
+    dims: Sequence[int],
+    grow: GrowthCriterion,
+    grow_options: Mapping[str, Any],
+) -> list[Change]:
+    """N:M growth: every group regrows as many entries as it lost, by ``grow`` within the group.
+
+    The drop is the unstructured one (per tensor or global); each group then has N − d live
+    entries and d of its dead (or just-dropped) entries with the highest growth scores are
+    grown, so every group holds exactly N again.
+    """
+    out = []
+    for s, c, d in zip(sites, drops, dims, strict=True):
+        dropped = torch.zeros(s.mask.numel(), dtype=torch.bool, device=s.mask.device)
+        dropped[c.drop] = True
+        dropped = dropped.view(s.mask.shape)
+        kept = s.mask & ~dropped
+        scores = grow.scores(
+            s.weights, s.grads, momentum=s.momentum, generator=s.grow_generator, **grow_options
+        )
+        counts = group_counts(dropped, structure.m, dim=d)
+        new = group_top(scores, counts, structure.m, candidates=~kept, dim=d).reshape(-1)
+        grown = new.nonzero().squeeze(1)
+        out.append(Change(c.drop, grown, grown[~dropped.reshape(-1)[grown]], c.active))
+    return out
+
+
+def _block_changes(
+    sites: Sequence[Site],
+    structure: Structure,
+    dims: Sequence[int],
+    counts: int | Sequence[int] | None,
+    fraction: float | None,
+    scope: str,
+    prune: PruneCriterion,
+    grow: GrowthCriterion | None,
+    prune_options: Mapping[str, Any],
+    grow_options: Mapping[str, Any],
+    keep_top: bool,
+) -> list[Change]:
+    """Drop and grow whole blocks, ranked by the summed criterion score of each block.
+
+    ``counts`` are in entries and round to whole blocks; ``fraction`` is of the active blocks.
+    """
+    if prune.selection:
+        raise ValueError(
+            f"prune criterion {prune.name!r} is a selection rule, not a score, so it cannot rank "
+            "blocks; use a score criterion (e.g. 'magnitude') with a block structure"
+        )
+    r, c, unit = structure.rows, structure.cols, structure.unit
+    coarse = [block_any(s.mask, r, c, dim=d) for s, d in zip(sites, dims, strict=True)]
+    pscores = [
+        block_scores(
+            prune.scores(
+                s.weights,
+                s.grads,
+                momentum=s.momentum,
+                generator=s.prune_generator,
+                **prune_options,
+            ),
+            r,
+            c,
+            dim=d,
+        )
+        for s, d in zip(sites, dims, strict=True)
+    ]
+    groups = [[i] for i in range(len(sites))] if scope == "layer" else [list(range(len(sites)))]
+    drops: list[torch.Tensor] = [torch.empty(0)] * len(sites)
+    kept: list[torch.Tensor] = [torch.empty(0)] * len(sites)
+    for g, members in enumerate(groups):
+        masks = [coarse[i] for i in members]
+        active = sum(int(m.sum()) for m in masks)
+        if fraction is not None:
+            k = _count(None, fraction, active)
+        else:
+            k = min(round((counts if scope == "global" else counts[g]) / unit), active)  # type: ignore[index]
+        scores = [pscores[i] for i in members]
+        if keep_top:
+            keep = global_topk_masks(scores, active - k, masks)
+            dropped = [m & ~kp for m, kp in zip(masks, keep, strict=True)]
+        else:
+            dropped = global_topk_masks(scores, k, masks, largest=False)
+            keep = [m & ~dp for m, dp in zip(masks, dropped, strict=True)]
+        for i, dp, kp in zip(members, dropped, keep, strict=True):
+            drops[i], kept[i] = dp, kp
+    grows = [torch.zeros_like(m) for m in coarse]
+    if grow is not None:
+        for members in groups:
+            gscores = [
+                block_scores(
+                    grow.scores(
+                        sites[i].weights,
+                        sites[i].grads,
+                        momentum=sites[i].momentum,
+                        generator=sites[i].grow_generator,
+                        **grow_options,
+                    ),
+                    r,
+                    c,
+                    dim=dims[i],
+                )
+                for i in members
+            ]
+            n = sum(int(drops[i].sum()) for i in members)
+            for i, gm in zip(
+                members, global_topk_masks(gscores, n, [~kept[i] for i in members]), strict=True
+            ):
+                grows[i] = gm
+    changes = []
+    for s, d, dp, gm in zip(sites, dims, drops, grows, strict=True):
+        shape = s.mask.shape
+        drop_full = expand_blocks(dp, r, c, shape, dim=d).reshape(-1)
+        grow_full = expand_blocks(gm, r, c, shape, dim=d).reshape(-1)
+        grown = grow_full.nonzero().squeeze(1)
+        changes.append(
+            Change(
+                drop_full.nonzero().squeeze(1),
+                grown,
+                grown[~drop_full[grown]],
+                int(s.mask.sum()),
+            )
+        )
+    return changes
+
+
+def _structured(
+    sites: Sequence[Site],
+    structure: Structure,
+    dims: Sequence[int] | None,
+    counts: int | Sequence[int] | None,
+    fraction: float | None,
+    scope: str,
+    prune: PruneCriterion,
+    grow: GrowthCriterion | None,
+    prune_options: Mapping[str, Any],
+    grow_options: Mapping[str, Any],
+    keep_top: bool,
+) -> list[Change]:
+    dims = [1] * len(sites) if dims is None else list(dims)
+    if structure.kind == "block":
+        return _block_changes(
+            sites,
+            structure,
+            dims,
+            counts,
+            fraction,
+            scope,
+            prune,
+            grow,
+            prune_options,
+            grow_options,
+            keep_top,
+        )
+    if grow is None:
+        raise ValueError(
+            "an N:M mask keeps N entries in every group: prune to it by ranking within the "
+            "groups (sparsetrain.masking.structure.group_top), not by drop_and_grow without growth"
+        )
+    drops = drop_and_grow(
+        sites,
+        prune,
+        None,
+        counts,
+        scope,
+        fraction=fraction,
+        prune_options=prune_options,
+        keep_top=keep_top,
+    )
+    return _nm_regrow(sites, drops, structure, dims, grow, grow_options)
+
+
 def drop_and_grow(
     sites: Sequence[Site],
     prune: str | PruneCriterion,
@@ -165,6 +347,8 @@ def drop_and_grow(
     keep_top: bool = False,
     commit: Callable[[int, Change], None] | None = None,
     workers: int | None = None,
+    structure: Structure | None = None,
+    dims: Sequence[int] | None = None,
 ) -> list[Change]:
     """Remove active entries by ``prune`` and activate as many by ``grow``: the one kernel.
 
@@ -196,6 +380,12 @@ def drop_and_grow(
         commit: Called as ``commit(i, change)`` once per site.
         workers: Threads for the layer scope (default: ``torch.get_num_threads()``). Tensors
             are independent, so the result does not depend on it.
+        structure: An N:M or block :class:`~sparsetrain.masking.structure.Structure` the masks
+            keep. N:M: the drop is as without it, then every group regrows as many entries as
+            it lost, by the growth scores within the group (so each group holds N again).
+            Block: whole blocks are dropped and grown, ranked by the summed criterion scores
+            of their entries (score criteria only); counts round to whole blocks.
+        dims: Each site's grouped dimension (default 1: Linear inputs, Conv input channels).
 
     Returns:
         One :class:`Change` per site.
@@ -216,6 +406,14 @@ def drop_and_grow(
         raise ValueError("give exactly one of counts and fraction")
     if fraction is not None and not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+    if structure is not None and structure.structured:
+        changes = _structured(
+            sites, structure, dims, counts, fraction, scope, prune, grow, popts, gopts, keep_top
+        )
+        if commit is not None:
+            for i, change in enumerate(changes):
+                commit(i, change)
+        return changes
     if scope == "global":
         if counts is not None and not isinstance(counts, int):
             raise TypeError(f"scope='global' takes one total count, got {counts!r}")

@@ -15,8 +15,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from sparsetrain.masking.structure import (
+    block_scores,
+    from_matrix,
+    group_top,
+    nm_groups,
+    ungroup,
+)
 from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import select_topk
 
@@ -274,3 +281,28 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> Callable[[], None]:
             m.momentum = value
 
     return undo
+
+
+def nm_threshold(absw: torch.Tensor, n_t: int, m: int, dim: int) -> tuple[Tensor, Tensor]:
+    """ST-3 inside N:M groups: each entry's τ and the mask of the ``n_t`` largest per group.
+
+    τ of a group is the largest |W| it prunes (its (n_t + 1)-th largest; 0 when n_t = M), so
+    soft thresholding by it shrinks the kept entries as the global τ does without structure.
+    """
+    groups = nm_groups(absw, m, dim=dim)
+    if n_t >= m:
+        tau = torch.zeros_like(absw)
+    else:
+        per = groups.topk(n_t + 1, dim=1, sorted=True).values[:, -1:]
+        tau = ungroup(per.expand(-1, m), absw.shape, dim)
+    return tau, group_top(absw, n_t, m, dim=dim)
+
+
+def block_shrink(
+    raw: torch.Tensor, tau: float, rows: int, cols: int, dim: int, out: torch.Tensor
+) -> None:
+    """``out`` = W_b · max(1 − τ/S_b, 0) per block, S_b = Σ_b |W| (soft threshold on S_b)."""
+    sums = block_scores(raw.abs(), rows, cols, dim=dim)
+    factor = (1.0 - tau / sums.clamp_min(1e-30)).clamp_min(0.0).to(raw.dtype)
+    coarse = factor.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+    torch.mul(raw, from_matrix(coarse, raw.shape, dim=dim), out=out)

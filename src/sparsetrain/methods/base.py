@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from sparsetrain import distributed as _dist
-from sparsetrain.checks import SPARSITY, Check, integer, one_of
+from sparsetrain.checks import Check, integer, number, one_of
+from sparsetrain.masking.structure import Structure, parse_structure
 from sparsetrain.masking.targets import Target, select_targets
-from sparsetrain.methods import lifecycle
+from sparsetrain.methods import lifecycle, structured
 from sparsetrain.methods.diagnostics import (
     Plan,
     ScheduleWarning,
@@ -61,9 +62,14 @@ class SparsityMethod(StepHooks):
     created unattached (pure configuration), then bound to one model by :meth:`attach`.
 
     Args:
-        sparsity: Target global sparsity over the masked tensors, in [0, 1). Emergent
+        sparsity: Target global sparsity over the masked tensors, in [0, 1) (default 0.9;
+            with an N:M ``structure``, 1 − N/M, and another value is refused). Emergent
             methods (``sparsity_mode = "emergent"``: STR, SCL with a fixed λ) refuse it with a
             ``ValueError`` saying what sets their sparsity.
+        structure: ``"unstructured"`` (default), an N:M pattern (``"2:4"``: exactly N live
+            weights in every group of M consecutive inputs) or a block shape (``"block:4x4"``
+            or ``(4, 4)``), for the methods whose ``supported_structures`` name it; how each
+            method keeps it: :mod:`sparsetrain.methods.structured`.
         include: Globs of parameter names, or ``"type:<Class>"`` patterns, to sparsify
             (default: the weight matrices of Linear, Conv, ConvTranspose, MultiheadAttention
             and RNN/LSTM/GRU layers; see :mod:`sparsetrain.masking.targets`).
@@ -109,13 +115,17 @@ class SparsityMethod(StepHooks):
     """Which parameters the method's recipe decays: ``"all"`` (the optimizer's own rule) or
     ``"weights"`` (Conv/Linear weights and targets only); read by
     :func:`sparsetrain.param_groups`, never applied to the user's optimizer."""
+    supported_structures: ClassVar[tuple[str, ...]] = ("unstructured",)
+    """Structure kinds the method can keep (``"unstructured"``, ``"nm"``, ``"block"``)."""
+    structure_note: ClassVar[str] = "it selects no mask by ranking"
+    """Why the kinds not in ``supported_structures`` are refused (part of the error)."""
     supports_sparse_execution: ClassVar[bool] = False
     """Whether the method can run on sparse kernels (dense gradients on update steps at most)."""
     sparse_execution_note: ClassVar[str] = (
         "needs dense gradients or dense weights every step, so it keeps the dense path"
     )
     CHECKS: ClassVar[Mapping[str, Check]] = checks(
-        sparsity=SPARSITY,
+        sparsity=number(0, 1, high_open=True, optional=True),
         total_steps=integer(1, optional=True),
         seed=integer(),
         execution=one_of(EXECUTIONS),
@@ -128,7 +138,8 @@ class SparsityMethod(StepHooks):
     def __init__(
         self,
         *,
-        sparsity: float = 0.9,
+        sparsity: float | None = None,
+        structure: str | tuple[int, int] | Structure = "unstructured",
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         dense_first: bool = False,
@@ -141,7 +152,8 @@ class SparsityMethod(StepHooks):
         weight_init: str = "default",
         rank_check: bool = True,
     ) -> None:
-        self.sparsity = float(sparsity)
+        self.structure = self._parse_structure(structure)
+        self.sparsity = self._resolve_sparsity(sparsity)
         # what the mask does over the run: a subclass with a schedule replaces this constant one
         self.schedule = Schedule(ConstantRamp(self.sparsity))
         if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
@@ -186,6 +198,31 @@ class SparsityMethod(StepHooks):
         self.rank_check = rank_check
         self._rank_sync: _dist.RankCheck | None = None  # set by attach under torch.distributed
 
+    def _parse_structure(self, value: object) -> Structure:
+        try:
+            parsed = parse_structure(value)
+        except ValueError as err:
+            raise ValueError(f"{self.name}: {err}") from None
+        if parsed.kind not in self.supported_structures:
+            raise ValueError(
+                f"{self.name}: structure={str(parsed)!r} is not supported ({self.structure_note});"
+                f" valid kinds: {', '.join(self.supported_structures)}"
+            )
+        return parsed
+
+    def _resolve_sparsity(self, sparsity: float | None) -> float:
+        if self.structure.kind != "nm":
+            if sparsity is None:
+                return 0.0 if self.sparsity_mode == "emergent" else 0.9
+            return float(sparsity)
+        implied = 1.0 - self.structure.n / self.structure.m
+        if sparsity is not None and abs(sparsity - implied) > 1e-6:
+            raise ValueError(
+                f"{self.name}: sparsity={sparsity!r} does not match structure "
+                f"{str(self.structure)!r} (1 - N/M = {implied:g}); omit sparsity or change it"
+            )
+        return implied
+
     # ------------------------------------------------------------------ lifecycle
 
     def attach(
@@ -220,6 +257,7 @@ class SparsityMethod(StepHooks):
             raise ValueError(f"this {self.name!r} method is already attached to a model")
         lifecycle.check_inputs(self.name, model, optimizer)
         targets = self.select_targets(model)
+        structured.check_targets(self.name, self.structure, targets)
         if optimizer is not None:
             lifecycle.check_optimizer_holds(targets, optimizer, self.state_skip_keys)
         self._check_execution()
@@ -341,8 +379,7 @@ class SparsityMethod(StepHooks):
         """Total active count the method must end at (``None``: emergent sparsity)."""
         if self.sparsity_mode != "target":
             return None
-        total = sum(t.numel for t in self.targets)
-        return round((1.0 - self.sparsity) * total)
+        return structured.global_count(self.structure, self.targets, self.sparsity)
 
     def _extra_state(self) -> dict[str, Any]:
         return {}

@@ -20,6 +20,7 @@ from sparsetrain.criteria import (
 )
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
 from sparsetrain.masking.topk import global_topk_masks, random_mask
+from sparsetrain.methods import structured
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.options import checks, integer, number, one_of, option_error
@@ -64,6 +65,14 @@ class DynamicSparse(SparsityMethod):
     The update itself is :func:`sparsetrain.criteria.drop_and_grow`, shared with GraNet's
     regrowth and static pruning at initialisation: any registered criterion works here.
 
+    ``structure``: with N:M the start is N random weights per group (every layer at N/M,
+    ``distribution`` does not apply) and every update drops as without structure, then each
+    group regrows as many as it lost by the growth score within the group (random for SET and
+    MEST, |g| for RigL), so every group holds exactly N after each update (our rule, in the
+    spirit of JaxPruner's N:M sparsity type). With blocks, whole blocks are dropped and grown,
+    ranked by the summed scores of their entries (score criteria only: SET's selection rule
+    cannot rank blocks). See :mod:`~sparsetrain.methods.structured`.
+
     References:
         Nowak et al., "Fantastic Weights and How to Find Them: Where to Prune in Dynamic Sparse
         Training", NeurIPS 2023; Evci et al., "Rigging the Lottery", ICML 2020; Mocanu et al.,
@@ -104,6 +113,7 @@ class DynamicSparse(SparsityMethod):
     """
 
     name = "dst"
+    supported_structures = ("unstructured", "nm", "block")
     defers_updates = True
     supports_sparse_execution = True
     CHECKS = checks(
@@ -159,6 +169,14 @@ class DynamicSparse(SparsityMethod):
             )
         if end_step is None and self.total_steps is None:
             raise option_error(self.name, "needs total_steps (or end_step) for its drop schedule")
+        if self.structure.structured and bernoulli:
+            raise option_error(self.name, "bernoulli=True draws each weight alone; no structure")
+        if self.structure.kind == "block" and self.prune.selection:
+            raise option_error(
+                self.name,
+                f"prune criterion {prune!r} is a selection rule and cannot rank blocks; use a "
+                "score criterion such as 'magnitude' with a block structure",
+            )
         if end_step is not None:
             end = end_step if self.total_steps is None else min(end_step, self.total_steps - 1)
         else:
@@ -186,7 +204,19 @@ class DynamicSparse(SparsityMethod):
 
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
-        if self.bernoulli:
+        if self.structure.structured:
+            masks, counts = structured.random_init(
+                self.structure,
+                self.targets,
+                self.generator,
+                self.sparsity,
+                self.distribution,
+                self.blocks(),
+            )
+            self._counts = counts
+            for t, m in zip(self.targets, masks, strict=True):
+                t.mask.copy_(m)
+        elif self.bernoulli:
             dens = allocate_densities(
                 shapes, self.sparsity, self.distribution, blocks=self.blocks()
             )
@@ -262,6 +292,8 @@ class DynamicSparse(SparsityMethod):
             grow_options=self.grow_options,
             bernoulli=self.bernoulli,
             commit=lambda i, c: apply_change(self, self.targets[i], c, keep_regrown=keep),
+            structure=self.structure,
+            dims=[structured.grouped_dim(t) for t in self.targets],
         )
         pruned = sum(c.drop.numel() for c in changes)
         grown = sum(c.grow.numel() for c in changes)
@@ -278,7 +310,8 @@ class DynamicSparse(SparsityMethod):
         )
 
     def target_counts(self) -> dict[str, int] | None:
-        return None if self.scope == "global" else self._counts
+        per_tensor = self.scope == "layer" or self.structure.kind == "nm"
+        return self._counts if per_tensor else None
 
     def global_target_count(self) -> int | None:
         return None if self.bernoulli else super().global_target_count()

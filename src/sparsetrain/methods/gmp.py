@@ -8,6 +8,7 @@ from sparsetrain.criteria import magnitude
 from sparsetrain.distributions import DISTRIBUTIONS, allocate
 from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import global_topk_masks, select_bottomk
+from sparsetrain.methods import structured
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.options import checks, integer, number, one_of, option_error
 from sparsetrain.methods.registry import register_method
@@ -27,6 +28,12 @@ class GMP(SparsityMethod):
     trains masked-dense until a pruning step leaves it at density ≤ ``sparse_from_density``
     (0.3), then on sparse kernels (see :mod:`~sparsetrain.methods._execution`).
 
+    With ``structure="N:M"`` every group keeps its N_t largest |w| among the live ones, N_t
+    decaying from M to N on the same cubic ramp (Kao et al. 2022's decaying mask; every layer at
+    N/M, ``distribution`` and ``scope`` do not apply); with a block structure the blocks of
+    largest summed |w| are kept, per layer or globally, counts on the ramp in whole blocks
+    (:mod:`~sparsetrain.methods.structured`).
+
     References:
         Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
         compression", arXiv 1710.01878, 2017.
@@ -42,6 +49,7 @@ class GMP(SparsityMethod):
     """
 
     name = "gmp"
+    supported_structures = ("unstructured", "nm", "block")
     defers_updates = True
     supports_sparse_execution = True
     sparse_from_density = 0.3
@@ -91,7 +99,10 @@ class GMP(SparsityMethod):
 
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
-        self._final = allocate(shapes, self.sparsity, self.distribution, blocks=self.blocks())
+        final = allocate(shapes, self.sparsity, self.distribution, blocks=self.blocks())
+        self._final = {
+            t.name: structured.target_count(self.structure, t, final[t.name]) for t in self.targets
+        }
         if self.initial_sparsity > 0:
             self._prune_to(0)
         self.apply_masks()
@@ -121,7 +132,9 @@ class GMP(SparsityMethod):
 
     def _prune_to(self, step: int) -> None:
         pruned = 0
-        if self.scope == "global":
+        if self.structure.structured:
+            pruned = self._prune_structured(step)
+        elif self.scope == "global":
             keep = round((1.0 - self.sparsity_at(step)) * sum(t.numel for t in self.targets))
             scores = [magnitude(t.param.detach()) for t in self.targets]
             masks = global_topk_masks(scores, keep, [t.mask for t in self.targets])
@@ -139,8 +152,34 @@ class GMP(SparsityMethod):
             {"step": step, "sparsity": round(self.sparsity_at(step), 6), "pruned": pruned}
         )
 
+    def _prune_structured(self, step: int) -> int:
+        scores = [magnitude(t.param.detach()) for t in self.targets]
+        live = [t.mask for t in self.targets]
+        if self.structure.kind == "nm":
+            density = 1.0 - self.sparsity_at(step)
+            masks = structured.keep_masks(
+                self.structure, self.targets, scores, density=density, candidates=live
+            )
+        elif self.scope == "global":
+            total = structured.global_count(self.structure, self.targets, self.sparsity_at(step))
+            masks = structured.keep_masks(
+                self.structure, self.targets, scores, counts=total, candidates=live
+            )
+        else:
+            counts = [self._keep_count(t, step) for t in self.targets]
+            masks = structured.keep_masks(
+                self.structure, self.targets, scores, counts=counts, candidates=live
+            )
+        pruned = 0
+        for t, m in zip(self.targets, masks, strict=True):
+            pruned += t.nnz - int(m.sum())
+            self.set_mask(t, m)
+        return pruned
+
     def target_counts(self) -> dict[str, int] | None:
-        return dict(self._final) if self.scope == "layer" else None
+        if self.scope == "layer" or self.structure.kind == "nm":
+            return dict(self._final)
+        return None
 
 
 register_method(

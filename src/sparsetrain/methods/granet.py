@@ -20,6 +20,11 @@ As in the released code (``CIFAR/sparselearning/core.py``: ``pruning`` then
   README's ``--sparse-init ERK``); ``"magnitude"`` prunes by global magnitude instead.
 - ζ: 0.5 → 0.005 (``--prune-rate``, ``CosineDecay``'s ``eta_min``), cosine over total_steps.
 
+With ``structure`` (see :mod:`~sparsetrain.methods.structured`): the gradual pruning is GMP's
+(N:M: N_t decaying from M to N per group; blocks: whole blocks by summed |w|), the random ERK
+start at ``initial_sparsity`` draws whole groups' or blocks' worth, and each regrowth round drops
+as without structure and regrows within each group what it lost (N:M), or whole blocks.
+
 An entry dropped and regrown in the same round keeps its value (the released code only zeroes
 it when it stays inactive); every other regrown entry restarts at zero.
 """
@@ -34,6 +39,7 @@ import torch
 from sparsetrain.criteria import drop_and_grow, get_growth_criterion, get_prune_criterion
 from sparsetrain.distributions import allocate
 from sparsetrain.masking.topk import random_mask
+from sparsetrain.methods import structured
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
 from sparsetrain.methods.gmp import GMP, SCOPES
 from sparsetrain.methods.options import checks, number, one_of, option_error
@@ -139,12 +145,35 @@ class GraNet(GMP):
     # ------------------------------------------------------------------ hooks
 
     def _on_attach(self) -> None:
-        if self.initial_sparsity > 0 and self.initial_mask == "erk":
+        if self.initial_sparsity > 0 and self.initial_mask == "erk" and self.structure.structured:
+            self._structured_start()
+        elif self.initial_sparsity > 0 and self.initial_mask == "erk":
             shapes = {t.name: t.shape for t in self.targets}
             counts = allocate(shapes, self.initial_sparsity, "erk", blocks=self.blocks())
             for i, t in enumerate(self.targets):
                 t.mask.copy_(random_mask(t.shape, counts[t.name], self.generator(0, i)))
         super()._on_attach()  # the global prune to initial_sparsity keeps an ERK mask as it is
+
+    def _structured_start(self) -> None:
+        if self.structure.kind == "nm":
+            gens = [self.generator(0, i) for i in range(len(self.targets))]
+            scores = [
+                torch.rand(t.shape, generator=g) for t, g in zip(self.targets, gens, strict=True)
+            ]
+            masks = structured.keep_masks(
+                self.structure, self.targets, scores, density=1.0 - self.initial_sparsity
+            )
+        else:
+            masks, _ = structured.random_init(
+                self.structure,
+                self.targets,
+                self.generator,
+                self.initial_sparsity,
+                "erk",
+                self.blocks(),
+            )
+        for t, m in zip(self.targets, masks, strict=True):
+            t.mask.copy_(m.to(t.mask.device))
 
     def _before_step(self, step: int) -> None:
         if self.is_regrow_step(step):  # the dense gradient of this batch, for the regrowth
@@ -176,6 +205,8 @@ class GraNet(GMP):
             prune_options=self.prune_options,
             grow_options=self.grow_options,
             commit=lambda i, c: apply_change(self, self.targets[i], c, keep_regrown=True),
+            structure=self.structure,
+            dims=[structured.grouped_dim(t) for t in self.targets],
         )
         fresh = sum(c.fresh.numel() for c in changes)
         active = sum(c.active for c in changes)

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-from torch import nn
 
 from sparsetrain.checks import number
 from sparsetrain.masking.structure import nm_mask
-from sparsetrain.masking.targets import Target
 from sparsetrain.methods._inplace import InPlaceMethod
-from sparsetrain.methods.options import checks, integer, option_error
+from sparsetrain.methods.options import checks
 from sparsetrain.methods.registry import register_method
+from sparsetrain.methods.structured import grouped_dim
 from sparsetrain.schedules import ConstantRamp, Schedule, UpdateSchedule
-
-_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def grouped_dim(target: Target) -> int:
-    """The dimension N:M groups run along: the inputs / input channels of the target.
-
-    1 for Linear ``(out, in)``, Conv ``(out, in, k...)`` and every other tensor (for a 2-D
-    matrix, its rows); 0 for a ConvTranspose weight ``(in, out/groups, k...)``.
-    """
-    transposed = isinstance(target.module, _CONV_TRANSPOSE) and target.param_name == "weight"
-    return 0 if transposed else 1
 
 
 class SRSTE(InPlaceMethod):
@@ -60,67 +46,38 @@ class SRSTE(InPlaceMethod):
         aojunzz/NM-sparsity (``devkit/sparse_ops/sparse_ops.py``).
 
     Args:
-        n: Weights kept per group, ``1 <= n <= m`` (default 2, as in 2:4).
-        m: Group size (default 4). Every target's grouped dimension must be divisible by it.
+        structure: The N:M pattern (default ``"2:4"``; ``"1:4"``, ``"4:8"``, ...). Every
+            target's grouped dimension must be divisible by M.
         decay: λ_w of the sparse-refined term, >= 0 (default 2e-4, the official code's; 0 gives
             the plain straight-through estimator).
-        sparsity: Optional; it is 1 − n/m, and a different value is a ``ValueError``.
+        sparsity: Optional; it is 1 − N/M, and a different value is a ``ValueError``.
         dense_last: Keep the last layer dense (default ``True``: the official code keeps the
             classifier dense).
         **kwargs: Common options of :class:`~sparsetrain.methods.base.SparsityMethod`.
 
-    >>> method = SRSTE(n=2, m=4)
-    >>> method.sparsity
-    0.5
+    >>> SRSTE(structure="1:4").sparsity
+    0.75
     """
 
     name = "srste"
-    CHECKS = checks(
-        n=integer(1),
-        m=integer(1),
-        decay=number(0),
-        sparsity=number(0, 1, high_open=True, optional=True),
-    )
+    supported_structures = ("nm",)
+    structure_note = "SR-STE is an N:M method"
+    CHECKS = checks(decay=number(0))
 
     def __init__(
         self,
         *,
-        n: int = 2,
-        m: int = 4,
+        structure: str = "2:4",
         decay: float = 2e-4,
-        sparsity: float | None = None,
         dense_last: bool = True,
         **kwargs: Any,
     ) -> None:
-        if not n <= m:
-            raise option_error(self.name, f"need n <= m (n of every m weights kept), got {n}:{m}")
-        implied = 1.0 - n / m
-        if sparsity is not None and not math.isclose(sparsity, implied, rel_tol=0, abs_tol=1e-6):
-            raise option_error(
-                self.name,
-                f"sparsity={sparsity!r} does not match n:m = {n}:{m} (sparsity 1 - n/m = "
-                f"{implied:g}); omit sparsity or choose n and m",
-            )
-        super().__init__(sparsity=implied, dense_last=dense_last, **kwargs)
-        self.n, self.m, self.decay = n, m, float(decay)
+        super().__init__(structure=structure, dense_last=dense_last, **kwargs)
+        self.n, self.m, self.decay = self.structure.n, self.structure.m, float(decay)
         every_step = UpdateSchedule(1, total=self.total_steps)
         self.schedule = Schedule(ConstantRamp(self.sparsity), (every_step,))
         self._dims: list[int] = []
         self._scratch: list[torch.Tensor | None] = []  # per target: (1 − M) ⊙ W, reused
-
-    def _validate(self, targets: list[Target], optimizer: torch.optim.Optimizer | None) -> None:
-        bad = [t for t in targets if t.shape[grouped_dim(t)] % self.m]
-        if bad:
-            shown = ", ".join(
-                f"{t.name!r} {tuple(t.shape)} (dim {grouped_dim(t)}: {t.shape[grouped_dim(t)]})"
-                for t in bad
-            )
-            raise option_error(
-                self.name,
-                f"N:M groups of m={self.m} run along the inputs / input channels, whose size is "
-                f"not divisible by {self.m} in {shown}; keep them dense with "
-                f"exclude={[t.name for t in bad]!r} or choose another m",
-            )
 
     def _on_attach(self) -> None:
         self._dims = [grouped_dim(t) for t in self.targets]
@@ -161,9 +118,6 @@ class SRSTE(InPlaceMethod):
 
     def target_counts(self) -> dict[str, int]:
         return {t.name: t.numel // self.m * self.n for t in self.targets}
-
-    def global_target_count(self) -> int:
-        return sum(t.numel // self.m * self.n for t in self.targets)
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.republish()

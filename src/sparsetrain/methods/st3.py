@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparsetrain.masking.structure import block_any, block_scores
+from sparsetrain.methods import structured
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods._st3_parts import (
     BN_MODES,
@@ -28,8 +30,10 @@ from sparsetrain.methods._st3_parts import (
     WD_SCOPES,
     OrderStatistics,
     abs_buffer,
+    block_shrink,
     exact_mask,
     flat_layout,
+    nm_threshold,
     quantile,
     rescale,
     resolve_schedule,
@@ -53,6 +57,14 @@ class ST3(InPlaceMethod):
     target, plus ties at τ); the fix uses an exact global top-k: exactly round((1 − s)·N) weights,
     then W_eff = W ⊙ M with masked gradients, pruned weights and optimizer state zero. Between
     steps ``weight`` holds Q and ``weight_raw`` W (:mod:`~sparsetrain.methods._inplace`).
+
+    With ``structure`` (our extension; :mod:`~sparsetrain.methods.structured`): N:M keeps the
+    N_t largest |W| of every group, N_t decaying from M to N on the cubic ramp, and soft-
+    thresholds each group by the largest |W| it prunes (its own τ_g; ST-3σ's σ_l does not
+    change a ranking within a group, so it equals ST-3 there); blocks keep the blocks of largest
+    summed |W|/σ_l over all targets and shrink each kept block by the largest pruned block
+    score τ: Q_b = W_b·(1 − τ_l/S_b) (the soft threshold applied to the block's L1 score). The
+    mask is exact at every update and fixed between updates; rescale and fix as above.
 
     References:
         Vanderschueren & De Vleeschouwer, "Are Straight-Through gradients and Soft-Thresholding
@@ -86,6 +98,7 @@ class ST3(InPlaceMethod):
     """
 
     name = "st3"
+    supported_structures = ("unstructured", "nm", "block")
     decay_scope = "weights"
     CHECKS = checks(
         begin_step=integer(0, optional=True),
@@ -188,6 +201,9 @@ class ST3(InPlaceMethod):
 
     def _shrink(self, i: int, raw: torch.Tensor, out: torch.Tensor, mask: Tensor | None) -> None:
         """Write c ⊙ shrink(W, τ_i) into ``out``; ``mask`` (if given) gets out ≠ 0: |W| > τ_i."""
+        if self.structure.structured:
+            self._shrink_structured(i, raw, out)
+            return
         shrink = torch._C._nn.softshrink if self.soft else torch.hardshrink
         shrink(raw, self._tau[i], out=out)  # soft: W − sign(W)·τ where |W| > τ
         if mask is not None:
@@ -210,6 +226,11 @@ class ST3(InPlaceMethod):
             self._scale = [None] * len(self.targets)
             for t in self.targets:
                 t.mask.fill_(True)
+            return
+        if self.structure.structured:
+            self._update_structured(s)
+            if exact:
+                self._masks_f = [t.mask.to(t.param.dtype, copy=True) for t in self.targets]
             return
         buf = abs_buffer(self.targets, self._buf, self._inv_sigmas)
         tau = quantile(buf, s, self._select)
@@ -234,6 +255,57 @@ class ST3(InPlaceMethod):
                 t = self.targets[i]
                 part = c[a:b].view(-1, *([1] * (len(t.shape) - 1)))
                 self._scale[i] = part if t.param.dtype == c.dtype else part.to(t.param.dtype)
+
+    def _shrink_structured(self, i: int, raw: Tensor, out: Tensor) -> None:
+        """Q = c ⊙ shrink(W) ⊙ M with the structure's τ; the mask stays the last update's."""
+        t, tau = self.targets[i], self._tau[i]  # type: ignore[index]
+        if self.structure.kind == "nm":
+            torch.sub(raw.abs(), tau, out=out).clamp_(min=0.0)
+            if not self.soft:
+                out.copy_(raw.abs())
+            out.mul_(raw.sign()).mul_(t.mask)
+        else:
+            st, d = self.structure, structured.grouped_dim(t)
+            if self.soft:
+                block_shrink(raw, tau, st.rows, st.cols, d, out)  # type: ignore[arg-type]
+            else:
+                out.copy_(raw)
+            out.mul_(t.mask)
+        scale = self._scale[i]
+        if scale is not None:
+            out.mul_(scale)
+
+    @torch.no_grad()
+    def _update_structured(self, s: float) -> None:
+        """τ, masks and c under the structure at sparsity ``s`` (exact masks at every update)."""
+        st, dims = self.structure, [structured.grouped_dim(t) for t in self.targets]
+        absw = [t.param.detach().abs().float() for t in self.targets]
+        if st.kind == "nm":
+            n_t = structured.nm_keep(st, 1.0 - s)
+            parts = [nm_threshold(a, n_t, st.m, d) for a, d in zip(absw, dims, strict=True)]
+            self._tau = [
+                tau.to(t.param.dtype) for (tau, _), t in zip(parts, self.targets, strict=True)
+            ]
+            masks = [m for _, m in parts]
+        else:
+            scaled = [a / g for a, g in zip(absw, self._sigmas, strict=True)]
+            keep = structured.global_count(st, self.targets, s)
+            masks = structured.keep_masks(st, self.targets, scaled, counts=keep)
+            pruned = [
+                block_scores(x, st.rows, st.cols, dim=d)[~block_any(m, st.rows, st.cols, dim=d)]
+                for x, m, d in zip(scaled, masks, dims, strict=True)
+            ]
+            top = max((float(p.max()) for p in pruned if p.numel()), default=0.0)
+            self._tau = [top * g for g in self._sigmas]
+        for t, m in zip(self.targets, masks, strict=True):
+            t.mask.copy_(m)
+        if self.rescale:
+            for i, (t, a, m) in enumerate(zip(self.targets, absw, masks, strict=True)):
+                rows = t.shape[0]
+                full, kept = a.view(rows, -1).sum(1), (a * m).view(rows, -1).sum(1)
+                k = torch.full_like(full, rows / t.numel)
+                c = rescale(kept, full, k).to(full.device)
+                self._scale[i] = c.view(-1, *([1] * (len(t.shape) - 1))).to(t.param.dtype)
 
     def _row_sums(self, views: list[Tensor], slot: int) -> Tensor:
         """Per-output-row sums of each target's view, into one reused vector of all rows."""
@@ -268,11 +340,18 @@ class ST3(InPlaceMethod):
 
     def _extra_state(self) -> dict[str, Any]:
         scale = [None if c is None else c.clone() for c in self._scale]
-        return {"tau": self._tau, "scale": scale, "fixed": self._fixed}
+        tau = (
+            None
+            if self._tau is None
+            else [x.clone() if isinstance(x, Tensor) else x for x in self._tau]
+        )
+        return {"tau": tau, "scale": scale, "fixed": self._fixed}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._tau, self._fixed = state["tau"], bool(state["fixed"])
         dev = self.targets[0].param.device
+        if self._tau is not None:
+            self._tau = [x.to(dev) if isinstance(x, Tensor) else x for x in self._tau]
         self._scale = [None if c is None else c.to(dev) for c in state["scale"]]
         self._masks_f = [t.mask.to(t.param.dtype) for t in self.targets] if self._fixed else []
         self.republish()

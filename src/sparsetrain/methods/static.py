@@ -10,9 +10,10 @@ import torch
 from sparsetrain.criteria import PRUNE_CRITERIA, drop_and_grow, get_prune_criterion
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
 from sparsetrain.masking.topk import global_topk_masks, random_mask
+from sparsetrain.methods import structured
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
 from sparsetrain.methods.base import SparsityMethod
-from sparsetrain.methods.options import checks, one_of
+from sparsetrain.methods.options import checks, one_of, option_error
 from sparsetrain.methods.registry import register_method
 from sparsetrain.schedules import Schedule, StepRamp, UpdateSchedule
 
@@ -32,6 +33,11 @@ class Static(SparsityMethod):
     :func:`sparsetrain.criteria.drop_and_grow` with nothing grown), before the first optimizer
     step.
 
+    ``structure``: a random start keeps N random weights of every group (N:M) or random whole
+    blocks, allocated by ``distribution`` in blocks; a criterion keeps the N highest scores of
+    every group, or the blocks of highest summed score over all tensors (the ranking stays
+    global), see :mod:`~sparsetrain.methods.structured`.
+
     References:
         Static ERK: Evci et al., "Rigging the Lottery", ICML 2020 (and the Fantastic Weights
         "static" baseline). SNIP: Lee et al., "SNIP: Single-shot Network Pruning based on
@@ -47,6 +53,7 @@ class Static(SparsityMethod):
     """
 
     name = "static"
+    supported_structures = ("unstructured", "nm", "block")
     supports_sparse_execution = True
     CHECKS = checks(distribution=one_of(DISTRIBUTIONS))
 
@@ -63,6 +70,8 @@ class Static(SparsityMethod):
         scored = [n for n, c in PRUNE_CRITERIA.items() if not c.selection and n != "random"]
         one_of(["random", *scored])(self.name, "init", init)  # criteria register at run time
         self.distribution, self.init, self.bernoulli = distribution, init, bernoulli
+        if bernoulli and self.structure.structured:
+            raise option_error(self.name, "bernoulli=True draws each weight alone; no structure")
         self.criterion = None if init == "random" else get_prune_criterion(init)
         self.prune_options = (
             {} if self.criterion is None else criterion_options(self.criterion, prune_options)
@@ -74,7 +83,18 @@ class Static(SparsityMethod):
 
     def _on_attach(self) -> None:
         shapes = {t.name: t.shape for t in self.targets}
-        if self.init == "random":
+        if self.init == "random" and self.structure.structured:
+            masks, self._counts = structured.random_init(
+                self.structure,
+                self.targets,
+                self.generator,
+                self.sparsity,
+                self.distribution,
+                self.blocks(),
+            )
+            for t, m in zip(self.targets, masks, strict=True):
+                t.mask.copy_(m)
+        elif self.init == "random":
             if self.bernoulli:
                 dens = allocate_densities(
                     shapes, self.sparsity, self.distribution, blocks=self.blocks()
@@ -116,6 +136,9 @@ class Static(SparsityMethod):
         check_states(self)
         grads = {t.name: t.param.grad for t in self.targets}
         keep = self.global_target_count() or 0
+        if self.structure.structured:
+            self._prune_structured(step, grads, keep)
+            return
         drop_and_grow(
             sites(self, step, grads, self.criterion, None),
             self.criterion,
@@ -126,6 +149,25 @@ class Static(SparsityMethod):
             keep_top=True,  # the top-k by score, as SNIP states it
             commit=lambda i, c: apply_change(self, self.targets[i], c, keep_regrown=False),
         )
+
+    def _prune_structured(self, step: int, grads: dict, keep: int) -> None:
+        scores = [
+            self.criterion.scores(  # type: ignore[union-attr]
+                s.weights,
+                s.grads,
+                momentum=s.momentum,
+                generator=s.prune_generator,
+                **self.prune_options,
+            )
+            for s in sites(self, step, grads, self.criterion, None)  # type: ignore[arg-type]
+        ]
+        masks = structured.keep_masks(
+            self.structure, self.targets, scores, density=1.0 - self.sparsity, counts=keep
+        )
+        for t, m in zip(self.targets, masks, strict=True):
+            self.set_mask(t, m)
+        if self.structure.kind == "nm":
+            self._counts = {t.name: int(t.nnz) for t in self.targets}
 
     def needs_dense_grad(self, step: int) -> bool:
         return self.is_update_step(step)
