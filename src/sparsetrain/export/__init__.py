@@ -3,8 +3,10 @@
 Lifecycle: ``attach`` → train → :func:`squash` (plain ``nn.Module``, original parameter names,
 zeros at pruned positions, nothing of sparsetrain left) → optionally
 :func:`to_sparse_inference` (CSR Linear layers only where measured faster) and
-:func:`save_compressed` / :func:`load_compressed` (safetensors, bitmask or CSR per tensor; the
-format is specified in ``sparsetrain.export.compressed``).
+:func:`save_compressed` / :func:`load_compressed` (safetensors, bitmask, CSR or N:M ranks per
+tensor; the format is specified in ``sparsetrain.export.compressed``). Structured models:
+:func:`to_semi_structured` (2:4 Linear weights on CUDA sparse tensor cores) and
+:func:`to_block_sparse_inference` (BSR Linear layers where measured faster).
 
 >>> import torch
 >>> from torch import nn
@@ -18,6 +20,7 @@ True
 """
 
 from sparsetrain.export._squash import squash, to_sparse_inference
+from sparsetrain.export._structured import to_block_sparse_inference, to_semi_structured
 from sparsetrain.export.compressed import FORMAT_VERSION, load_compressed, save_compressed
 from sparsetrain.sparse.bench import LayerDecision, format_decisions
 
@@ -28,5 +31,7 @@ __all__ = [
     "load_compressed",
     "save_compressed",
     "squash",
+    "to_block_sparse_inference",
+    "to_semi_structured",
     "to_sparse_inference",
 ]

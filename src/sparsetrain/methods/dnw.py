@@ -10,6 +10,7 @@ import torch
 
 from sparsetrain.distributions import allocate
 from sparsetrain.masking.topk import select_topk
+from sparsetrain.methods import structured
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods._st3_parts import OrderStatistics, abs_buffer
 from sparsetrain.methods.options import checks, integer, one_of, option_error
@@ -30,6 +31,9 @@ class DNW(InPlaceMethod):
     ranks all tensors together. By default the network is at the target from step 0;
     ``end_step > begin_step`` adds a cubic ramp (dense until ``begin_step``).
     Equals ST-3 with a hard threshold, no rescale and an exact top-k in place of the quantile.
+    With ``structure``: the top-|W| N_t of every group (N:M; N_t decays M → N on the ramp, if
+    any), or the blocks of largest summed |W| per layer or globally
+    (:mod:`~sparsetrain.methods.structured`); SR-STE is DNW at N:M plus its decay term.
 
     References:
         Wortsman, Farhadi & Rastegari, "Discovering Neural Wirings", NeurIPS 2019,
@@ -47,6 +51,7 @@ class DNW(InPlaceMethod):
     """
 
     name = "dnw"
+    supported_structures = ("unstructured", "nm", "block")
     CHECKS = checks(
         scope=one_of(SCOPES),
         begin_step=integer(0),
@@ -140,7 +145,24 @@ class DNW(InPlaceMethod):
         return buf
 
     @torch.no_grad()
+    def _update_structured(self, s: float) -> None:
+        scores = [t.param.detach().abs() for t in self.targets]
+        keep = self._keep(s)
+        counts = keep[0] if self.scope == "global" else keep
+        masks = structured.keep_masks(
+            self.structure, self.targets, scores, density=1.0 - s, counts=counts
+        )
+        self._cut, self._fresh = [], []
+        for t, m in zip(self.targets, masks, strict=True):
+            t.mask.copy_(m)
+            self._cut.append(None if s <= 0.0 else m.to(t.param.dtype))
+            self._fresh.append(False)
+
+    @torch.no_grad()
     def _update(self, s: float) -> None:
+        if self.structure.structured:
+            self._update_structured(s)
+            return
         buf = self._magnitudes()
         keep = self._keep(s)
         if len(self._selects) != len(keep):
@@ -179,9 +201,12 @@ class DNW(InPlaceMethod):
         return select_topk(a, k).float()
 
     def target_counts(self) -> dict[str, int] | None:
-        if self.scope == "global":
+        if self.scope == "global" and self.structure.kind != "nm":
             return None
-        return allocate({t.name: t.shape for t in self.targets}, self.sparsity, "uniform")
+        counts = allocate({t.name: t.shape for t in self.targets}, self.sparsity, "uniform")
+        return {
+            t.name: structured.target_count(self.structure, t, counts[t.name]) for t in self.targets
+        }
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._cut = [t.mask.to(t.param.dtype) for t in self.targets]

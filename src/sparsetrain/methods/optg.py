@@ -31,6 +31,7 @@ from typing import Any, cast
 import torch
 
 from sparsetrain.masking.topk import select_topk
+from sparsetrain.methods import structured
 from sparsetrain.methods._inplace import InPlaceMethod
 from sparsetrain.methods.options import checks, integer, number, one_of, option_error
 from sparsetrain.methods.registry import register_method
@@ -81,6 +82,11 @@ def select_global(
 class OptG(InPlaceMethod):
     """OptG: global top-k supermask over trainable scores, with the supermask optimizer.
 
+    With ``structure`` (:mod:`~sparsetrain.methods.structured`): N:M keeps the N_t highest
+    scores of every group, N_t decaying from M to N on the sigmoid ramp (ties: the lower index);
+    blocks keep the blocks of highest summed score over all targets (the ranking stays global).
+    Exact selection only.
+
     References:
         Zhang et al., "Optimizing Gradient-driven Criteria in Network Sparsity: Gradient is All
         You Need", arXiv 2201.12826, 2022 (official code: github.com/zyxxmu/OptG).
@@ -108,6 +114,7 @@ class OptG(InPlaceMethod):
     """
 
     name = "optg"
+    supported_structures = ("unstructured", "nm", "block")
     defers_updates = True
     CHECKS = checks(
         steps_per_epoch=integer(1, optional=True),
@@ -167,6 +174,10 @@ class OptG(InPlaceMethod):
         )
         self.schedule = Schedule(ramp, (updates,), held=True)
         self.score_lr, self.score_lr_mode, self.selection = score_lr, score_lr_mode, selection
+        if selection == "as_released" and self.structure.structured:
+            raise option_error(
+                self.name, "selection='as_released' keeps every tie, which breaks a structure"
+            )
         self.score_optimizer = score_optimizer
         self._scores_opt: Companion | None = None  # the supermask optimizer (see optim.Companion)
         self.scores: list[torch.Tensor] = []
@@ -264,9 +275,15 @@ class OptG(InPlaceMethod):
         """Select the masks of the epoch of ``step`` from the scores (called automatically)."""
         epoch = step // self.steps_per_epoch
         s = self.sparsity * self.ramp(epoch)
-        k = round((1.0 - s) * sum(t.numel for t in self.targets))
+        k = structured.global_count(self.structure, self.targets, s)
         weights = [t.param for t in self.targets]  # the raw weights W here
-        masks = select_global(self.scores, weights, k, exact=self.selection == "exact")
+        if self.structure.structured:
+            masks = structured.keep_masks(
+                self.structure, self.targets, self.scores, density=1.0 - s, counts=k
+            )
+            k = sum(int(m.sum()) for m in masks)
+        else:
+            masks = select_global(self.scores, weights, k, exact=self.selection == "exact")
         before, grown = sum(t.nnz for t in self.targets), 0
         for t, m in zip(self.targets, masks, strict=True):
             grown += int((m.view(t.shape) & ~t.mask).sum())

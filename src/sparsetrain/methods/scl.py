@@ -153,6 +153,10 @@ class SCL(InPlaceMethod):
 
     name = "scl"
     sparsity_mode = "emergent"
+    structure_note = (
+        "its masks come from thresholding learned mask variables and its sparsity is "
+        "emergent; nothing ranks the weights to keep a structure"
+    )
     emergent_sparsity_note = (
         "with lambda_mode='fixed' the penalty lam sets it (sparsity= is refused); to reach a "
         "target sparsity pass "

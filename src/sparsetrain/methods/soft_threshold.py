@@ -58,6 +58,10 @@ class STR(InPlaceMethod):
         threshold_lr=number(0, low_open=True, optional=True),
     )
     sparsity_mode = "emergent"
+    structure_note = (
+        "a learned soft threshold decides every weight on its own and the sparsity is "
+        "emergent; nothing ranks the weights to keep a structure"
+    )
     emergent_sparsity_note = (
         "the weight decay raises the per-layer thresholds: steer it with threshold_weight_decay, "
         "s_init and the run length; no option targets a sparsity"
