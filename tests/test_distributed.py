@@ -81,8 +81,9 @@ def test_sparse_execution_refused(results: Path, execution: str) -> None:
         assert f"execution={execution!r} is not supported with torch.distributed" in r["error"]
 
 
-def test_fsdp_refused_at_attach(results: Path) -> None:
+def test_fsdp2_refused_at_attach_for_a_method_that_does_not_serve_it(results: Path) -> None:
     for r in _load(results, "fsdp-refused"):
         if "unavailable" in r:
             pytest.skip(r["unavailable"])
-        assert r["error"] is not None and "FSDP" in r["error"]
+        assert r["error"] is not None
+        assert r["error"].startswith("set: FSDP2 (fully_shard) is not supported for this method")

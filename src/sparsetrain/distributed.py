@@ -21,12 +21,23 @@ makes sure of it whenever a process group is initialised:
    and a :class:`RankDivergenceError` names the first tensor that differs. ``rank_check=False``
    (a common method option) turns it off.
 
+FSDP2 (``fully_shard``, parameters as ``DTensor`` sharded by rows) is served for the methods
+whose class sets ``fsdp2_note = None`` (GMP so far): attach to the model *after* ``fully_shard``
+(nested per block or not). Every mask is then a ``DTensor`` with its parameter's placement, so
+masking weights, gradients and optimizer state is local to each shard, and every selection runs
+on the shards with collectives over counts (:mod:`sparsetrain.masking.sharded`), equal to the
+one-process selection bit for bit. Nothing is broadcast at attach (each rank owns its rows, and
+FSDP2 leaves their initialisation to the user); the seed still comes from rank 0. The rank
+check becomes a shard check: at every update step and the last step, before anything changes,
+the live count of every tensor, summed over the shards, must equal the count the method's last
+decision left (:func:`verify_shards`), so a corrupted shard is caught at the next update.
+
 Refused (a ``ValueError`` at attach, one line): ``execution="sparse"``/``"auto"`` under an
 initialised process group (DDP reduces the dense parameters it was built with, not the CSR
 values of swapped-in sparse layers; the dense gradient of an update step would be local to each
-rank), and models sharded by FSDP (``fully_shard`` or ``FullyShardedDataParallel``: the masks
-would have to be sharded like the parameters, which is not implemented). A model sharded
-after attach is detected at its first step.
+rank), FSDP1 (``FullyShardedDataParallel``: flat parameters), and FSDP2 for a method that does
+not serve it (its ``fsdp2_note`` says why). A model sharded after attach is detected at its
+first step.
 
 On one process (no process group, or world size 1) none of this runs and nothing is added to a
 step.
@@ -126,18 +137,44 @@ def _is_sharded(model: nn.Module) -> bool:
     return isinstance(dtensor, type) and any(isinstance(p, dtensor) for p in model.parameters())
 
 
+def is_fsdp2(model: nn.Module) -> bool:
+    """Whether ``model`` is sharded by FSDP2: some parameter is a ``DTensor``."""
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return isinstance(dtensor, type) and any(isinstance(p, dtensor) for p in model.parameters())
+
+
 def check_supported(method: SyncedMethod, model: nn.Module) -> None:
     """Refuse what a method cannot do across processes (called by ``attach`` before any change).
 
     Raises:
-        ValueError: The model is sharded by FSDP, or sparse execution under a process group.
+        ValueError: FSDP1, FSDP2 for a method that does not serve it, or sparse execution
+            under a process group.
     """
     if _is_sharded(model):
-        raise ValueError(
-            f"{method.name}: models sharded by FSDP (fully_shard / FullyShardedDataParallel) "
-            "are not supported: masks are not sharded like their parameters; use "
-            "DistributedDataParallel (each rank holds the full model)"
-        )
+        note = getattr(method, "fsdp2_note", "")
+        if not is_fsdp2(model):
+            raise ValueError(
+                f"{method.name}: FullyShardedDataParallel (FSDP1, flat parameters) is not "
+                "supported; shard with FSDP2 (torch.distributed.fsdp.fully_shard) or use "
+                "DistributedDataParallel"
+            )
+        if note is not None:
+            raise ValueError(
+                f"{method.name}: FSDP2 (fully_shard) is not supported for this method yet: "
+                f"{note or 'its masks are not sharded like the parameters'}; use "
+                "DistributedDataParallel (each rank holds the full model)"
+            )
+        structure = getattr(method, "structure", None)
+        if structure is not None and structure.structured:
+            raise ValueError(
+                f"{method.name}: structure={str(structure)!r} is not supported under FSDP2 yet "
+                "(its groups are selected on full rows); use DistributedDataParallel"
+            )
+        if getattr(method, "weight_init", "default") != "default":
+            raise ValueError(
+                f"{method.name}: weight_init={method.weight_init!r} is not supported under "  # type: ignore[attr-defined]
+                "FSDP2; initialise the weights before fully_shard"
+            )
     if method.execution != "dense" and is_distributed():
         raise ValueError(
             f"{method.name}: execution={method.execution!r} is not supported with "
@@ -298,6 +335,9 @@ class RankCheck:
         self.steps: set[int] | None = set(method.update_steps(total)) | {total} if total else None
         self._first = True
 
+    def before(self, step: int) -> None:
+        """Work before the hooks of ``step`` change anything (nothing under DDP)."""
+
     def __call__(self, step: int) -> None:
         m = self.method
         if self._first:
@@ -320,22 +360,66 @@ class RankCheck:
 def attach_sync(method: SyncedMethod) -> RankCheck | None:
     """After the initial masks: broadcast the method state, check it, return the step hook.
 
-    Returns ``None`` (nothing to do per step) without a multi-process group.
+    Returns ``None`` (nothing to do per step) without a multi-process group. Under FSDP2 the
+    state stays per shard (nothing to broadcast) and the hook checks live counts.
     """
     if not is_distributed():
         return None
-    broadcast_method_state(method)
     check = bool(getattr(method, "rank_check", True))
+    if method.model is not None and is_fsdp2(method.model):
+        return ShardCheck(method, check=check)
+    broadcast_method_state(method)
     if check:
         verify_masks(method, method.step)
     return RankCheck(method, check=check)
+
+
+def live_counts(method: SyncedMethod) -> list[int]:
+    """Per target: live entries over all shards (a collective under FSDP2)."""
+    return [t.nnz for t in method.targets]  # type: ignore[attr-defined]
+
+
+class ShardCheck(RankCheck):
+    """The FSDP2 step hook: live counts over the shards equal what the last decision left.
+
+    ``__call__`` (after a step's work) records the counts; :meth:`before` (before an update
+    step's work, from ``after_backward``) checks them: a shard whose mask changed in between
+    changes a count, on every rank at once.
+    """
+
+    def __init__(self, method: SyncedMethod, *, check: bool) -> None:
+        super().__init__(method, check=check)
+        self.counts = live_counts(method) if check else []
+
+    def __call__(self, step: int) -> None:
+        if self.check:
+            due = step in self.steps if self.steps is not None else self.method.is_update_step(step)
+            if due or step == 1:
+                self.counts = live_counts(self.method)
+
+    def before(self, step: int) -> None:
+        """Check the counts before the work of ``step`` (an update step or the last)."""
+        if not self.check:
+            return
+        due = step in self.steps if self.steps is not None else self.method.is_update_step(step)
+        if not due:
+            return
+        now = live_counts(self.method)
+        for t, was, got in zip(self.method.targets, self.counts, now, strict=True):
+            if was != got:
+                raise RankDivergenceError(
+                    f"{self.method.name}: a shard's mask changed outside the method before step "
+                    f"{step}: tensor {t.name!r} has {got} live weights over the shards, the "
+                    f"last decision left {was}. rank_check=False turns this check off"
+                )
 
 
 def attach_prepare(method: SyncedMethod, model: nn.Module) -> None:
     """Before the initial masks: rank 0's weights, buffers and seed on every rank."""
     if not is_distributed():
         return
-    broadcast_model(model)
+    if not is_fsdp2(model):  # FSDP2: each rank owns its rows
+        broadcast_model(model)
     seed = torch.tensor([method.seed], dtype=torch.int64)
     if method.targets:
         seed = seed.to(_comm_device(method.targets[0].param))

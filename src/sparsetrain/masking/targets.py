@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sparsetrain.masking.sharded import count, is_row_sharded
+
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -108,8 +110,8 @@ class Target:
 
     @property
     def nnz(self) -> int:
-        """Number of active (unmasked) entries."""
-        return int(self.mask.sum())
+        """Number of active (unmasked) entries (of all shards under FSDP2: a collective)."""
+        return count(self.mask)
 
 
 @dataclass
@@ -251,7 +253,10 @@ def select_targets(
                 f"{first.name!r} (requires_grad=False; keep it out with exclude=[{first.name!r}])"
             )
             continue
-        mask = torch.ones(param.shape, dtype=torch.bool, device=param.device)  # contiguous
+        if is_row_sharded(param):  # FSDP2: the mask is sharded as its parameter
+            mask = torch.ones_like(param, dtype=torch.bool)
+        else:
+            mask = torch.ones(param.shape, dtype=torch.bool, device=param.device)  # contiguous
         aliases = tuple(u.name for u in names[1:])
         found.append(
             Target(first.name, first.module, first.param_name, param, mask, aliases, _blocks(first))

@@ -1,7 +1,10 @@
 """Exact-count selection of entries by score, per tensor or globally.
 
-Every function here returns exactly the requested number of entries: ties are broken by
-``torch.topk`` (deterministic on CPU), never by a threshold that could keep too many or too few.
+Every function here returns exactly the requested number of entries, never by a threshold that
+could keep too many or too few. Ties at the cut are broken by position: among equal scores the
+entry at the lower flat index is selected first (for the lowest scores too), so a selection is a
+function of the scores alone, the same however the tensor is split (a sharded selection over
+processes gives the same entries, see :mod:`sparsetrain.masking.sharded`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from sparsetrain.masking.sharded import is_row_sharded, sharded_select
 
 
 def _check_k(k: int, available: int, what: str) -> None:
@@ -80,14 +85,33 @@ def topk_indices(
     if n >= _FAST_MIN_NUMEL and k <= n // 8:
         idx = _threshold_topk(flat, k, candidates)
         if idx is not None:
-            return idx
+            return _lowest_index_ties(flat, idx, candidates)
     if candidates is None:
         _check_k(k, n, "")
-        return torch.topk(torch.nan_to_num(flat, nan=-torch.inf), k, sorted=False).indices
+        flat = torch.nan_to_num(flat, nan=-torch.inf)
+        return _lowest_index_ties(flat, torch.topk(flat, k, sorted=False).indices, None)
     idx = candidates.nonzero().squeeze(1)
     _check_k(k, idx.numel(), "candidate")
     vals = torch.nan_to_num(flat[idx], nan=-torch.inf)
-    return idx[torch.topk(vals, k, sorted=False).indices]
+    return idx[_lowest_index_ties(vals, torch.topk(vals, k, sorted=False).indices, None)]
+
+
+def _lowest_index_ties(
+    flat: torch.Tensor, idx: torch.Tensor, candidates: torch.Tensor | None
+) -> torch.Tensor:
+    """``idx`` (a top-k of ``flat``) with the ties at its lowest value taken by lowest index."""
+    vals = torch.nan_to_num(flat[idx], nan=-torch.inf)
+    cut = vals.min()
+    at_cut = vals == cut
+    n_tied = int(at_cut.sum())
+    if n_tied == 0:
+        return idx
+    full = torch.nan_to_num(flat, nan=-torch.inf) == cut
+    if candidates is not None:
+        full &= candidates
+    if int(full.sum()) == n_tied:  # every tied entry is in: nothing to choose
+        return idx
+    return torch.cat([idx[~at_cut], full.nonzero().squeeze(1)[:n_tied]])
 
 
 def select_topk(
@@ -106,6 +130,8 @@ def select_topk(
     >>> select_topk(torch.tensor([3.0, 1.0, 2.0]), 2).tolist()
     [True, False, True]
     """
+    if is_row_sharded(scores):  # FSDP2: select on the shards, masks placed as the scores
+        return sharded_select([scores], [k], None if candidates is None else [candidates], True)[0]
     cand = None if candidates is None else candidates.reshape(-1)
     out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     out[topk_indices(scores.reshape(-1), k, cand)] = True
@@ -120,6 +146,8 @@ def select_bottomk(
     >>> select_bottomk(torch.tensor([3.0, 1.0, 2.0]), 1).tolist()
     [False, True, False]
     """
+    if is_row_sharded(scores):
+        return sharded_select([scores], [k], None if candidates is None else [candidates], False)[0]
     cand = None if candidates is None else candidates.reshape(-1)
     out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     out[topk_indices(scores.reshape(-1), k, cand, largest=False)] = True
@@ -144,6 +172,8 @@ def global_topk_masks(
     Returns:
         One ``bool`` mask per layer; their ``True`` counts sum to exactly ``k``.
     """
+    if scores and is_row_sharded(scores[0]):
+        return sharded_select(scores, k, candidates, largest)
     flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
     cand = None if candidates is None else torch.cat([c.reshape(-1) for c in candidates])
     picked = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)

@@ -119,6 +119,10 @@ class SparsityMethod(StepHooks):
     """Structure kinds the method can keep (``"unstructured"``, ``"nm"``, ``"block"``)."""
     structure_note: ClassVar[str] = "it selects no mask by ranking"
     """Why the kinds not in ``supported_structures`` are refused (part of the error)."""
+    fsdp2_note: ClassVar[str | None] = (
+        "its decisions or its state next to the weights are not sharded like the parameters"
+    )
+    """``None`` where the method serves FSDP2-sharded models; else why not (the error's text)."""
     supports_sparse_execution: ClassVar[bool] = False
     """Whether the method can run on sparse kernels (dense gradients on update steps at most)."""
     sparse_execution_note: ClassVar[str] = (
@@ -292,7 +296,10 @@ class SparsityMethod(StepHooks):
         if self.defers_updates:
             modules = {id(m): m for m in [model, *(t.module for t in targets)]}
             pending = lifecycle.PendingHook(self)
-            self._hooks = [m.register_forward_pre_hook(pending) for m in modules.values()]
+            # prepend: before FSDP2's own pre-forward, which all-gathers the shards
+            self._hooks = [
+                m.register_forward_pre_hook(pending, prepend=True) for m in modules.values()
+            ]
         if hook and optimizer is not None:
             self._hooks += [
                 optimizer.register_step_pre_hook(self._step_pre_hook),

@@ -6,6 +6,7 @@ from typing import Any
 
 from sparsetrain.criteria import magnitude
 from sparsetrain.distributions import DISTRIBUTIONS, allocate
+from sparsetrain.masking.sharded import count
 from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import global_topk_masks, select_bottomk
 from sparsetrain.methods import structured
@@ -34,6 +35,10 @@ class GMP(SparsityMethod):
     largest summed |w| are kept, per layer or globally, counts on the ramp in whole blocks
     (:mod:`~sparsetrain.methods.structured`).
 
+    Under FSDP2 (attach after ``fully_shard``) masks are sharded as their parameters and every
+    pruning step selects on the shards, equal to one process (unstructured only; see
+    :mod:`sparsetrain.distributed`).
+
     References:
         Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
         compression", arXiv 1710.01878, 2017.
@@ -49,6 +54,7 @@ class GMP(SparsityMethod):
     """
 
     name = "gmp"
+    fsdp2_note = None  # every decision is a top-k of |w|: sharded selections serve it
     supported_structures = ("unstructured", "nm", "block")
     defers_updates = True
     supports_sparse_execution = True
@@ -139,7 +145,7 @@ class GMP(SparsityMethod):
             scores = [magnitude(t.param.detach()) for t in self.targets]
             masks = global_topk_masks(scores, keep, [t.mask for t in self.targets])
             for t, m in zip(self.targets, masks, strict=True):
-                pruned += t.nnz - int(m.sum())
+                pruned += t.nnz - count(m)
                 self.set_mask(t, m)
         else:
             for t in self.targets:

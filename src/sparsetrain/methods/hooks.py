@@ -79,6 +79,8 @@ class StepHooks(SparseExecution):
         self._require_attached()
         self.apply_pending()  # a loop whose forward ran no hook of the model (see attach)
         upcoming = self.step + 1
+        if self._rank_sync is not None:  # FSDP2: the shards still hold the last decision
+            self._rank_sync.before(upcoming)
         if self._sparse:
             self._sparse_hook(upcoming, backward=True)
         else:

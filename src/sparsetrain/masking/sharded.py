@@ -1,0 +1,246 @@
+"""Exact top-k selections over tensors sharded across processes, without gathering them.
+
+Under FSDP2 (``torch.distributed.fsdp.fully_shard``) every parameter is a ``DTensor`` split by
+rows (``Shard(0)``): rank r holds rows ``[r·c, (r+1)·c)`` of the global tensor, c = ⌈rows /
+world⌉ (``torch.chunk``; the last ranks may hold fewer rows, or none). A method's decision on
+such a tensor (keep the k largest |w|, drop the k smallest among the active, grow the k largest
+|g| among the inactive, or one ranking over many tensors) must be the one a single process
+takes on the full tensors, bit for bit, whatever the world size. :func:`sharded_topk` makes it
+so with collectives over counts only:
+
+1. Every score becomes an ``int64`` key with the order of its float value (:func:`sortable_keys`;
+   ``-0.0`` equals ``0.0``, ``NaN`` ranks as ``-inf``, as in :mod:`sparsetrain.masking.topk`).
+2. A bisection over the key range finds the k-th largest key T: each round all-reduces, per
+   tensor, how many keys lie at or above the midpoint (keys outside the current bracket are
+   dropped locally, so the work shrinks as the bracket closes; at most 64 rounds).
+3. Every key above T is selected; of the keys equal to T, the ``k − #above`` at the lowest
+   *global* flat indices (the rule of :mod:`sparsetrain.masking.topk`): one all-gather of each
+   rank's tie counts tells every rank how many of its own ties (in its row order) it takes.
+
+Nothing but the bracket counts and the tie counts crosses processes: no rank materialises
+another rank's rows. Without a process group (or with one process) the same code runs locally.
+
+:func:`is_row_sharded` and :func:`sharded_select` let :mod:`~sparsetrain.masking.topk` take
+``DTensor`` scores and candidates directly: it selects on the local shards and returns masks
+as ``DTensor`` with the scores' placement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_SIGN_FREE = 0x7FFFFFFFFFFFFFFF
+_MISSING = -(1 << 63)  # below every real key: non-candidates
+
+
+def sortable_keys(x: torch.Tensor, *, largest: bool = True) -> torch.Tensor:
+    """``int64`` keys whose order is ``x``'s float order (reversed for ``largest=False``).
+
+    >>> k = sortable_keys(torch.tensor([-2.0, -0.0, 0.0, 1.5, float("nan")]))
+    >>> [int(a < b) for a, b in zip(k[:-1], k[1:])], bool(k[1] == k[2]), bool(k[4] < k[0])
+    ([1, 0, 1, 1], True, True)
+    """
+    v = torch.nan_to_num(x.detach().to(torch.float64), nan=-torch.inf) + 0.0  # -0.0 -> +0.0
+    bits = v.view(torch.int64)
+    keys = torch.where(bits < 0, bits ^ _SIGN_FREE, bits)
+    return keys if largest else ~keys  # ~k = -k - 1: the reversed order, no overflow
+
+
+def _world(group: object | None) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+def _all_reduce(t: torch.Tensor, group: object | None, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, group=group)
+    return t
+
+
+def _all_gather(t: torch.Tensor, group: object | None, world: int) -> torch.Tensor:
+    if world == 1:
+        return t.unsqueeze(0)
+    import torch.distributed as dist
+
+    out = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(out, t, group=group)
+    return torch.stack(out)
+
+
+def _kth_keys(
+    keys: list[torch.Tensor], ks: list[int], group: object | None, world: int
+) -> list[int]:
+    """Per list entry: the k-th largest key over all ranks (bisection on counts)."""
+    lo = [_MISSING + 1] * len(keys)  # count(>= lo) >= k always holds (k <= #candidates)
+    hi = [_SIGN_FREE] * len(keys)
+    above = [0] * len(keys)  # keys > hi, counted over all ranks
+    inside = [k[k >= _MISSING + 1] for k in keys]
+    for _ in range(65):
+        open_ = [i for i in range(len(keys)) if lo[i] < hi[i]]
+        if not open_:
+            break
+        mids = [lo[i] + (hi[i] - lo[i] + 1) // 2 for i in range(len(keys))]  # Python ints
+        counts = torch.tensor(
+            [int((inside[i] >= mids[i]).sum()) if i in open_ else 0 for i in range(len(keys))],
+            dtype=torch.int64,
+        )
+        counts = _all_reduce(counts, group, world)
+        for i in open_:
+            if above[i] + int(counts[i]) >= ks[i]:  # the k-th largest is >= mid
+                lo[i] = mids[i]
+                inside[i] = inside[i][inside[i] >= mids[i]]
+            else:
+                above[i] += int(counts[i])
+                hi[i] = mids[i] - 1
+                inside[i] = inside[i][inside[i] < mids[i]]
+    return lo
+
+
+def sharded_topk(
+    scores: Sequence[torch.Tensor],
+    ks: Sequence[int] | int,
+    *,
+    candidates: Sequence[torch.Tensor | None] | None = None,
+    largest: bool = True,
+    group: object | None = None,
+) -> list[torch.Tensor]:
+    """This rank's part of an exact top-k over tensors sharded by rows (see the module doc).
+
+    Args:
+        scores: This rank's local shard of each tensor (any shape; read in row-major order,
+            which is the global order within the rank's rows).
+        ks: Entries to select per tensor over all ranks (a list), or in total over all tensors
+            by one ranking (an int).
+        candidates: Optional local ``bool`` shard per tensor restricting the choice.
+        largest: Highest scores (``True``) or lowest.
+        group: The process group the tensors are sharded over (default: the world).
+
+    Returns:
+        One local ``bool`` mask per tensor, of its shard's shape. Over all ranks exactly the
+        requested counts are set; ties at the cut go to the lowest global flat index (per
+        tensor, in tensor order for one ranking), as :func:`~sparsetrain.masking.topk.topk_indices`
+        chooses on the full tensor.
+
+    Raises:
+        ValueError: A count exceeds the candidates over all ranks.
+    """
+    rank, world = _world(group)
+    cands = list(candidates) if candidates is not None else [None] * len(scores)
+    keys = []
+    for s, c in zip(scores, cands, strict=True):
+        k = sortable_keys(s.reshape(-1), largest=largest)
+        if c is not None:
+            k = k.masked_fill(~c.reshape(-1), _MISSING)
+        keys.append(k)
+    pooled = isinstance(ks, int)
+    lists = [torch.cat(keys)] if pooled else keys
+    wanted = [int(ks)] if pooled else [int(k) for k in ks]  # type: ignore[arg-type]
+    n_cand = torch.tensor([int((k > _MISSING).sum()) for k in lists], dtype=torch.int64)
+    n_cand = _all_reduce(n_cand, group, world)
+    for k, n in zip(wanted, n_cand.tolist(), strict=True):
+        if not 0 <= k <= n:
+            raise ValueError(f"cannot select {k} entries out of {n} candidates")
+    cut = _kth_keys(lists, [max(k, 1) for k in wanted], group, world)
+    if pooled:
+        cut = cut * len(keys)
+        above = int(
+            _all_reduce(torch.tensor([sum(int((k > cut[0]).sum()) for k in keys)]), group, world)
+        )
+        need = [wanted[0] - above]
+    else:
+        above_t = torch.tensor([int((k > c).sum()) for k, c in zip(keys, cut, strict=True)])
+        need = (torch.tensor(wanted) - _all_reduce(above_t, group, world)).tolist()
+    ties = torch.tensor([int((k == c).sum()) for k, c in zip(keys, cut, strict=True)])
+    table = _all_gather(ties, group, world)  # (world, tensors): each rank's ties per tensor
+    quota = _quotas(table, need, pooled)[rank]
+    out = []
+    for s, k, c, q, want in zip(
+        scores, keys, cut, quota.tolist(), _expand(wanted, len(keys)), strict=True
+    ):
+        if want == 0 and not pooled:
+            out.append(torch.zeros(s.shape, dtype=torch.bool, device=s.device))
+            continue
+        sel = k > c
+        tied = (k == c).nonzero().squeeze(1)
+        sel[tied[:q]] = True
+        out.append(sel.view(s.shape))
+    if pooled and wanted[0] == 0:
+        out = [torch.zeros(s.shape, dtype=torch.bool, device=s.device) for s in scores]
+    return out
+
+
+def _expand(wanted: list[int], n: int) -> list[int]:
+    return wanted * n if len(wanted) == 1 and n != 1 else wanted
+
+
+def _quotas(table: torch.Tensor, need: list[int], pooled: bool) -> torch.Tensor:
+    """Ties each rank takes per tensor: the lowest global indices first (tensor, then rank)."""
+    world, n = table.shape
+    quota = torch.zeros_like(table)
+    if pooled:
+        left = need[0]
+        for i in range(n):
+            for r in range(world):
+                take = min(int(table[r, i]), max(left, 0))
+                quota[r, i], left = take, left - take
+        return quota
+    for i in range(n):
+        left = need[i]
+        for r in range(world):
+            take = min(int(table[r, i]), max(left, 0))
+            quota[r, i], left = take, left - take
+    return quota
+
+
+def is_row_sharded(x: object) -> bool:
+    """Whether ``x`` is a ``DTensor`` sharded by rows on a 1-D mesh (FSDP2's parameters)."""
+    import sys
+
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    if not (isinstance(dtensor, type) and isinstance(x, dtensor)):
+        return False
+    from torch.distributed.tensor import Shard
+
+    mesh, placements = x.device_mesh, x.placements  # type: ignore[attr-defined]
+    return mesh.ndim == 1 and len(placements) == 1 and placements[0] == Shard(0)
+
+
+def count(mask: torch.Tensor) -> int:
+    """Set entries of ``mask``; of all shards for a row-sharded ``DTensor`` (a collective)."""
+    if is_row_sharded(mask):
+        return int(mask.sum().full_tensor())  # type: ignore[attr-defined]
+    return int(mask.sum())
+
+
+def local_of(x: torch.Tensor) -> torch.Tensor:
+    """The local shard of a row-sharded ``DTensor`` (shares its storage), else ``x``."""
+    return x.to_local() if is_row_sharded(x) else x  # type: ignore[attr-defined]
+
+
+def like(local: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``local`` as a ``DTensor`` placed as ``ref`` (a row-sharded ``DTensor``)."""
+    from torch.distributed.tensor import DTensor
+
+    mesh, placements = ref.device_mesh, ref.placements  # type: ignore[attr-defined]
+    return DTensor.from_local(local, mesh, placements, shape=ref.shape, stride=ref.stride())
+
+
+def sharded_select(
+    scores: Sequence[torch.Tensor],
+    ks: Sequence[int] | int,
+    candidates: Sequence[torch.Tensor | None] | None,
+    largest: bool,
+) -> list[torch.Tensor]:
+    """:func:`sharded_topk` on row-sharded ``DTensor`` scores: ``DTensor`` masks back."""
+    group = scores[0].device_mesh.get_group()  # type: ignore[attr-defined]
+    local = [local_of(s) for s in scores]
+    cands = None if candidates is None else [None if c is None else local_of(c) for c in candidates]
+    out = sharded_topk(local, ks, candidates=cands, largest=largest, group=group)
+    return [like(m, s) for m, s in zip(out, scores, strict=True)]

@@ -1,0 +1,78 @@
+"""Worker of tests/test_sharded.py: sharded top-k selections on 2 or 3 gloo processes.
+
+Every rank builds the same full tensors from a seed, keeps its ``torch.chunk`` rows (the rows
+FSDP2 gives it; rows not divisible by the world size) and selects on them alone; it saves its
+local masks, which the test reassembles and compares with the one-process selection.
+"""
+
+from __future__ import annotations
+
+import datetime
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sparsetrain.masking.sharded import sharded_topk
+
+SHAPES = [(7, 5), (10, 3), (1, 8), (5, 4)]  # 1 row: ranks without rows
+
+
+def tensors(seed: int, ties: bool) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if ties:  # few distinct values: the cut falls inside a run of ties
+        return [torch.randint(-3, 4, s, generator=g).float() for s in SHAPES]
+    return [torch.randn(s, generator=g) for s in SHAPES]
+
+
+def candidates(seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 1)
+    return [torch.rand(s, generator=g) < 0.6 for s in SHAPES]
+
+
+def chunk(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    parts = torch.chunk(t, world, dim=0)
+    return parts[rank] if rank < len(parts) else t[:0]
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "layer": {"ties": False, "ks": [9, 4, 3, 0], "cand": False, "largest": True},
+    "layer-ties": {"ties": True, "ks": [20, 15, 5, 11], "cand": False, "largest": True},
+    "layer-ties-smallest": {"ties": True, "ks": [3, 29, 8, 20], "cand": False, "largest": False},
+    "layer-candidates": {"ties": True, "ks": [10, 7, 2, 6], "cand": True, "largest": False},
+    "global-ties": {"ties": True, "ks": 40, "cand": False, "largest": True},
+    "global-candidates": {"ties": True, "ks": 25, "cand": True, "largest": True},
+}
+
+
+def select(case: str, rank: int, world: int) -> list[torch.Tensor]:
+    c = CASES[case]
+    full = tensors(3, c["ties"])
+    cand = candidates(3) if c["cand"] else None
+    local = [chunk(t, rank, world) for t in full]
+    local_c = None if cand is None else [chunk(m, rank, world) for m in cand]
+    return sharded_topk(local, c["ks"], candidates=local_c, largest=c["largest"])
+
+
+def run(rank: int, world: int, out: str) -> None:
+    """Entry point of ``torch.multiprocessing.spawn``."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{out}/rendezvous",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        for case in CASES:
+            try:
+                result: Any = select(case, rank, world)
+            except Exception:
+                result = {"crash": traceback.format_exc()}
+            torch.save(result, Path(out) / f"{case}-{rank}.pt")
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
