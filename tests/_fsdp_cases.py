@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 import sparsetrain
+from sparsetrain.distributed import checkpoint_state, load_checkpoint_state
 
 STEPS = 12
 CASES: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -153,3 +154,87 @@ def run(rank: int, world: int, out: str) -> None:
             dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- checkpoints (DCP)
+
+RESUME_CASE = "gmp-layer-sgd"
+SPLIT = 5  # steps before the checkpoint (GMP's update of step 4 applied, the next at 6)
+
+
+def _sharded_run(case: str):
+    from torch.distributed.fsdp import fully_shard
+
+    name, options, opt_kind = CASES[case]
+    net = model()
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(net)
+    opt = optimizer(opt_kind, net.parameters())
+    method = sparsetrain.create_method(name, total_steps=STEPS, **options).attach(net, opt)
+    return net, opt, method
+
+
+def _steps(net, opt, start: int, stop: int) -> None:
+    for step in range(start, stop):
+        x, y = batch(step)
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _state(net, opt, method) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(net, opt)
+    return {"model": model_sd, "optim": optim_sd, "method": checkpoint_state(method)}
+
+
+def save_checkpoint(rank: int, world: int, out: str) -> None:
+    """Train ``RESUME_CASE`` for ``SPLIT`` steps on ``world`` ranks and save it with DCP."""
+    import torch.distributed.checkpoint as dcp
+
+    _init(rank, world, out, "save")
+    try:
+        net, opt, method = _sharded_run(RESUME_CASE)
+        _steps(net, opt, 0, SPLIT)
+        dcp.save(_state(net, opt, method), checkpoint_id=f"{out}/ckpt")
+    finally:
+        dist.destroy_process_group()
+
+
+def load_checkpoint(rank: int, world: int, out: str) -> None:
+    """Load the checkpoint on ``world`` ranks (any), train to the end, save the results."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    _init(rank, world, out, f"load{world}")
+    try:
+        net, opt, method = _sharded_run(RESUME_CASE)
+        state = _state(net, opt, method)
+        dcp.load(state, checkpoint_id=f"{out}/ckpt")
+        set_state_dict(net, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        load_checkpoint_state(method, state["method"])
+        _steps(net, opt, SPLIT, STEPS)
+        method.finish()
+        result = {
+            "masks": {t.name: t.mask.full_tensor().clone() for t in method.targets},
+            "weights": {n: p.detach().full_tensor().clone() for n, p in net.named_parameters()},
+            "step": method.step,
+        }
+        torch.save(result, Path(out) / f"load{world}-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _init(rank: int, world: int, out: str, tag: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{out}/rendezvous-{tag}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )

@@ -91,3 +91,30 @@ def test_what_is_not_served_is_refused_in_one_line(ranks, case: str, text: str) 
     for r in _load(ranks, case):
         assert r["error"] is not None and r["error"].startswith(text)
         assert "\n" not in r["error"]
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], dict[str, Any]]:
+    """Checkpoints saved with DCP on 2 (and 1) ranks, loaded on 1, 2 and 3 ranks."""
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for src, targets in ((2, (2, 3, 1)), (1, (2,))):
+        d = tmp_path_factory.mktemp(f"dcp{src}")
+        mp.spawn(_fsdp_cases.save_checkpoint, args=(src, str(d)), nprocs=src, join=True)
+        for world in targets:
+            mp.spawn(_fsdp_cases.load_checkpoint, args=(world, str(d)), nprocs=world, join=True)
+            out[src, world] = torch.load(d / f"load{world}-0.pt", weights_only=False)
+    return out
+
+
+@pytest.mark.parametrize(("src", "world"), [(2, 2), (2, 3), (2, 1), (1, 2)])
+def test_dcp_checkpoint_resumes_and_reshards(resumed, one_process, src: int, world: int) -> None:
+    ref = one_process[_fsdp_cases.RESUME_CASE]
+    got = resumed[src, world]
+    assert got["step"] == _fsdp_cases.STEPS
+    for name, mask in ref["masks"].items():
+        assert torch.equal(got["masks"][name], mask), name
+    for name, w in ref["weights"].items():
+        if world == 3:  # 3 replicas: (g + g + g) / 3 rounds (module docstring)
+            torch.testing.assert_close(got["weights"][name], w, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(got["weights"][name], w), name

@@ -59,7 +59,9 @@ __all__ = [
     "broadcast_",
     "broadcast_model",
     "check_supported",
+    "checkpoint_state",
     "is_distributed",
+    "load_checkpoint_state",
     "mask_checksums",
     "rank_and_world",
     "unwrap",
@@ -338,6 +340,9 @@ class RankCheck:
     def before(self, step: int) -> None:
         """Work before the hooks of ``step`` change anything (nothing under DDP)."""
 
+    def loaded(self) -> None:
+        """The method's state was loaded (a checkpoint): nothing under DDP."""
+
     def __call__(self, step: int) -> None:
         m = self.method
         if self._first:
@@ -397,6 +402,11 @@ class ShardCheck(RankCheck):
             if due or step == 1:
                 self.counts = live_counts(self.method)
 
+    def loaded(self) -> None:
+        """A loaded checkpoint is the last decision."""
+        if self.check:
+            self.counts = live_counts(self.method)
+
     def before(self, step: int) -> None:
         """Check the counts before the work of ``step`` (an update step or the last)."""
         if not self.check:
@@ -425,3 +435,36 @@ def attach_prepare(method: SyncedMethod, model: nn.Module) -> None:
         seed = seed.to(_comm_device(method.targets[0].param))
     broadcast_(seed)
     method.seed = int(seed)
+
+
+def checkpoint_state(method: SyncedMethod) -> dict[str, Any]:
+    """``method``'s state for ``torch.distributed.checkpoint`` (DCP): masks as they are sharded.
+
+    The masks stay tensors (``DTensor`` under FSDP2, so DCP saves each shard once and reshards
+    on load to any world size); everything else (step, history, method extras) is one byte blob
+    (``io.BytesIO``), because DCP needs the same nested layout at load as at save and a history
+    grows. Pass the same call's result as the load template, then
+    :func:`load_checkpoint_state`::
+
+        state = {"model": m, "optim": o, "method": checkpoint_state(method)}
+        dcp.save(state, checkpoint_id=path)          # ... later, on any world size:
+        state = {"model": m, "optim": o, "method": checkpoint_state(method)}
+        dcp.load(state, checkpoint_id=path)
+        load_checkpoint_state(method, state["method"])
+    """
+    import io
+
+    full = method.state_dict()
+    rest = {k: v for k, v in full.items() if k != "masks"}
+    blob = io.BytesIO()
+    torch.save(rest, blob)
+    blob.seek(0)
+    return {"masks": full["masks"], "rest": blob}
+
+
+def load_checkpoint_state(method: SyncedMethod, state: dict[str, Any]) -> None:
+    """Restore ``method`` from a :func:`checkpoint_state` dict filled by ``dcp.load``."""
+    blob = state["rest"]
+    blob.seek(0)
+    rest = torch.load(blob, weights_only=False)
+    method.load_state_dict({**rest, "masks": state["masks"]})

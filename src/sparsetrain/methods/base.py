@@ -485,6 +485,8 @@ class SparsityMethod(StepHooks):
                 for t in self._masked_targets:
                     t.param.mul_(t.mask.view(torch.uint8))
         self._load_execution(state)  # sparse execution: the checkpoint's layout and structures
+        if self._rank_sync is not None:
+            self._rank_sync.loaded()
 
     # ------------------------------------------------------------------ diagnostics
 
