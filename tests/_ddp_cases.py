@@ -124,7 +124,7 @@ def _fsdp(rank: int) -> dict[str, Any]:
         fully_shard(model, mesh=init_device_mesh("cpu", (2,)))
     except Exception as exc:  # fully_shard itself unavailable on this build: nothing to refuse
         return {"unavailable": f"{type(exc).__name__}: {exc}"}
-    method = sparsetrain.create_method("set", sparsity=0.6, total_steps=STEPS)
+    method = sparsetrain.create_method("st3", sparsity=0.6, total_steps=STEPS)
     try:
         method.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
     except ValueError as exc:

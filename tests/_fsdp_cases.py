@@ -32,6 +32,22 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
         {"update_interval": 2, "end_step": 6, "sparsity": 0.6, "initial_sparsity": 0.3},
         "sgd",
     ),
+    "dense": ("dense", {}, "adamw"),
+    "static-erk": ("static", {"sparsity": 0.7}, "sgd"),
+    "static-global": ("static", {"sparsity": 0.7, "distribution": "global"}, "adamw"),
+    "snip": ("static", {"sparsity": 0.7, "init": "snip"}, "sgd"),
+    "rigl": ("rigl", {"sparsity": 0.7, "update_interval": 2}, "sgd"),
+    "set": ("set", {"sparsity": 0.6, "update_interval": 2}, "adamw"),
+    "mest-global": (
+        "mest",
+        {"sparsity": 0.6, "update_interval": 3, "scope": "global", "distribution": "global"},
+        "sgd",
+    ),
+    "granet": (
+        "granet",
+        {"sparsity": 0.7, "initial_sparsity": 0.4, "update_interval": 2, "end_step": 8},
+        "sgd",
+    ),
 }
 
 
@@ -137,11 +153,13 @@ def run(rank: int, world: int, out: str) -> None:
         init_method=f"file://{out}/rendezvous",
         rank=rank,
         world_size=world,
-        timeout=datetime.timedelta(seconds=60),
+        timeout=datetime.timedelta(
+            seconds=300
+        ),  # a stuck collective fails (slowly) instead of hanging
     )
     jobs: dict[str, Any] = {c: (lambda c=c: train(c, shard=True)) for c in CASES}
     jobs["corrupted"] = corrupted
-    jobs["refused-rigl"] = lambda: refused("rigl", {"sparsity": 0.5})
+    jobs["refused-dnw"] = lambda: refused("dnw", {"sparsity": 0.5})
     jobs["refused-st3"] = lambda: refused("st3", {"sparsity": 0.5})
     jobs["refused-structure"] = lambda: refused("gmp", {"structure": "1:4", "end_step": 6})
     try:
@@ -236,5 +254,7 @@ def _init(rank: int, world: int, out: str, tag: str) -> None:
         init_method=f"file://{out}/rendezvous-{tag}",
         rank=rank,
         world_size=world,
-        timeout=datetime.timedelta(seconds=60),
+        timeout=datetime.timedelta(
+            seconds=300
+        ),  # a stuck collective fails (slowly) instead of hanging
     )

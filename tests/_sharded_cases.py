@@ -17,13 +17,16 @@ import torch.distributed as dist
 
 from sparsetrain.masking.sharded import sharded_topk
 
-SHAPES = [(7, 5), (10, 3), (1, 8), (5, 4)]  # 1 row: ranks without rows
+SHAPES = [(7, 5), (10, 3), (1, 8), (5, 4), (301, 97)]  # 1 row: ranks without rows; the last
+# is large enough (29,197 entries) for the sampled bracket before the bisection
 
 
 def tensors(seed: int, ties: bool) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     if ties:  # few distinct values: the cut falls inside a run of ties
-        return [torch.randint(-3, 4, s, generator=g).float() for s in SHAPES]
+        return [torch.randint(-3, 4, s, generator=g).float() for s in SHAPES[:-1]] + [
+            torch.randint(-200, 200, SHAPES[-1], generator=g).float()
+        ]
     return [torch.randn(s, generator=g) for s in SHAPES]
 
 
@@ -38,12 +41,17 @@ def chunk(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 CASES: dict[str, dict[str, Any]] = {
-    "layer": {"ties": False, "ks": [9, 4, 3, 0], "cand": False, "largest": True},
-    "layer-ties": {"ties": True, "ks": [20, 15, 5, 11], "cand": False, "largest": True},
-    "layer-ties-smallest": {"ties": True, "ks": [3, 29, 8, 20], "cand": False, "largest": False},
-    "layer-candidates": {"ties": True, "ks": [10, 7, 2, 6], "cand": True, "largest": False},
-    "global-ties": {"ties": True, "ks": 40, "cand": False, "largest": True},
-    "global-candidates": {"ties": True, "ks": 25, "cand": True, "largest": True},
+    "layer": {"ties": False, "ks": [9, 4, 3, 0, 2920], "cand": False, "largest": True},
+    "layer-ties": {"ties": True, "ks": [20, 15, 5, 11, 14000], "cand": False, "largest": True},
+    "layer-ties-smallest": {
+        "ties": True,
+        "ks": [3, 29, 8, 20, 700],
+        "cand": False,
+        "largest": False,
+    },
+    "layer-candidates": {"ties": True, "ks": [10, 7, 2, 6, 9000], "cand": True, "largest": False},
+    "global-ties": {"ties": True, "ks": 2950, "cand": False, "largest": True},
+    "global-candidates": {"ties": True, "ks": 16000, "cand": True, "largest": True},
 }
 
 
@@ -64,7 +72,9 @@ def run(rank: int, world: int, out: str) -> None:
         init_method=f"file://{out}/rendezvous",
         rank=rank,
         world_size=world,
-        timeout=datetime.timedelta(seconds=60),
+        timeout=datetime.timedelta(
+            seconds=300
+        ),  # a stuck collective fails (slowly) instead of hanging
     )
     try:
         for case in CASES:

@@ -86,4 +86,4 @@ def test_fsdp2_refused_at_attach_for_a_method_that_does_not_serve_it(results: Pa
         if "unavailable" in r:
             pytest.skip(r["unavailable"])
         assert r["error"] is not None
-        assert r["error"].startswith("set: FSDP2 (fully_shard) is not supported for this method")
+        assert r["error"].startswith("st3: FSDP2 (fully_shard) is not supported for this method")

@@ -64,6 +64,7 @@ __all__ = [
     "load_checkpoint_state",
     "mask_checksums",
     "rank_and_world",
+    "sum_over_shards",
     "unwrap",
     "verify_masks",
 ]
@@ -171,6 +172,11 @@ def check_supported(method: SyncedMethod, model: nn.Module) -> None:
             raise ValueError(
                 f"{method.name}: structure={str(structure)!r} is not supported under FSDP2 yet "
                 "(its groups are selected on full rows); use DistributedDataParallel"
+            )
+        if getattr(method, "bernoulli", False):
+            raise ValueError(
+                f"{method.name}: bernoulli=True is not supported under FSDP2 (its draws are "
+                "exact only in expectation); use the exact counts (bernoulli=False)"
             )
         if getattr(method, "weight_init", "default") != "default":
             raise ValueError(
@@ -468,3 +474,14 @@ def load_checkpoint_state(method: SyncedMethod, state: dict[str, Any]) -> None:
     blob.seek(0)
     rest = torch.load(blob, weights_only=False)
     method.load_state_dict({**rest, "masks": state["masks"]})
+
+
+def sum_over_shards(model: nn.Module | None, values: list[int]) -> list[int]:
+    """``values`` summed over the ranks under FSDP2 (counts of each rank's rows), else as is."""
+    if model is None or not is_distributed() or not is_fsdp2(model):
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]

@@ -79,7 +79,8 @@ def zero_state_at(
 ) -> None:
     """Like :func:`zero_state`, at the flat indices ``flat_index`` (cheap for few positions)."""
     for value in list(_masked_state(optimizer, param, skip_keys)):  # check every key first
-        fill_at(value, flat_index)
+        local = value.to_local() if hasattr(value, "to_local") else value  # FSDP2: a DTensor
+        fill_at(local, flat_index)  # the index is into the local shard
 
 
 def fill_at(x: torch.Tensor, flat_index: torch.Tensor, value: float = 0.0) -> None:

@@ -7,6 +7,7 @@ import math
 import torch
 
 from sparsetrain.criteria.registry import register_growth_criterion, register_prune_criterion
+from sparsetrain.masking.sharded import count, from_full, is_row_sharded
 from sparsetrain.masking.topk import select_bottomk, select_topk
 
 
@@ -42,8 +43,8 @@ def set_drop(weights: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     w = weights.detach()
     pos = mask & (w >= 0)
     neg = mask & (w < 0)
-    drop_pos = select_bottomk(w, min(half, int(pos.sum())), pos)
-    drop_neg = select_topk(w, min(half, int(neg.sum())), neg)  # largest negatives = closest to 0
+    drop_pos = select_bottomk(w, min(half, count(pos)), pos)
+    drop_neg = select_topk(w, min(half, count(neg)), neg)  # largest negatives = closest to 0
     return drop_pos | drop_neg
 
 
@@ -69,8 +70,8 @@ def set_as_released_drop(weights: torch.Tensor, mask: torch.Tensor, k: int) -> t
     drop = mask & (w == 0)
     if k <= 0:
         return drop
-    drop |= select_bottomk(w, min(half, int(pos.sum())), pos)
-    keep_neg = select_bottomk(w, max(min(half, int(neg.sum())) - 1, 0), neg)
+    drop |= select_bottomk(w, min(half, count(pos)), pos)
+    keep_neg = select_bottomk(w, max(min(half, count(neg)) - 1, 0), neg)
     return drop | (neg & ~keep_neg)
 
 
@@ -118,7 +119,8 @@ def gradstep(weights: torch.Tensor, grads: torch.Tensor, gamma: float = 1.0) -> 
 @register_prune_criterion("random", order="post_step", description="uniformly random")
 def random_scores(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform random scores in [0, 1) (random pruning / random growth)."""
-    return torch.rand(weights.shape, generator=generator).to(weights.device)
+    full = torch.rand(weights.shape, generator=generator)
+    return from_full(full, weights) if is_row_sharded(weights) else full.to(weights.device)
 
 
 @register_growth_criterion(

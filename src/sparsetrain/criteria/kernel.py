@@ -12,6 +12,7 @@ import torch
 
 from sparsetrain.criteria.criterion import SCOPES, GrowthCriterion, PruneCriterion
 from sparsetrain.criteria.registry import get_growth_criterion, get_prune_criterion
+from sparsetrain.masking.sharded import count, is_row_sharded, local_of
 from sparsetrain.masking.structure import (
     Structure,
     block_any,
@@ -20,7 +21,7 @@ from sparsetrain.masking.structure import (
     group_counts,
     group_top,
 )
-from sparsetrain.masking.topk import global_topk_masks
+from sparsetrain.masking.topk import global_topk_masks, select_topk
 
 
 @dataclass
@@ -83,6 +84,10 @@ def _layer_change(
     keep_top: bool,
 ) -> Change:
     """Drop-and-grow on one tensor, on flat indices (the active entries only are scored)."""
+    if is_row_sharded(site.mask):
+        return _sharded_layer_change(
+            site, k, fraction, prune, grow, prune_options, grow_options, keep_top
+        )
     flat_mask = site.mask.reshape(-1)
     active = flat_mask.nonzero().squeeze(1)
     local = prune.drop_indices(
@@ -113,6 +118,52 @@ def _layer_change(
     return Change(drop, grown, grown[~was_dropped[grown]], active.numel())
 
 
+def _local_flat(mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the set entries of ``mask`` (of this rank's shard under FSDP2)."""
+    return local_of(mask).reshape(-1).nonzero().squeeze(1)
+
+
+def _sharded_layer_change(
+    site: Site,
+    k: int | None,
+    fraction: float | None,
+    prune: PruneCriterion,
+    grow: GrowthCriterion | None,
+    prune_options: Mapping[str, Any],
+    grow_options: Mapping[str, Any],
+    keep_top: bool,
+) -> Change:
+    """:func:`_layer_change` on a row-sharded site: masks in, this shard's flat indices out.
+
+    The selections run on the shards (:mod:`sparsetrain.masking.sharded`); ``active`` is the
+    count over all shards, the indices are into this rank's local rows.
+    """
+    active = count(site.mask)
+    n = _count(k, fraction, active)
+    inputs = {"momentum": site.momentum, **prune_options}
+    if keep_top and not prune.selection:
+        scores = prune.scores(site.weights, site.grads, generator=site.prune_generator, **inputs)
+        drop = site.mask & ~select_topk(scores, active - n, site.mask)
+    elif keep_top:
+        raise ValueError(f"prune criterion {prune.name!r} is a selection rule: no keep_top")
+    else:
+        drop = prune.select(site.weights, site.grads, site.mask, n, site.prune_generator, **inputs)
+    dropped = _local_flat(drop)
+    if grow is None:
+        return Change(dropped, dropped.new_empty(0), dropped.new_empty(0), active)
+    scores = grow.scores(
+        site.weights,
+        site.grads,
+        momentum=site.momentum,
+        generator=site.grow_generator,
+        **grow_options,
+    )
+    grown_mask = select_topk(scores, count(drop), ~site.mask | drop)
+    grown = _local_flat(grown_mask)
+    fresh = _local_flat(grown_mask & ~drop)
+    return Change(dropped, grown, fresh, active)
+
+
 def _global_changes(
     sites: Sequence[Site],
     k: int | None,
@@ -133,7 +184,7 @@ def _global_changes(
         for s in sites
     ]
     masks = [s.mask for s in sites]
-    actives = [int(m.sum()) for m in masks]
+    actives = [count(m) for m in masks]
     k = _count(k, fraction, sum(actives))
     if keep_top:
         kept = global_topk_masks(scores, sum(actives) - k, masks)
@@ -153,9 +204,9 @@ def _global_changes(
         grows = global_topk_masks(gscores, k, [~kp for kp in kept])
     changes = []
     for d, g, n in zip(drops, grows, actives, strict=True):
-        grown = g.reshape(-1).nonzero().squeeze(1)
-        fresh = grown[~d.reshape(-1)[grown]]
-        changes.append(Change(d.reshape(-1).nonzero().squeeze(1), grown, fresh, n))
+        grown = _local_flat(g)
+        fresh = grown[~local_of(d).reshape(-1)[grown]]
+        changes.append(Change(_local_flat(d), grown, fresh, n))
     return changes
 
 

@@ -74,6 +74,55 @@ def _all_gather(t: torch.Tensor, group: object | None, world: int) -> torch.Tens
     return torch.stack(out)
 
 
+_SAMPLE = 8192  # keys each rank contributes to the pooled sample that brackets the cut
+
+
+def _sample_bracket(
+    inside: list[torch.Tensor], ks: list[int], group: object | None, world: int
+) -> list[tuple[int, int] | None]:
+    """Per list: a key range [lo, hi] likely to hold the k-th largest key, from a sample.
+
+    Every rank contributes ``_SAMPLE`` of its candidates' keys (evenly strided over its rows) and
+    its count; the pooled sample estimates each key's global rank, and the bracket is that
+    estimate ± a few standard errors. ``None``: too few keys to bother.
+    """
+    n = len(inside)
+    local = torch.full((n, _SAMPLE), _MISSING, dtype=torch.int64)
+    sizes = torch.zeros(n, dtype=torch.int64)
+    for i, keys in enumerate(inside):
+        sizes[i] = keys.numel()
+        if keys.numel():
+            pos = torch.linspace(0, keys.numel() - 1, _SAMPLE).round().long()
+            local[i] = keys[pos]
+    pooled = _all_gather(torch.cat([local.reshape(-1), sizes]), group, world)
+    samples = pooled[:, : n * _SAMPLE].reshape(world, n, _SAMPLE)
+    counts = pooled[:, n * _SAMPLE :]  # (world, n)
+    out: list[tuple[int, int] | None] = []
+    for i in range(n):
+        total = int(counts[:, i].sum())
+        if total < 4 * _SAMPLE:
+            out.append(None)
+            continue
+        # each sample key stands for count_r / _SAMPLE keys of its rank
+        vals = samples[:, i].reshape(-1)
+        weight = (counts[:, i].double() / _SAMPLE).repeat_interleave(_SAMPLE)
+        order = vals.argsort(descending=True)
+        above = weight[order].cumsum(0)  # estimated #keys >= each sample value
+        p = min(max(ks[i] / total, 1e-9), 1.0)
+        error = total * (p * (1.0 - p) / (world * _SAMPLE)) ** 0.5  # std. error of the rank
+        margin = 6.0 * error + 4.0 * float(weight.max()) + 16.0
+        hi_pos = int(torch.searchsorted(above, torch.tensor(ks[i] - margin).double()))
+        lo_pos = int(torch.searchsorted(above, torch.tensor(ks[i] + margin).double()))
+        hi = int(vals[order[max(hi_pos - 1, 0)]]) if hi_pos > 0 else _SIGN_FREE
+        lo = (
+            int(vals[order[min(lo_pos, vals.numel() - 1)]])
+            if lo_pos < vals.numel()
+            else _MISSING + 1
+        )
+        out.append((max(lo, _MISSING + 1), hi))
+    return out
+
+
 def _kth_keys(
     keys: list[torch.Tensor], ks: list[int], group: object | None, world: int
 ) -> list[int]:
@@ -82,6 +131,21 @@ def _kth_keys(
     hi = [_SIGN_FREE] * len(keys)
     above = [0] * len(keys)  # keys > hi, counted over all ranks
     inside = [k[k >= _MISSING + 1] for k in keys]
+    guesses = _sample_bracket(inside, ks, group, world)
+    if any(g is not None for g in guesses):  # one count round checks every guess
+        probe = torch.tensor(
+            [
+                [int((x >= g[0]).sum()), int((x > g[1]).sum())] if g is not None else [0, 0]
+                for x, g in zip(inside, guesses, strict=True)
+            ],
+            dtype=torch.int64,
+        )
+        probe = _all_reduce(probe, group, world)
+        for i, g in enumerate(guesses):
+            at_lo, over_hi = int(probe[i, 0]), int(probe[i, 1])
+            if g is not None and over_hi < ks[i] <= at_lo:  # the k-th largest is in [lo, hi]
+                lo[i], hi[i], above[i] = g[0], g[1], over_hi
+                inside[i] = inside[i][(inside[i] >= g[0]) & (inside[i] <= g[1])]
     for _ in range(65):
         open_ = [i for i in range(len(keys)) if lo[i] < hi[i]]
         if not open_:
@@ -217,6 +281,34 @@ def count(mask: torch.Tensor) -> int:
     if is_row_sharded(mask):
         return int(mask.sum().full_tensor())  # type: ignore[attr-defined]
     return int(mask.sum())
+
+
+def row_range(ref: torch.Tensor) -> tuple[int, int]:
+    """``(first row, rows)`` of this rank's shard of a row-sharded ``DTensor`` (``torch.chunk``)."""
+    mesh = ref.device_mesh  # type: ignore[attr-defined]
+    world, rank = mesh.size(), mesh.get_local_rank()
+    chunk = -(-ref.shape[0] // world)
+    start = min(rank * chunk, ref.shape[0])
+    return start, min(chunk, ref.shape[0] - start)
+
+
+def from_full(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """A tensor of ``ref``'s global shape, placed as ``ref``: its local rows (else ``full``).
+
+    For decisions drawn from a random stream over the whole tensor (random masks, random
+    scores): every rank draws the same stream and keeps its rows, so the draw is the one of a
+    single process whatever the world size.
+    """
+    if not is_row_sharded(ref):
+        return full
+    start, rows = row_range(ref)
+    local = full[start : start + rows].to(local_of(ref).device).contiguous()
+    return like(local, ref)
+
+
+def single_shard(x: torch.Tensor) -> bool:
+    """Whether a row-sharded ``DTensor`` lives on one rank (its shard is the whole tensor)."""
+    return x.device_mesh.size() == 1  # type: ignore[attr-defined]
 
 
 def local_of(x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 
 import torch
 
-from sparsetrain.masking.sharded import is_row_sharded, sharded_select
+from sparsetrain.masking.sharded import (
+    is_row_sharded,
+    like,
+    local_of,
+    sharded_select,
+    single_shard,
+)
 
 
 def _check_k(k: int, available: int, what: str) -> None:
@@ -131,6 +137,9 @@ def select_topk(
     [True, False, True]
     """
     if is_row_sharded(scores):  # FSDP2: select on the shards, masks placed as the scores
+        if single_shard(scores):  # one rank holds it all: the plain selection
+            local = None if candidates is None else local_of(candidates)
+            return like(select_topk(local_of(scores), k, local), scores)
         return sharded_select([scores], [k], None if candidates is None else [candidates], True)[0]
     cand = None if candidates is None else candidates.reshape(-1)
     out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
@@ -147,6 +156,9 @@ def select_bottomk(
     [False, True, False]
     """
     if is_row_sharded(scores):
+        if single_shard(scores):
+            local = None if candidates is None else local_of(candidates)
+            return like(select_bottomk(local_of(scores), k, local), scores)
         return sharded_select([scores], [k], None if candidates is None else [candidates], False)[0]
     cand = None if candidates is None else candidates.reshape(-1)
     out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
@@ -173,6 +185,10 @@ def global_topk_masks(
         One ``bool`` mask per layer; their ``True`` counts sum to exactly ``k``.
     """
     if scores and is_row_sharded(scores[0]):
+        if single_shard(scores[0]):
+            local = None if candidates is None else [local_of(c) for c in candidates]
+            got = global_topk_masks([local_of(x) for x in scores], k, local, largest=largest)
+            return [like(m, x) for m, x in zip(got, scores, strict=True)]
         return sharded_select(scores, k, candidates, largest)
     flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
     cand = None if candidates is None else torch.cat([c.reshape(-1) for c in candidates])

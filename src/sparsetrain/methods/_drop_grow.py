@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparsetrain.criteria import Change, GrowthCriterion, PruneCriterion, Site
+from sparsetrain.masking.sharded import local_of
 from sparsetrain.masking.targets import Target
 from sparsetrain.optim import check_state, fill_at, zero_state_at
 
@@ -89,7 +90,7 @@ def apply_change(method: SparsityMethod, t: Target, change: Change, *, keep_regr
     ``keep_regrown``, an entry dropped and regrown in the same change keeps both. A sparse target
     rebuilds its structure instead (kept entries keep value and state; grown ones start at zero).
     """
-    flat_mask = t.mask.view(-1)
+    flat_mask = local_of(t.mask).view(-1)  # FSDP2: the change is in this rank's rows
     flat_mask[change.drop] = False
     flat_mask[change.grow] = True
     if t.name in method._sparse:
@@ -98,12 +99,12 @@ def apply_change(method: SparsityMethod, t: Target, change: Change, *, keep_regr
         method._restructure(t, grown.index_fill_(0, fresh, True).view(t.shape))
         return
     if keep_regrown:
-        grown = torch.zeros(t.numel, dtype=torch.bool, device=flat_mask.device)
+        grown = torch.zeros(flat_mask.numel(), dtype=torch.bool, device=flat_mask.device)
         stays_out = ~grown.index_fill_(0, change.grow, True)[change.drop]
         reset = torch.cat([change.drop[stays_out], change.fresh])
     else:
         reset = torch.cat([change.drop, change.grow])
     if method.hard_mask:
-        fill_at(t.param.data, reset)
+        fill_at(local_of(t.param.data), reset)
     if method.optimizer is not None and not method._dense_inactive:
         zero_state_at(method.optimizer, t.param, reset, skip_keys=method.state_skip_keys)

@@ -34,6 +34,10 @@ class InPlaceMethod(SparsityMethod):
     """
 
     hard_mask = False
+    fsdp2_note = (
+        "its forward uses a function of the raw weights, which it keeps in a buffer next to "
+        "the parameter, and FSDP2 shards parameters only"
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -296,9 +296,10 @@ class SparsityMethod(StepHooks):
         if self.defers_updates:
             modules = {id(m): m for m in [model, *(t.module for t in targets)]}
             pending = lifecycle.PendingHook(self)
-            # prepend: before FSDP2's own pre-forward, which all-gathers the shards
+            # FSDP2: before its own pre-forward, which all-gathers the shards
+            first = _dist.is_fsdp2(model)
             self._hooks = [
-                m.register_forward_pre_hook(pending, prepend=True) for m in modules.values()
+                m.register_forward_pre_hook(pending, prepend=first) for m in modules.values()
             ]
         if hook and optimizer is not None:
             self._hooks += [

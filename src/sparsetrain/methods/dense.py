@@ -17,6 +17,7 @@ class Dense(SparsityMethod):
 
     name = "dense"
     hard_mask = False
+    fsdp2_note = None  # nothing to shard but masks of ones
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("sparsity", 0.0)

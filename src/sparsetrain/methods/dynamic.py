@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from sparsetrain import distributed as _dist
 from sparsetrain.criteria import (
     drop_and_grow,
     get_growth_criterion,
@@ -19,6 +20,7 @@ from sparsetrain.criteria import (
     random_scores,
 )
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
+from sparsetrain.masking.sharded import from_full
 from sparsetrain.masking.topk import global_topk_masks, random_mask
 from sparsetrain.methods import structured
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
@@ -113,6 +115,7 @@ class DynamicSparse(SparsityMethod):
     """
 
     name = "dst"
+    fsdp2_note = None  # sharded selections; random draws kept per rank's rows
     supported_structures = ("unstructured", "nm", "block")
     defers_updates = True
     supports_sparse_execution = True
@@ -234,8 +237,9 @@ class DynamicSparse(SparsityMethod):
                 t.mask.copy_(m)
         else:
             self._counts = allocate(shapes, self.sparsity, self.distribution, blocks=self.blocks())
-            for i, t in enumerate(self.targets):
-                t.mask.copy_(random_mask(t.shape, self._counts[t.name], self.generator(0, i)))
+            for i, t in enumerate(self.targets):  # FSDP2: the same draw, this rank's rows
+                full = random_mask(t.shape, self._counts[t.name], self.generator(0, i))
+                t.mask.copy_(from_full(full, t.mask))
         self.apply_masks()
 
     # ------------------------------------------------------------------ schedule
@@ -295,9 +299,14 @@ class DynamicSparse(SparsityMethod):
             structure=self.structure,
             dims=[structured.grouped_dim(t) for t in self.targets],
         )
-        pruned = sum(c.drop.numel() for c in changes)
-        grown = sum(c.grow.numel() for c in changes)
-        new = sum(c.fresh.numel() for c in changes)
+        pruned, grown, new = _dist.sum_over_shards(  # FSDP2: each rank counted its rows
+            self.model,
+            [
+                sum(c.drop.numel() for c in changes),
+                sum(c.grow.numel() for c in changes),
+                sum(c.fresh.numel() for c in changes),
+            ],
+        )
         active = sum(c.active for c in changes)
         self.history.append(
             {

@@ -36,8 +36,10 @@ from typing import Any
 
 import torch
 
+from sparsetrain import distributed as _dist
 from sparsetrain.criteria import drop_and_grow, get_growth_criterion, get_prune_criterion
 from sparsetrain.distributions import allocate
+from sparsetrain.masking.sharded import from_full
 from sparsetrain.masking.topk import random_mask
 from sparsetrain.methods import structured
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
@@ -52,6 +54,9 @@ INITIAL_MASKS = ("erk", "magnitude")
 
 class GraNet(GMP):
     """GraNet: GMP with gradient-based neuroregeneration on every update step.
+
+    Serves FSDP2-sharded models as GMP and DST do (sharded selections, random draws per rank's
+    rows).
 
     References:
         Liu et al., "Sparse Training via Boosting Pruning Plasticity with Neuroregeneration",
@@ -150,8 +155,9 @@ class GraNet(GMP):
         elif self.initial_sparsity > 0 and self.initial_mask == "erk":
             shapes = {t.name: t.shape for t in self.targets}
             counts = allocate(shapes, self.initial_sparsity, "erk", blocks=self.blocks())
-            for i, t in enumerate(self.targets):
-                t.mask.copy_(random_mask(t.shape, counts[t.name], self.generator(0, i)))
+            for i, t in enumerate(self.targets):  # FSDP2: the same draw, this rank's rows
+                full = random_mask(t.shape, counts[t.name], self.generator(0, i))
+                t.mask.copy_(from_full(full, t.mask))
         super()._on_attach()  # the global prune to initial_sparsity keeps an ERK mask as it is
 
     def _structured_start(self) -> None:
@@ -208,7 +214,7 @@ class GraNet(GMP):
             structure=self.structure,
             dims=[structured.grouped_dim(t) for t in self.targets],
         )
-        fresh = sum(c.fresh.numel() for c in changes)
+        [fresh] = _dist.sum_over_shards(self.model, [sum(c.fresh.numel() for c in changes)])
         active = sum(c.active for c in changes)
         self.history.append(
             {

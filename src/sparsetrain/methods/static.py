@@ -9,6 +9,7 @@ import torch
 
 from sparsetrain.criteria import PRUNE_CRITERIA, drop_and_grow, get_prune_criterion
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
+from sparsetrain.masking.sharded import from_full
 from sparsetrain.masking.topk import global_topk_masks, random_mask
 from sparsetrain.methods import structured
 from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
@@ -53,6 +54,7 @@ class Static(SparsityMethod):
     """
 
     name = "static"
+    fsdp2_note = None  # sharded selections (SNIP & co); random masks drawn whole, rows kept
     supported_structures = ("unstructured", "nm", "block")
     supports_sparse_execution = True
     CHECKS = checks(distribution=one_of(DISTRIBUTIONS))
@@ -108,16 +110,18 @@ class Static(SparsityMethod):
                 self._counts = allocate(
                     shapes, self.sparsity, self.distribution, blocks=self.blocks()
                 )
-                for i, t in enumerate(self.targets):
-                    t.mask.copy_(random_mask(t.shape, self._counts[t.name], self.generator(0, i)))
+                for i, t in enumerate(self.targets):  # FSDP2: the same draw, this rank's rows
+                    full = random_mask(t.shape, self._counts[t.name], self.generator(0, i))
+                    t.mask.copy_(from_full(full, t.mask))
         self.apply_masks()
 
     def init_masks_ready(self) -> bool:
         return self.criterion is None
 
     def _global_random(self) -> None:
-        scores = [
-            torch.rand(t.shape, generator=self.generator(0, i)) for i, t in enumerate(self.targets)
+        scores = [  # FSDP2: the same draw, this rank's rows
+            from_full(torch.rand(t.shape, generator=self.generator(0, i)), t.mask)
+            for i, t in enumerate(self.targets)
         ]
         keep = self.global_target_count() or 0
         for t, m in zip(self.targets, global_topk_masks(scores, keep), strict=True):
