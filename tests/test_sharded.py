@@ -69,3 +69,17 @@ def test_keys_order_floats_and_refuse_too_many() -> None:
     assert bool((sortable_keys(x, largest=False)[1:] <= sortable_keys(x, largest=False)[:-1]).all())
     with pytest.raises(ValueError, match="cannot select 5 entries out of 4 candidates"):
         sharded_topk([torch.ones(4)], [5])
+
+
+@pytest.mark.parametrize("case", ["layer-ties", "global-candidates"])
+def test_the_bisection_fallback_gives_the_same_selection(monkeypatch, case: str) -> None:
+    from sparsetrain.masking import sharded
+
+    monkeypatch.setattr(sharded, "_EXACT", 0)  # nothing is small enough to gather
+    monkeypatch.setattr(sharded, "_sample_bracket", lambda inside, *_: [None] * len(inside))
+    c = CASES[case]
+    full = tensors(3, c["ties"])
+    cand = candidates(3) if c["cand"] else None
+    got = sharded_topk(full, c["ks"], candidates=cand, largest=c["largest"])
+    for g, want in zip(got, expected(case), strict=True):
+        assert torch.equal(g, want)

@@ -8,17 +8,22 @@ such a tensor (keep the k largest |w|, drop the k smallest among the active, gro
 takes on the full tensors, bit for bit, whatever the world size. :func:`sharded_topk` makes it
 so with collectives over counts only:
 
-1. Every score becomes an ``int64`` key with the order of its float value (:func:`sortable_keys`;
+1. Every score becomes an integer key with the order of its float value (:func:`sortable_keys`,
+   ``int32`` for scores up to float32, ``int64`` for float64;
    ``-0.0`` equals ``0.0``, ``NaN`` ranks as ``-inf``, as in :mod:`sparsetrain.masking.topk`).
-2. A bisection over the key range finds the k-th largest key T: each round all-reduces, per
-   tensor, how many keys lie at or above the midpoint (keys outside the current bracket are
-   dropped locally, so the work shrinks as the bracket closes; at most 64 rounds).
+2. The k-th largest key T is found from counts: a pooled sample of every rank's keys brackets
+   it (a range a few standard errors wide, checked by one all-reduce of the counts at its ends,
+   so a bad guess costs a round, never exactness); each round keeps only the keys inside,
+   about 1% of the last; once a few thousand keys are left over all ranks they are gathered
+   and ranked. A bracket that does not shrink falls back to a bisection on counts (64 rounds
+   at most).
 3. Every key above T is selected; of the keys equal to T, the ``k − #above`` at the lowest
    *global* flat indices (the rule of :mod:`sparsetrain.masking.topk`): one all-gather of each
    rank's tie counts tells every rank how many of its own ties (in its row order) it takes.
 
-Nothing but the bracket counts and the tie counts crosses processes: no rank materialises
-another rank's rows. Without a process group (or with one process) the same code runs locally.
+Nothing but samples, counts and the last few thousand keys near the cut crosses processes:
+no rank materialises another rank's rows. Without a process group (or with one process) the
+same code runs locally.
 
 :func:`is_row_sharded` and :func:`sharded_select` let :mod:`~sparsetrain.masking.topk` take
 ``DTensor`` scores and candidates directly: it selects on the local shards and returns masks
@@ -31,21 +36,33 @@ from collections.abc import Sequence
 
 import torch
 
-_SIGN_FREE = 0x7FFFFFFFFFFFFFFF
-_MISSING = -(1 << 63)  # below every real key: non-candidates
+
+def _limits(dtype: torch.dtype) -> tuple[int, int]:
+    """(the sentinel below every real key: non-candidates, the largest key) of a key dtype."""
+    info = torch.iinfo(dtype)
+    return info.min, info.max
 
 
-def sortable_keys(x: torch.Tensor, *, largest: bool = True) -> torch.Tensor:
-    """``int64`` keys whose order is ``x``'s float order (reversed for ``largest=False``).
+def sortable_keys(
+    x: torch.Tensor, *, largest: bool = True, wide: bool | None = None
+) -> torch.Tensor:
+    """Integer keys whose order is ``x``'s float order (reversed for ``largest=False``).
+
+    ``int32`` keys for scores of at most float32 precision (``wide=False``), ``int64`` for
+    float64 (``wide``: default by ``x``'s dtype). Every real key lies strictly between the key
+    dtype's minimum (the non-candidate sentinel) and its maximum.
 
     >>> k = sortable_keys(torch.tensor([-2.0, -0.0, 0.0, 1.5, float("nan")]))
     >>> [int(a < b) for a, b in zip(k[:-1], k[1:])], bool(k[1] == k[2]), bool(k[4] < k[0])
     ([1, 0, 1, 1], True, True)
     """
-    v = torch.nan_to_num(x.detach().to(torch.float64), nan=-torch.inf) + 0.0  # -0.0 -> +0.0
-    bits = v.view(torch.int64)
-    keys = torch.where(bits < 0, bits ^ _SIGN_FREE, bits)
-    return keys if largest else ~keys  # ~k = -k - 1: the reversed order, no overflow
+    wide = x.dtype == torch.float64 if wide is None else wide
+    real, key = (torch.float64, torch.int64) if wide else (torch.float32, torch.int32)
+    v = torch.nan_to_num(x.detach().to(real), nan=-torch.inf)
+    v.add_(0.0)  # -0.0 -> +0.0
+    bits = v.view(key)
+    keys = torch.where(bits < 0, bits ^ _limits(key)[1], bits)
+    return keys if largest else keys.bitwise_not_()  # ~k = -k - 1: reversed, no overflow
 
 
 def _world(group: object | None) -> tuple[int, int]:
@@ -78,7 +95,11 @@ _SAMPLE = 8192  # keys each rank contributes to the pooled sample that brackets 
 
 
 def _sample_bracket(
-    inside: list[torch.Tensor], ks: list[int], group: object | None, world: int
+    inside: list[torch.Tensor],
+    ks: list[int],
+    group: object | None,
+    world: int,
+    limits: tuple[int, int],
 ) -> list[tuple[int, int] | None]:
     """Per list: a key range [lo, hi] likely to hold the k-th largest key, from a sample.
 
@@ -86,8 +107,8 @@ def _sample_bracket(
     its count; the pooled sample estimates each key's global rank, and the bracket is that
     estimate ± a few standard errors. ``None``: too few keys to bother.
     """
-    n = len(inside)
-    local = torch.full((n, _SAMPLE), _MISSING, dtype=torch.int64)
+    n, (missing, top) = len(inside), limits
+    local = torch.full((n, _SAMPLE), missing, dtype=torch.int64)
     sizes = torch.zeros(n, dtype=torch.int64)
     for i, keys in enumerate(inside):
         sizes[i] = keys.numel()
@@ -113,58 +134,110 @@ def _sample_bracket(
         margin = 6.0 * error + 4.0 * float(weight.max()) + 16.0
         hi_pos = int(torch.searchsorted(above, torch.tensor(ks[i] - margin).double()))
         lo_pos = int(torch.searchsorted(above, torch.tensor(ks[i] + margin).double()))
-        hi = int(vals[order[max(hi_pos - 1, 0)]]) if hi_pos > 0 else _SIGN_FREE
+        hi = int(vals[order[max(hi_pos - 1, 0)]]) if hi_pos > 0 else top
         lo = (
             int(vals[order[min(lo_pos, vals.numel() - 1)]])
             if lo_pos < vals.numel()
-            else _MISSING + 1
+            else missing + 1
         )
-        out.append((max(lo, _MISSING + 1), hi))
+        out.append((max(lo, missing + 1), hi))
     return out
 
 
-def _kth_keys(
-    keys: list[torch.Tensor], ks: list[int], group: object | None, world: int
-) -> list[int]:
-    """Per list entry: the k-th largest key over all ranks (bisection on counts)."""
-    lo = [_MISSING + 1] * len(keys)  # count(>= lo) >= k always holds (k <= #candidates)
-    hi = [_SIGN_FREE] * len(keys)
-    above = [0] * len(keys)  # keys > hi, counted over all ranks
-    inside = [k[k >= _MISSING + 1] for k in keys]
-    guesses = _sample_bracket(inside, ks, group, world)
-    if any(g is not None for g in guesses):  # one count round checks every guess
-        probe = torch.tensor(
-            [
-                [int((x >= g[0]).sum()), int((x > g[1]).sum())] if g is not None else [0, 0]
-                for x, g in zip(inside, guesses, strict=True)
-            ],
-            dtype=torch.int64,
-        )
-        probe = _all_reduce(probe, group, world)
-        for i, g in enumerate(guesses):
-            at_lo, over_hi = int(probe[i, 0]), int(probe[i, 1])
-            if g is not None and over_hi < ks[i] <= at_lo:  # the k-th largest is in [lo, hi]
-                lo[i], hi[i], above[i] = g[0], g[1], over_hi
-                inside[i] = inside[i][(inside[i] >= g[0]) & (inside[i] <= g[1])]
-    for _ in range(65):
-        open_ = [i for i in range(len(keys)) if lo[i] < hi[i]]
-        if not open_:
-            break
-        mids = [lo[i] + (hi[i] - lo[i] + 1) // 2 for i in range(len(keys))]  # Python ints
-        counts = torch.tensor(
-            [int((inside[i] >= mids[i]).sum()) if i in open_ else 0 for i in range(len(keys))],
-            dtype=torch.int64,
-        )
-        counts = _all_reduce(counts, group, world)
-        for i in open_:
-            if above[i] + int(counts[i]) >= ks[i]:  # the k-th largest is >= mid
-                lo[i] = mids[i]
-                inside[i] = inside[i][inside[i] >= mids[i]]
-            else:
-                above[i] += int(counts[i])
-                hi[i] = mids[i] - 1
-                inside[i] = inside[i][inside[i] < mids[i]]
+_EXACT = 1 << 14  # in-bracket keys of one list (all ranks) below which they are gathered
+
+
+def _bisect(
+    inside: torch.Tensor, k: int, lo: int, hi: int, group: object | None, world: int
+) -> int:
+    """The k-th largest key among ``inside`` (all ranks) in [lo, hi], by bisection on counts."""
+    above = 0
+    while lo < hi:
+        mid = lo + (hi - lo + 1) // 2  # Python ints: no overflow
+        count = int(_all_reduce(torch.tensor([int((inside >= mid).sum())]), group, world))
+        if above + count >= k:
+            lo, inside = mid, inside[inside >= mid]
+        else:
+            above, hi, inside = above + count, mid - 1, inside[inside < mid]
     return lo
+
+
+def _gathered_kth(
+    inside: list[torch.Tensor], ks: list[int], group: object | None, world: int, missing: int
+) -> list[int]:
+    """The k-th largest key of each list from all ranks' keys, gathered (lists are small)."""
+    n = len(inside)
+    if n == 0:  # the same on every rank: the sizes it depends on are all-reduced
+        return []
+    longest = torch.tensor([max((x.numel() for x in inside), default=0)])
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=group)
+    width = max(int(longest), 1)
+    local = torch.full((n, width), missing, dtype=torch.int64)
+    for i, x in enumerate(inside):
+        local[i, : x.numel()] = x
+    pooled = _all_gather(local, group, world).transpose(0, 1).reshape(n, -1)
+    return [int(torch.topk(pooled[i], ks[i]).values[-1]) for i in range(n)]
+
+
+def _kth_keys(
+    keys: list[torch.Tensor],
+    ks: list[int],
+    group: object | None,
+    world: int,
+    limits: tuple[int, int],
+) -> list[int]:
+    """Per list entry: the k-th largest key over all ranks.
+
+    Sampled brackets first (each round keeps the keys of a range a few standard errors around
+    the estimated cut, verified by one count round, so a bad estimate costs a round, never
+    exactness), then the few keys left are gathered and ranked; a list whose bracket does not
+    shrink enough falls back to a bisection on counts.
+    """
+    n, (missing, top) = len(keys), limits
+    inside = [k[k > missing] for k in keys]
+    lo, hi, above = [missing + 1] * n, [top] * n, [0] * n
+    for _ in range(6):
+        sizes = _all_reduce(torch.tensor([x.numel() for x in inside]), group, world).tolist()
+        todo = [i for i in range(n) if sizes[i] > _EXACT]
+        if not todo:
+            break
+        rel = [ks[i] - above[i] for i in range(n)]
+        guesses = _sample_bracket(inside, rel, group, world, limits)
+        probe = torch.zeros(n, 2, dtype=torch.int64)
+        for i in todo:
+            g = guesses[i]
+            if g is not None:
+                probe[i, 0], probe[i, 1] = (
+                    int((inside[i] >= g[0]).sum()),
+                    int((inside[i] > g[1]).sum()),
+                )
+        probe = _all_reduce(probe, group, world)
+        moved = False
+        for i in todo:
+            g, (at_lo, over_hi) = guesses[i], probe[i].tolist()
+            if g is not None and over_hi < rel[i] <= at_lo and at_lo - over_hi < sizes[i]:
+                lo[i], hi[i], above[i] = g[0], g[1], above[i] + over_hi
+                inside[i] = inside[i][(inside[i] >= g[0]) & (inside[i] <= g[1])]
+                moved = True
+        if not moved:
+            break
+    sizes = _all_reduce(torch.tensor([x.numel() for x in inside]), group, world).tolist()
+    rel = [ks[i] - above[i] for i in range(n)]
+    small = [i for i in range(n) if sizes[i] <= _EXACT]
+    out = list(lo)
+    for i, v in zip(
+        small,
+        _gathered_kth([inside[i] for i in small], [rel[i] for i in small], group, world, missing),
+        strict=True,
+    ):
+        out[i] = v
+    for i in range(n):
+        if i not in small:
+            out[i] = _bisect(inside[i], rel[i], lo[i], hi[i], group, world)
+    return out
 
 
 def sharded_topk(
@@ -197,21 +270,23 @@ def sharded_topk(
     """
     rank, world = _world(group)
     cands = list(candidates) if candidates is not None else [None] * len(scores)
+    wide = any(s.dtype == torch.float64 for s in scores)
+    limits = _limits(torch.int64 if wide else torch.int32)
     keys = []
     for s, c in zip(scores, cands, strict=True):
-        k = sortable_keys(s.reshape(-1), largest=largest)
+        k = sortable_keys(s.reshape(-1), largest=largest, wide=wide)
         if c is not None:
-            k = k.masked_fill(~c.reshape(-1), _MISSING)
+            k.masked_fill_(~c.reshape(-1), limits[0])
         keys.append(k)
     pooled = isinstance(ks, int)
     lists = [torch.cat(keys)] if pooled else keys
     wanted = [int(ks)] if pooled else [int(k) for k in ks]  # type: ignore[arg-type]
-    n_cand = torch.tensor([int((k > _MISSING).sum()) for k in lists], dtype=torch.int64)
+    n_cand = torch.tensor([int((k > limits[0]).sum()) for k in lists], dtype=torch.int64)
     n_cand = _all_reduce(n_cand, group, world)
     for k, n in zip(wanted, n_cand.tolist(), strict=True):
         if not 0 <= k <= n:
             raise ValueError(f"cannot select {k} entries out of {n} candidates")
-    cut = _kth_keys(lists, [max(k, 1) for k in wanted], group, world)
+    cut = _kth_keys(lists, [max(k, 1) for k in wanted], group, world, limits)
     if pooled:
         cut = cut * len(keys)
         above = int(
