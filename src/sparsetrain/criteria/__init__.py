@@ -57,11 +57,13 @@ from sparsetrain.criteria.criterion import (
     INPUTS,
     ORDERS,
     SCOPES,
+    Change,
     GrowthCriterion,
     Order,
     PruneCriterion,
+    Site,
 )
-from sparsetrain.criteria.kernel import Change, Site, drop_and_grow
+from sparsetrain.criteria.kernel import drop_and_grow
 from sparsetrain.criteria.registry import (
     GROWTH_CRITERIA,
     PRUNE_CRITERIA,

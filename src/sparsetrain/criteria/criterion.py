@@ -251,3 +251,42 @@ class GrowthCriterion(_Criterion):
             p = n / max(int(candidates.sum()), 1)
             return ((flat < p) & candidates).nonzero().squeeze(1)
         return topk_indices(flat, n, candidates)
+
+
+@dataclass
+class Site:
+    """One tensor :func:`drop_and_grow` works on, and what its criteria may read.
+
+    Attributes:
+        weights: The dense weights.
+        mask: The current ``bool`` mask (read, never written).
+        grads: The dense gradient (required by criteria that read ``grads``).
+        momentum: The optimizer's momentum as a dense tensor (criteria that read ``momentum``).
+        prune_generator: Random stream of the pruning criterion.
+        grow_generator: Random stream of the growth criterion.
+    """
+
+    weights: torch.Tensor
+    mask: torch.Tensor
+    grads: torch.Tensor | None = None
+    momentum: torch.Tensor | None = None
+    prune_generator: torch.Generator | None = None
+    grow_generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one drop-and-grow step does to one tensor.
+
+    Attributes:
+        drop: Flat ``int64`` indices of the active entries removed.
+        grow: Flat ``int64`` indices of the entries activated; an entry can be in both (dropped
+            and regrown at once: it stays active).
+        fresh: The entries of ``grow`` that were inactive before the step (not just dropped).
+        active: Active entries of the tensor before the step.
+    """
+
+    drop: torch.Tensor
+    grow: torch.Tensor
+    fresh: torch.Tensor
+    active: int

@@ -33,7 +33,7 @@ from torch import nn
 
 from sparsetrain import distributed as _dist
 from sparsetrain.checks import Check, integer, number, one_of
-from sparsetrain.masking.structure import Structure, parse_structure
+from sparsetrain.masking.structure import Structure
 from sparsetrain.masking.targets import Target, select_targets
 from sparsetrain.methods import lifecycle, structured
 from sparsetrain.methods.diagnostics import (
@@ -156,8 +156,11 @@ class SparsityMethod(StepHooks):
         weight_init: str = "default",
         rank_check: bool = True,
     ) -> None:
-        self.structure = self._parse_structure(structure)
-        self.sparsity = self._resolve_sparsity(sparsity)
+        self.structure = structured.structure_option(
+            self.name, structure, self.supported_structures, self.structure_note
+        )
+        emergent = self.sparsity_mode == "emergent"
+        self.sparsity = structured.sparsity_option(self.name, self.structure, sparsity, emergent)
         # what the mask does over the run: a subclass with a schedule replaces this constant one
         self.schedule = Schedule(ConstantRamp(self.sparsity))
         if self.sparsity_mode == "emergent" and self.sparsity and not self.targets_sparsity:
@@ -201,31 +204,6 @@ class SparsityMethod(StepHooks):
             raise ValueError(f"rank_check must be true or false, got {rank_check!r}")
         self.rank_check = rank_check
         self._rank_sync: _dist.RankCheck | None = None  # set by attach under torch.distributed
-
-    def _parse_structure(self, value: object) -> Structure:
-        try:
-            parsed = parse_structure(value)
-        except ValueError as err:
-            raise ValueError(f"{self.name}: {err}") from None
-        if parsed.kind not in self.supported_structures:
-            raise ValueError(
-                f"{self.name}: structure={str(parsed)!r} is not supported ({self.structure_note});"
-                f" valid kinds: {', '.join(self.supported_structures)}"
-            )
-        return parsed
-
-    def _resolve_sparsity(self, sparsity: float | None) -> float:
-        if self.structure.kind != "nm":
-            if sparsity is None:
-                return 0.0 if self.sparsity_mode == "emergent" else 0.9
-            return float(sparsity)
-        implied = 1.0 - self.structure.n / self.structure.m
-        if sparsity is not None and abs(sparsity - implied) > 1e-6:
-            raise ValueError(
-                f"{self.name}: sparsity={sparsity!r} does not match structure "
-                f"{str(self.structure)!r} (1 - N/M = {implied:g}); omit sparsity or change it"
-            )
-        return implied
 
     # ------------------------------------------------------------------ lifecycle
 

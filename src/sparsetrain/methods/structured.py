@@ -39,6 +39,7 @@ from sparsetrain.masking.structure import (
     block_scores,
     expand_blocks,
     group_top,
+    parse_structure,
 )
 from sparsetrain.masking.targets import Target
 from sparsetrain.masking.topk import global_topk_masks
@@ -54,6 +55,37 @@ def grouped_dim(target: Target) -> int:
     """
     transposed = isinstance(target.module, _CONV_TRANSPOSE) and target.param_name == "weight"
     return 0 if transposed else 1
+
+
+def structure_option(method: str, value: object, supported: Sequence[str], note: str) -> Structure:
+    """The ``structure`` option parsed, or one line naming the value and what is valid."""
+    try:
+        parsed = parse_structure(value)
+    except ValueError as err:
+        raise ValueError(f"{method}: {err}") from None
+    if parsed.kind not in supported:
+        raise ValueError(
+            f"{method}: structure={str(parsed)!r} is not supported ({note}); valid kinds: "
+            f"{', '.join(supported)}"
+        )
+    return parsed
+
+
+def sparsity_option(
+    method: str, structure: Structure, sparsity: float | None, emergent: bool
+) -> float:
+    """The ``sparsity`` option: 0.9 by default (0 for emergent methods), 1 − N/M under N:M."""
+    if structure.kind != "nm":
+        if sparsity is None:
+            return 0.0 if emergent else 0.9
+        return float(sparsity)
+    implied = 1.0 - structure.n / structure.m
+    if sparsity is not None and abs(sparsity - implied) > 1e-6:
+        raise ValueError(
+            f"{method}: sparsity={sparsity!r} does not match structure {str(structure)!r} "
+            f"(1 - N/M = {implied:g}); omit sparsity or change it"
+        )
+    return implied
 
 
 def check_targets(method: str, structure: Structure, targets: Sequence[Target]) -> None:
