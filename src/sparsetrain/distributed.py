@@ -23,8 +23,7 @@ makes sure of it whenever a process group is initialised:
 
 FSDP2 (``fully_shard``, parameters as ``DTensor`` sharded by rows) is served for the methods
 whose class sets ``fsdp2_note = None`` (dense, static, GMP, the DST family, GraNet): attach to
-the model *after* ``fully_shard``
-(nested per block or not). Every mask is then a ``DTensor`` with its parameter's placement, so
+the model *after* ``fully_shard`` (nested per block or not). Every mask is then a ``DTensor`` with its parameter's placement, so
 masking weights, gradients and optimizer state is local to each shard, and every selection runs
 on the shards with collectives over counts (:mod:`sparsetrain.masking.sharded`), equal to the
 one-process selection bit for bit. Nothing is broadcast at attach (each rank owns its rows, and
