@@ -161,6 +161,7 @@ def run(rank: int, world: int, out: str) -> None:
     jobs["corrupted"] = corrupted
     jobs["refused-dnw"] = lambda: refused("dnw", {"sparsity": 0.5})
     jobs["refused-st3"] = lambda: refused("st3", {"sparsity": 0.5})
+    jobs["refused-random-prune"] = lambda: refused("dst", {"sparsity": 0.5, "prune": "random"})
     jobs["refused-structure"] = lambda: refused("gmp", {"structure": "1:4", "end_step": 6})
     try:
         for case, fn in jobs.items():

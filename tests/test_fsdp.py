@@ -89,6 +89,7 @@ def test_a_corrupted_shard_is_caught_at_the_next_update_on_every_rank(ranks) -> 
         ),
         ("refused-st3", "st3: FSDP2 (fully_shard) is not supported for this method yet: "),
         ("refused-structure", "gmp: structure='1:4' is not supported under FSDP2 yet"),
+        ("refused-random-prune", "dst: prune criterion 'random' draws one random score per "),
     ],
 )
 def test_what_is_not_served_is_refused_in_one_line(ranks, case: str, text: str) -> None:

@@ -23,8 +23,9 @@ makes sure of it whenever a process group is initialised:
 
 FSDP2 (``fully_shard``, parameters as ``DTensor`` sharded by rows) is served for the methods
 whose class sets ``fsdp2_note = None`` (dense, static, GMP, the DST family, GraNet): attach to
-the model *after* ``fully_shard`` (nested per block or not). Every mask is then a ``DTensor`` with its parameter's placement, so
-masking weights, gradients and optimizer state is local to each shard, and every selection runs
+the model *after* ``fully_shard`` (nested per block or not). Every mask is then a ``DTensor``
+with its parameter's placement, so masking weights, gradients and optimizer state is local to
+each shard, and every selection runs
 on the shards with collectives over counts (:mod:`sparsetrain.masking.sharded`), equal to the
 one-process selection bit for bit. Nothing is broadcast at attach (each rank owns its rows, and
 FSDP2 leaves their initialisation to the user); the seed still comes from rank 0. The rank
@@ -172,6 +173,13 @@ def check_supported(method: SyncedMethod, model: nn.Module) -> None:
             raise ValueError(
                 f"{method.name}: structure={str(structure)!r} is not supported under FSDP2 yet "
                 "(its groups are selected on full rows); use DistributedDataParallel"
+            )
+        prune = getattr(method, "prune", None)
+        if prune is not None and "generator" in getattr(prune, "inputs", ()):
+            raise ValueError(
+                f"{method.name}: prune criterion {prune.name!r} draws one random score per "
+                "active weight, a stream that depends on the sharding; it is not supported "
+                "under FSDP2"
             )
         if getattr(method, "bernoulli", False):
             raise ValueError(

@@ -12,7 +12,7 @@ import torch
 from sparsetrain.criteria.criterion import SCOPES, Change, GrowthCriterion, PruneCriterion, Site
 from sparsetrain.criteria.registry import get_growth_criterion, get_prune_criterion
 from sparsetrain.criteria.structured import block_changes, nm_regrow
-from sparsetrain.masking.sharded import count, is_row_sharded, local_of
+from sparsetrain.masking.sharded import count, is_row_sharded, like, local_of, sharded_topk
 from sparsetrain.masking.structure import Structure
 from sparsetrain.masking.topk import global_topk_masks, select_topk
 
@@ -77,6 +77,29 @@ def _local_flat(mask: torch.Tensor) -> torch.Tensor:
     return local_of(mask).reshape(-1).nonzero().squeeze(1)
 
 
+def _sharded_drop(
+    site: Site, n: int, prune: PruneCriterion, prune_options: Mapping[str, Any]
+) -> torch.Tensor:
+    """The ``n`` lowest-scoring active entries of a row-sharded site, as a sharded mask.
+
+    Each rank scores its own active entries only (gathered in row order, so the ranks' lists
+    in rank order are the one-process list) and one sharded selection picks the ``n`` lowest.
+    """
+    mask = local_of(site.mask)
+    act = mask.reshape(-1).nonzero().squeeze(1)
+    scores = prune.scores(
+        _gather(local_of(site.weights), act),  # type: ignore[arg-type]
+        _gather(local_of(site.grads), act) if prune.needs_grad else None,  # type: ignore[arg-type]
+        momentum=_gather(local_of(site.momentum), act) if prune.needs_momentum else None,  # type: ignore[arg-type]
+        **prune_options,
+    )
+    group = site.mask.device_mesh.get_group()  # type: ignore[attr-defined]
+    [pick] = sharded_topk([scores], [n], largest=False, group=group)
+    out = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    out[act[pick]] = True
+    return like(out.view(mask.shape), site.mask)
+
+
 def _sharded_layer_change(
     site: Site,
     k: int | None,
@@ -95,12 +118,19 @@ def _sharded_layer_change(
     active = count(site.mask)
     n = _count(k, fraction, active)
     inputs = {"momentum": site.momentum, **prune_options}
-    if keep_top and not prune.selection:
+    if "generator" in prune.inputs:
+        raise ValueError(
+            f"prune criterion {prune.name!r} draws one random score per active entry, a stream "
+            "that depends on how the tensor is sharded; it is not supported under FSDP2"
+        )
+    if not keep_top and not prune.selection:  # score only the active entries, as one process
+        drop = _sharded_drop(site, n, prune, prune_options)
+    elif keep_top and not prune.selection:
         scores = prune.scores(site.weights, site.grads, generator=site.prune_generator, **inputs)
         drop = site.mask & ~select_topk(scores, active - n, site.mask)
     elif keep_top:
         raise ValueError(f"prune criterion {prune.name!r} is a selection rule: no keep_top")
-    else:
+    elif not keep_top:
         drop = prune.select(site.weights, site.grads, site.mask, n, site.prune_generator, **inputs)
     dropped = _local_flat(drop)
     if grow is None:
