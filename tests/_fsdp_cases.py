@@ -161,6 +161,7 @@ def run(rank: int, world: int, out: str) -> None:
     jobs["corrupted"] = corrupted
     jobs["refused-dnw"] = lambda: refused("dnw", {"sparsity": 0.5})
     jobs["refused-st3"] = lambda: refused("st3", {"sparsity": 0.5})
+    jobs["sharded-after-attach"] = sharded_after_attach
     jobs["refused-random-prune"] = lambda: refused("dst", {"sparsity": 0.5, "prune": "random"})
     jobs["refused-structure"] = lambda: refused("gmp", {"structure": "1:4", "end_step": 6})
     try:
@@ -259,3 +260,23 @@ def _init(rank: int, world: int, out: str, tag: str) -> None:
             seconds=300
         ),  # a stuck collective fails (slowly) instead of hanging
     )
+
+
+def sharded_after_attach() -> dict[str, Any]:
+    """``fully_shard`` after ``attach`` replaces the parameters: caught at the first step."""
+    from torch.distributed.fsdp import fully_shard
+
+    net = model()
+    method = sparsetrain.create_method("gmp", total_steps=STEPS, sparsity=0.5, end_step=6)
+    method.attach(net)
+    fully_shard(net)
+    opt = optimizer("sgd", net.parameters())
+    # attached without an optimizer: the loop calls the hooks itself (attach's hook=False way)
+    x, y = batch(0)
+    nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+    try:
+        method.after_optimizer_step()
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": None}

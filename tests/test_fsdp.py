@@ -123,3 +123,9 @@ def test_dcp_checkpoint_resumes_and_reshards(resumed, one_process, src: int, wor
             torch.testing.assert_close(got["weights"][name], w, rtol=0, atol=1e-6)
         else:
             assert torch.equal(got["weights"][name], w), name
+
+
+def test_sharding_after_attach_is_caught_at_the_first_step(ranks) -> None:
+    for r in _load(ranks, "sharded-after-attach"):
+        assert r["error"] is not None
+        assert "was replaced after attach (FSDP fully_shard?); shard the model first" in r["error"]

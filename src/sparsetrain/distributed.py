@@ -366,8 +366,8 @@ class RankCheck:
             if stale:
                 raise ValueError(
                     f"{m.name}: the parameter {stale[0]!r} was replaced after attach (FSDP "
-                    "fully_shard?); sharded models are not supported: attach to a "
-                    "DistributedDataParallel model"
+                    "fully_shard?); shard the model first, then attach (FSDP2 serves dense, "
+                    "static, gmp, the DST family and granet), or use DistributedDataParallel"
                 )
         if not self.check:
             return
