@@ -38,6 +38,8 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("st3", "st3", {"sparsity": 0.6}),
     ("dnw", "dnw", {"sparsity": 0.6}),
     ("srste", "srste", {"structure": "2:4"}),
+    ("rigl-2:4", "rigl", {"structure": "2:4", "update_interval": 2}),
+    ("gmp-block", "gmp", {"structure": "block:4x4", "sparsity": 0.75, "update_interval": 2}),
     ("optg", "optg", {"sparsity": 0.6, "steps_per_epoch": 2}),
     ("scl", "scl", {"lam": 0.5, "mask_lr": 0.5}),
 ]

@@ -71,7 +71,7 @@ def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x.sum(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, 0] > 0).long()
 
 
-def build(key: str, structure: str):
+def build(key: str, structure: str, opt_name: str = "sgd"):
     model = make_model()
     name = METHOD_OF.get(key, key)
     kwargs: dict[str, object] = {"total_steps": STEPS, "structure": structure, **FAST[key]}
@@ -81,7 +81,10 @@ def build(key: str, structure: str):
         kwargs["dense_last"] = False
     method = create_method(name, **kwargs)
     groups = param_groups(model, method, weight_decay=1e-3)
-    opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+    if opt_name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=1e-2)
+    else:
+        opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
     return model, opt, method.attach(model, opt)
 
 
@@ -110,9 +113,10 @@ def check_pattern(method, structure: str, *, at_target: bool) -> None:
 
 
 @pytest.mark.conformance
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
 @pytest.mark.parametrize(("key", "structure"), CASES)
-def test_pattern_after_every_step_and_target_reached(key, structure):
-    model, opt, method = build(key, structure)
+def test_pattern_after_every_step_and_target_reached(key, structure, opt_name):
+    model, opt, method = build(key, structure, opt_name)
     final = method.sparsity_at(STEPS)
     for step in range(STEPS):
         train_step(model, opt, step)
@@ -120,6 +124,34 @@ def test_pattern_after_every_step_and_target_reached(key, structure):
     rep = method.finish()
     assert rep.nnz == method.global_target_count()
     check_pattern(method, structure, at_target=True)
+    if method.hard_mask:  # pruned entries: optimizer state exactly zero
+        for t in method.targets:
+            for v in opt.state[t.param].values():
+                if torch.is_tensor(v) and v.dim():
+                    assert not v[~t.mask].any(), t.name
+
+
+def test_nm_rigl_on_sparse_kernels_keeps_the_pattern_and_matches_masked_dense():
+    runs = []
+    for execution in ("dense", "sparse"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        method = create_method(
+            "rigl", structure="2:4", total_steps=12, update_interval=3, execution=execution
+        ).attach(model, opt)
+        losses = []
+        for step in range(12):
+            x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        check_pattern(method, "2:4", at_target=True)
+        runs.append((losses, [t.mask.clone() for t in method.targets]))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
 
 
 @pytest.mark.conformance
