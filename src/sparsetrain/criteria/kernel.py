@@ -123,15 +123,15 @@ def _sharded_layer_change(
             f"prune criterion {prune.name!r} draws one random score per active entry, a stream "
             "that depends on how the tensor is sharded; it is not supported under FSDP2"
         )
-    if not keep_top and not prune.selection:  # score only the active entries, as one process
-        drop = _sharded_drop(site, n, prune, prune_options)
-    elif keep_top and not prune.selection:
+    if prune.selection:
+        if keep_top:
+            raise ValueError(f"prune criterion {prune.name!r} is a selection rule: no keep_top")
+        drop = prune.select(site.weights, site.grads, site.mask, n, site.prune_generator, **inputs)
+    elif keep_top:
         scores = prune.scores(site.weights, site.grads, generator=site.prune_generator, **inputs)
         drop = site.mask & ~select_topk(scores, active - n, site.mask)
-    elif keep_top:
-        raise ValueError(f"prune criterion {prune.name!r} is a selection rule: no keep_top")
-    elif not keep_top:
-        drop = prune.select(site.weights, site.grads, site.mask, n, site.prune_generator, **inputs)
+    else:  # score only the active entries, as one process does
+        drop = _sharded_drop(site, n, prune, prune_options)
     dropped = _local_flat(drop)
     if grow is None:
         return Change(dropped, dropped.new_empty(0), dropped.new_empty(0), active)
@@ -142,9 +142,8 @@ def _sharded_layer_change(
         generator=site.grow_generator,
         **grow_options,
     )
-    grown_mask = select_topk(scores, count(drop), ~site.mask | drop)
-    grown = _local_flat(grown_mask)
-    fresh = _local_flat(grown_mask & ~drop)
+    grown = _local_flat(select_topk(scores, count(drop), ~site.mask | drop))
+    fresh = grown[~local_of(drop).reshape(-1)[grown]]
     return Change(dropped, grown, fresh, active)
 
 
