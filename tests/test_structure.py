@@ -298,3 +298,32 @@ def test_gmp_decays_n_per_group_on_its_ramp():
     # cubic ramp to 0.5 over 8 steps: N_t = round(4 (1 - s_t)), s_2 = 0.29, s_4 = 0.44
     assert [round(4 * (1 - method.sparsity_at(t))) for t in (2, 4, 6, 8)] == [3, 2, 2, 2]
     assert seen[:4] == [{4}, {3}, {3}, {2}] and seen[-1] == {2}
+
+
+@pytest.mark.conformance
+@pytest.mark.parametrize(("key", "structure"), [c for c in CASES if c[1] in ("2:4", "block:4x4")])
+def test_channels_last_conv_weights_keep_the_structure(key, structure):
+    """Conv nets run channels_last on the CPU: every method's structured path takes it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 16)).to(
+        memory_format=torch.channels_last
+    )
+    name = METHOD_OF.get(key, key)
+    kwargs: dict[str, object] = {"total_steps": STEPS, "structure": structure, **FAST[key]}
+    if structure.startswith("block"):
+        kwargs["sparsity"] = 0.75
+    if name == "srste":
+        kwargs["dense_last"] = False
+    method = create_method(name, **kwargs)
+    opt = torch.optim.SGD(param_groups(model, method, weight_decay=1e-3), lr=0.05, momentum=0.9)
+    method.attach(model, opt)
+    final = method.sparsity_at(STEPS)
+    for step in range(STEPS):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(8, 4, 8, 8, generator=g).to(memory_format=torch.channels_last)
+        loss = nn.functional.cross_entropy(model(x), torch.randint(0, 16, (8,), generator=g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        check_pattern(method, structure, at_target=method.sparsity_at(step + 1) == final)
+    assert method.finish().nnz == method.global_target_count()

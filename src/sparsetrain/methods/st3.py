@@ -302,7 +302,7 @@ class ST3(InPlaceMethod):
         if self.rescale:
             for i, (t, a, m) in enumerate(zip(self.targets, absw, masks, strict=True)):
                 rows = t.shape[0]
-                full, kept = a.view(rows, -1).sum(1), (a * m).view(rows, -1).sum(1)
+                full, kept = a.reshape(rows, -1).sum(1), (a * m).reshape(rows, -1).sum(1)
                 k = torch.full_like(full, rows / t.numel)
                 c = rescale(kept, full, k).to(full.device)
                 self._scale[i] = c.view(-1, *([1] * (len(t.shape) - 1))).to(t.param.dtype)
