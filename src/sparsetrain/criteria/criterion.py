@@ -7,6 +7,7 @@ growth score grown) and the update orders.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -23,6 +24,11 @@ INPUTS: tuple[str, ...] = ("weights", "grads", "momentum", "generator")
 """The inputs a criterion function may name."""
 
 SCOPES: tuple[str, ...] = ("layer", "global")
+
+
+def drop_count(k: int | None, fraction: float | None, active: int) -> int:
+    """``k``, or ``⌈fraction · active⌉`` (at most ``active``): how many entries a step drops."""
+    return k if fraction is None else min(math.ceil(fraction * active), active)  # type: ignore[return-value]
 
 
 def read_signature(

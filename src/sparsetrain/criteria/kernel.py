@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from sparsetrain.criteria.criterion import SCOPES, Change, GrowthCriterion, PruneCriterion, Site
+from sparsetrain.criteria.criterion import (
+    SCOPES,
+    Change,
+    GrowthCriterion,
+    PruneCriterion,
+    Site,
+    drop_count,
+)
 from sparsetrain.criteria.registry import get_growth_criterion, get_prune_criterion
 from sparsetrain.criteria.structured import block_changes, nm_regrow
 from sparsetrain.masking.sharded import count, is_row_sharded, like, local_of, sharded_topk
@@ -19,11 +25,6 @@ from sparsetrain.masking.topk import global_topk_masks, select_topk
 
 def _gather(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if x is None else x.detach().reshape(-1)[index]
-
-
-def _count(k: int | None, fraction: float | None, active: int) -> int:
-    """``k``, or ``⌈fraction · active⌉`` (at most ``active``)."""
-    return k if fraction is None else min(math.ceil(fraction * active), active)  # type: ignore[return-value]
 
 
 def _layer_change(
@@ -46,7 +47,7 @@ def _layer_change(
     active = flat_mask.nonzero().squeeze(1)
     local = prune.drop_indices(
         site.weights.detach().reshape(-1)[active],
-        _count(k, fraction, active.numel()),
+        drop_count(k, fraction, active.numel()),
         grads=_gather(site.grads, active) if prune.needs_grad else None,
         momentum=_gather(site.momentum, active) if prune.needs_momentum else None,
         generator=site.prune_generator,
@@ -116,7 +117,7 @@ def _sharded_layer_change(
     count over all shards, the indices are into this rank's local rows.
     """
     active = count(site.mask)
-    n = _count(k, fraction, active)
+    n = drop_count(k, fraction, active)
     inputs = {"momentum": site.momentum, **prune_options}
     if "generator" in prune.inputs:
         raise ValueError(
@@ -168,7 +169,7 @@ def _global_changes(
     ]
     masks = [s.mask for s in sites]
     actives = [count(m) for m in masks]
-    k = _count(k, fraction, sum(actives))
+    k = drop_count(k, fraction, sum(actives))
     if keep_top:
         kept = global_topk_masks(scores, sum(actives) - k, masks)
         drops = [m & ~kp for m, kp in zip(masks, kept, strict=True)]

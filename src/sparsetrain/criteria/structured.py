@@ -7,13 +7,18 @@ within each group (:func:`nm_regrow`), and whole-block drop and growth ranked by
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from sparsetrain.criteria.criterion import Change, GrowthCriterion, PruneCriterion, Site
+from sparsetrain.criteria.criterion import (
+    Change,
+    GrowthCriterion,
+    PruneCriterion,
+    Site,
+    drop_count,
+)
 from sparsetrain.masking.structure import (
     Structure,
     block_any,
@@ -23,11 +28,6 @@ from sparsetrain.masking.structure import (
     group_top,
 )
 from sparsetrain.masking.topk import global_topk_masks
-
-
-def _count(k: int | None, fraction: float | None, active: int) -> int:
-    """``k``, or ``⌈fraction · active⌉`` (at most ``active``)."""
-    return k if fraction is None else min(math.ceil(fraction * active), active)  # type: ignore[return-value]
 
 
 def nm_regrow(
@@ -106,7 +106,7 @@ def block_changes(
         masks = [coarse[i] for i in members]
         active = sum(int(m.sum()) for m in masks)
         if fraction is not None:
-            k = _count(None, fraction, active)
+            k = drop_count(None, fraction, active)
         else:
             k = min(round((counts if scope == "global" else counts[g]) / unit), active)  # type: ignore[index]
         scores = [pscores[i] for i in members]

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparsetrain.criteria import Change, GrowthCriterion, PruneCriterion, Site
-from sparsetrain.masking.sharded import local_of
+from sparsetrain.masking.sharded import from_full, local_of
 from sparsetrain.masking.targets import Target
+from sparsetrain.masking.topk import random_mask
 from sparsetrain.optim import check_state, fill_at, zero_state_at
 
 if TYPE_CHECKING:
@@ -108,3 +109,15 @@ def apply_change(method: SparsityMethod, t: Target, change: Change, *, keep_regr
         fill_at(local_of(t.param.data), reset)
     if method.optimizer is not None and not method._dense_inactive:
         zero_state_at(method.optimizer, t.param, reset, skip_keys=method.state_skip_keys)
+
+
+@torch.no_grad()
+def random_start(method: SparsityMethod, counts: Mapping[str, int]) -> None:
+    """Set each target's mask to ``counts[name]`` random entries (stream ``generator(0, i)``).
+
+    Under FSDP2 every rank draws the whole one-process mask and keeps its own rows, so the
+    draw does not depend on the world size.
+    """
+    for i, t in enumerate(method.targets):
+        full = random_mask(t.shape, counts[t.name], method.generator(0, i))
+        t.mask.copy_(from_full(full, t.mask))

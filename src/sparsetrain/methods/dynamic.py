@@ -20,10 +20,15 @@ from sparsetrain.criteria import (
     random_scores,
 )
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
-from sparsetrain.masking.sharded import from_full
-from sparsetrain.masking.topk import global_topk_masks, random_mask
+from sparsetrain.masking.topk import global_topk_masks
 from sparsetrain.methods import structured
-from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
+from sparsetrain.methods._drop_grow import (
+    apply_change,
+    check_states,
+    criterion_options,
+    random_start,
+    sites,
+)
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.options import checks, integer, number, one_of, option_error
 from sparsetrain.methods.registry import preset, register_method
@@ -237,9 +242,7 @@ class DynamicSparse(SparsityMethod):
                 t.mask.copy_(m)
         else:
             self._counts = allocate(shapes, self.sparsity, self.distribution, blocks=self.blocks())
-            for i, t in enumerate(self.targets):  # FSDP2: the same draw, this rank's rows
-                full = random_mask(t.shape, self._counts[t.name], self.generator(0, i))
-                t.mask.copy_(from_full(full, t.mask))
+            random_start(self, self._counts)
         self.apply_masks()
 
     # ------------------------------------------------------------------ schedule

@@ -39,10 +39,14 @@ import torch
 from sparsetrain import distributed as _dist
 from sparsetrain.criteria import drop_and_grow, get_growth_criterion, get_prune_criterion
 from sparsetrain.distributions import allocate
-from sparsetrain.masking.sharded import from_full
-from sparsetrain.masking.topk import random_mask
 from sparsetrain.methods import structured
-from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
+from sparsetrain.methods._drop_grow import (
+    apply_change,
+    check_states,
+    criterion_options,
+    random_start,
+    sites,
+)
 from sparsetrain.methods.gmp import GMP, SCOPES
 from sparsetrain.methods.options import checks, number, one_of, option_error
 from sparsetrain.methods.registry import register_method
@@ -155,9 +159,7 @@ class GraNet(GMP):
         elif self.initial_sparsity > 0 and self.initial_mask == "erk":
             shapes = {t.name: t.shape for t in self.targets}
             counts = allocate(shapes, self.initial_sparsity, "erk", blocks=self.blocks())
-            for i, t in enumerate(self.targets):  # FSDP2: the same draw, this rank's rows
-                full = random_mask(t.shape, counts[t.name], self.generator(0, i))
-                t.mask.copy_(from_full(full, t.mask))
+            random_start(self, counts)
         super()._on_attach()  # the global prune to initial_sparsity keeps an ERK mask as it is
 
     def _structured_start(self) -> None:

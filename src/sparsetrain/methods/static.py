@@ -10,9 +10,15 @@ import torch
 from sparsetrain.criteria import PRUNE_CRITERIA, drop_and_grow, get_prune_criterion
 from sparsetrain.distributions import DISTRIBUTIONS, allocate, allocate_densities
 from sparsetrain.masking.sharded import from_full
-from sparsetrain.masking.topk import global_topk_masks, random_mask
+from sparsetrain.masking.topk import global_topk_masks
 from sparsetrain.methods import structured
-from sparsetrain.methods._drop_grow import apply_change, check_states, criterion_options, sites
+from sparsetrain.methods._drop_grow import (
+    apply_change,
+    check_states,
+    criterion_options,
+    random_start,
+    sites,
+)
 from sparsetrain.methods.base import SparsityMethod
 from sparsetrain.methods.options import checks, one_of, option_error
 from sparsetrain.methods.registry import register_method
@@ -110,9 +116,7 @@ class Static(SparsityMethod):
                 self._counts = allocate(
                     shapes, self.sparsity, self.distribution, blocks=self.blocks()
                 )
-                for i, t in enumerate(self.targets):  # FSDP2: the same draw, this rank's rows
-                    full = random_mask(t.shape, self._counts[t.name], self.generator(0, i))
-                    t.mask.copy_(from_full(full, t.mask))
+                random_start(self, self._counts)
         self.apply_masks()
 
     def init_masks_ready(self) -> bool:
