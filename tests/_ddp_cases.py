@@ -8,7 +8,6 @@ error text); the test process compares the ranks' files.
 
 from __future__ import annotations
 
-import datetime
 import traceback
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import _gloo
 import sparsetrain
 from sparsetrain.distributed import RankDivergenceError
 
@@ -136,14 +136,7 @@ def _fsdp(rank: int) -> dict[str, Any]:
 
 def run(rank: int, world: int, out: str) -> None:
     """Entry point of ``torch.multiprocessing.spawn``."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{out}/rendezvous",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),  # a case stuck in a collective fails, not hangs
-    )
+    _gloo.init(rank, world, f"{out}/rendezvous", timeout_s=60)
     cases: dict[str, Any] = {}
     for case, name, options in METHODS:
         for where in ("before", "after"):

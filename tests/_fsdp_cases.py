@@ -7,7 +7,6 @@ one-process run of the same case. Shapes have rows not divisible by 2 or 3.
 
 from __future__ import annotations
 
-import datetime
 import traceback
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import _gloo
 import sparsetrain
 from sparsetrain.distributed import checkpoint_state, load_checkpoint_state
 
@@ -147,16 +147,7 @@ def refused(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def run(rank: int, world: int, out: str) -> None:
     """Entry point of ``torch.multiprocessing.spawn``."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{out}/rendezvous",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(
-            seconds=300
-        ),  # a stuck collective fails (slowly) instead of hanging
-    )
+    _gloo.init(rank, world, f"{out}/rendezvous")
     jobs: dict[str, Any] = {c: (lambda c=c: train(c, shard=True)) for c in CASES}
     jobs["corrupted"] = corrupted
     jobs["refused-dnw"] = lambda: refused("dnw", {"sparsity": 0.5})
@@ -216,7 +207,7 @@ def save_checkpoint(rank: int, world: int, out: str) -> None:
     """Train ``RESUME_CASE`` for ``SPLIT`` steps on ``world`` ranks and save it with DCP."""
     import torch.distributed.checkpoint as dcp
 
-    _init(rank, world, out, "save")
+    _gloo.init(rank, world, f"{out}/rendezvous-save")
     try:
         net, opt, method = _sharded_run(RESUME_CASE)
         _steps(net, opt, 0, SPLIT)
@@ -230,7 +221,7 @@ def load_checkpoint(rank: int, world: int, out: str) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    _init(rank, world, out, f"load{world}")
+    _gloo.init(rank, world, f"{out}/rendezvous-load{world}")
     try:
         net, opt, method = _sharded_run(RESUME_CASE)
         state = _state(net, opt, method)
@@ -247,19 +238,6 @@ def load_checkpoint(rank: int, world: int, out: str) -> None:
         torch.save(result, Path(out) / f"load{world}-{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def _init(rank: int, world: int, out: str, tag: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{out}/rendezvous-{tag}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(
-            seconds=300
-        ),  # a stuck collective fails (slowly) instead of hanging
-    )
 
 
 def sharded_after_attach() -> dict[str, Any]:

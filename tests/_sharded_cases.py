@@ -7,7 +7,6 @@ local masks, which the test reassembles and compares with the one-process select
 
 from __future__ import annotations
 
-import datetime
 import traceback
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+import _gloo
 from sparsetrain.masking.sharded import sharded_topk
 
 SHAPES = [(7, 5), (10, 3), (1, 8), (5, 4), (301, 97)]  # 1 row: ranks without rows; the last
@@ -66,16 +66,7 @@ def select(case: str, rank: int, world: int) -> list[torch.Tensor]:
 
 def run(rank: int, world: int, out: str) -> None:
     """Entry point of ``torch.multiprocessing.spawn``."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{out}/rendezvous",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(
-            seconds=300
-        ),  # a stuck collective fails (slowly) instead of hanging
-    )
+    _gloo.init(rank, world, f"{out}/rendezvous")
     try:
         for case in CASES:
             try:
